@@ -1,0 +1,341 @@
+//! The `http` backend: POSTs the invocation request to the function's URLs
+//! through a pooled client (HTTP/1.1 or h2c, plain or TLS), round-robin;
+//! or, for passthrough functions, forwards the client's request unchanged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
+use crate::invocation::{Invocation, Trace};
+
+type Pool = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// How much of a failed answer's body becomes the error message.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// The connection pools every http backend shares: one speaking HTTP/1.1
+/// (or h2 where TLS offers it), one speaking h2c with prior knowledge.
+#[derive(Clone)]
+pub struct HttpClients {
+    negotiated: Pool,
+    h2c: Pool,
+}
+
+impl HttpClients {
+    pub fn new() -> HttpClients {
+        HttpClients {
+            negotiated: pool(false),
+            h2c: pool(true),
+        }
+    }
+}
+
+impl Default for HttpClients {
+    fn default() -> Self {
+        HttpClients::new()
+    }
+}
+
+fn pool(http2_only: bool) -> Pool {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let tls = tls_client_config();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+/// TLS to backends trusts the system's roots.
+fn tls_client_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+pub struct HttpBackend {
+    client: Pool,
+    urls: Vec<Uri>,
+    next: AtomicUsize,
+    max_result: u64,
+}
+
+impl HttpBackend {
+    pub fn new(clients: &HttpClients, urls: Vec<Uri>, http2: bool, max_result: u64) -> HttpBackend {
+        assert!(!urls.is_empty(), "config validation guarantees at least one url");
+        HttpBackend {
+            client: if http2 { clients.h2c.clone() } else { clients.negotiated.clone() },
+            urls,
+            next: AtomicUsize::new(0),
+            max_result,
+        }
+    }
+
+    /// The replicas in the order this call tries them.
+    fn rotation(&self) -> impl Iterator<Item = &Uri> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.urls.len()).map(move |i| &self.urls[(start + i) % self.urls.len()])
+    }
+
+    async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        let body = Bytes::from(invocation.to_json());
+        let mut last_error = None;
+        for url in self.rotation() {
+            let mut request = Request::post(url.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.clone()))
+                .map_err(|e| BackendError::Unreachable(format!("building the request: {e}")))?;
+            add_call_headers(request.headers_mut(), invocation);
+            let sent = tokio::time::timeout_at(invocation.deadline, self.client.request(request)).await;
+            let response = match sent {
+                Err(_) => return Err(BackendError::Timeout),
+                Ok(Ok(response)) => response,
+                // Nothing reached this replica: the next one may take it.
+                Ok(Err(e)) if e.is_connect() => {
+                    tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
+                    last_error = Some(e);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e)))),
+            };
+            let read = tokio::time::timeout_at(invocation.deadline, self.read_answer(response)).await;
+            return read.unwrap_or(Err(BackendError::Timeout));
+        }
+        let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
+        Err(BackendError::Unreachable(format!("no replica reachable: {detail}")))
+    }
+
+    async fn read_answer(&self, response: Response<hyper::body::Incoming>) -> Result<Bytes, BackendError> {
+        let status = response.status();
+        let limit = usize::try_from(self.max_result).unwrap_or(usize::MAX);
+        let body = Limited::new(response.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| BackendError::Crashed(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if status.is_success() {
+            return result_json(body);
+        }
+        if let Some(reported) = reported_error(&body) {
+            return Err(reported);
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)]).trim().to_owned();
+        Err(BackendError::Function {
+            kind: format!("HTTP {}", status.as_u16()),
+            message: if text.is_empty() { status.to_string() } else { text },
+        })
+    }
+
+    /// Forwards a passthrough request: `suffix` is the path after
+    /// `/{app}/{function}`, appended to the replica URL's path. The answer
+    /// comes back as the backend gave it, streamed.
+    pub async fn forward(
+        &self,
+        mut request: Request<Body>,
+        suffix: &str,
+        trace: &Trace,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Body>, BackendError> {
+        strip_hop_by_hop(request.headers_mut());
+        strip_gateway_headers(request.headers_mut());
+        request.headers_mut().remove(header::HOST);
+        set_trace_headers(request.headers_mut(), trace);
+        let query = request.uri().query().map(str::to_owned);
+        // A body can be sent only once, so only bodiless requests move on
+        // to another replica when one cannot be reached.
+        let replayable = request.method() == Method::GET || request.method() == Method::HEAD;
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body);
+        let mut last_error = None;
+        for url in self.rotation() {
+            let target = forward_uri(url, suffix, query.as_deref())?;
+            let mut outgoing = Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
+            *outgoing.uri_mut() = target;
+            *outgoing.version_mut() = http::Version::HTTP_11;
+            let sent = tokio::time::timeout_at(deadline, self.client.request(outgoing)).await;
+            match sent {
+                Err(_) => return Err(BackendError::Timeout),
+                Ok(Ok(response)) => {
+                    let mut response = response.map(Body::new);
+                    strip_hop_by_hop(response.headers_mut());
+                    return Ok(response);
+                }
+                Ok(Err(e)) if e.is_connect() && replayable => {
+                    tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
+                    last_error = Some(e);
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    return Err(BackendError::Unreachable(format!("{url}: {}", error_chain(&e))));
+                }
+                Ok(Err(e)) => return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e)))),
+            }
+        }
+        let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
+        Err(BackendError::Unreachable(format!("no replica reachable: {detail}")))
+    }
+}
+
+fn forward_uri(base: &Uri, suffix: &str, query: Option<&str>) -> Result<Uri, BackendError> {
+    let base_path = base.path().trim_end_matches('/');
+    let mut path_and_query = format!("{base_path}{suffix}");
+    if path_and_query.is_empty() {
+        path_and_query.push('/');
+    }
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e| BackendError::Unreachable(format!("building the forwarded URL: {e}")))?,
+    );
+    Uri::from_parts(parts).map_err(|e| BackendError::Unreachable(format!("building the forwarded URL: {e}")))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Drops every `X-Fngate-*` header: only the gateway sets those.
+pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-fngate-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+fn set_trace_headers(headers: &mut HeaderMap, trace: &Trace) {
+    if let Ok(value) = HeaderValue::from_str(&trace.request_id) {
+        headers.insert("x-request-id", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent) {
+        headers.insert("traceparent", value);
+    }
+}
+
+fn add_call_headers(headers: &mut HeaderMap, invocation: &Invocation) {
+    set_trace_headers(headers, &invocation.trace);
+    if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
+        headers.insert("x-fngate-call-id", value);
+    }
+    if let Some(principal) = &invocation.principal {
+        if let Ok(value) = HeaderValue::from_str(&principal.subject) {
+            headers.insert("x-fngate-subject", value);
+        }
+        if let Some(Ok(value)) = principal.issuer.as_deref().map(HeaderValue::from_str) {
+            headers.insert("x-fngate-issuer", value);
+        }
+    }
+}
+
+/// An error and its causes on one line, for the log.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Backend for HttpBackend {
+    fn invoke<'a>(&'a self, invocation: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.run(invocation))
+    }
+
+    fn describe(&self) -> String {
+        let urls: Vec<String> = self.urls.iter().map(Uri::to_string).collect();
+        format!("http {}", urls.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_uri_appends_suffix_and_query() {
+        let base: Uri = "http://127.0.0.1:9001/api/".parse().unwrap();
+        assert_eq!(forward_uri(&base, "/x/y", Some("a=1")).unwrap(), "http://127.0.0.1:9001/api/x/y?a=1");
+        assert_eq!(forward_uri(&base, "", None).unwrap(), "http://127.0.0.1:9001/api");
+        let root: Uri = "http://127.0.0.1:9001".parse().unwrap();
+        assert_eq!(forward_uri(&root, "", None).unwrap(), "http://127.0.0.1:9001/");
+    }
+
+    #[test]
+    fn hop_by_hop_and_gateway_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-fngate-subject", HeaderValue::from_static("mallory"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        strip_gateway_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+}

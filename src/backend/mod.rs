@@ -1,0 +1,80 @@
+//! Backends run invocations: `exec` starts a local command per call, `http`
+//! POSTs the invocation request to a service. Both honour the invocation's
+//! deadline and stop their work when the returned future is dropped.
+
+pub mod exec;
+pub mod http;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::invocation::Invocation;
+use crate::translate::json::{self, Rules};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How an invocation can fail. What reaches the client is decided by the
+/// HTTP layer; the `String`s here are for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The function ran and reported an error.
+    #[error("function error {kind}: {message}")]
+    Function { kind: String, message: String },
+    /// The backend could not be reached or started.
+    #[error("backend unreachable: {0}")]
+    Unreachable(String),
+    /// The backend died or dropped the connection while working.
+    #[error("backend crashed: {0}")]
+    Crashed(String),
+    /// The backend answered something that is not a result.
+    #[error("backend answered garbage: {0}")]
+    Garbage(String),
+    /// The deadline passed; the work was stopped.
+    #[error("function timed out")]
+    Timeout,
+}
+
+/// Runs invocations of one function.
+pub trait Backend: Send + Sync {
+    /// Runs `invocation` and returns its JSON result bytes.
+    fn invoke<'a>(&'a self, invocation: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+
+    /// A one-line description for `fngate check` and logs.
+    fn describe(&self) -> String;
+}
+
+/// The rules a function's result must meet: any JSON document.
+pub(crate) const RESULT_RULES: Rules = Rules {
+    max_depth: 1024,
+    reject_duplicate_keys: false,
+};
+
+/// Trims and checks a result body; an all-blank body is the JSON `null`.
+pub(crate) fn result_json(body: Bytes) -> Result<Bytes, BackendError> {
+    match json::check(&body, RESULT_RULES) {
+        Ok(doc) => Ok(body.slice(doc.start..doc.end)),
+        Err(_) if body.iter().all(u8::is_ascii_whitespace) => Ok(Bytes::from_static(b"null")),
+        Err(e) => Err(BackendError::Garbage(format!("result is not JSON: {e}"))),
+    }
+}
+
+/// An error the function reported in the `{"error": {"type", "message"}}` form.
+pub(crate) fn reported_error(body: &[u8]) -> Option<BackendError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Reported,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reported {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        message: Option<String>,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    Some(BackendError::Function {
+        kind: envelope.error.kind.unwrap_or_else(|| "Error".to_owned()),
+        message: envelope.error.message.unwrap_or_default(),
+    })
+}

@@ -1,0 +1,595 @@
+//! Configuration: reads `gateway.toml`, rejects anything unknown or
+//! malformed with the file, the key path and what is wrong, and yields the
+//! validated runtime types the rest of the gateway is built from.
+
+mod raw;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+
+use raw::{RawConfig, RawFunction, RawServer, RawStore};
+pub use units::{parse_duration, parse_size};
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The file's folder: relative paths in the file are relative to it.
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub functions: Vec<FunctionSpec>,
+    /// Sections that were checked but have no effect in this version; the
+    /// gateway logs them at start-up.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub tls: TlsSource,
+    pub max_body: u64,
+    pub max_result: u64,
+    pub sync_wait: Duration,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub h2_max_streams: u32,
+    pub shutdown_grace: Duration,
+    pub max_json_depth: usize,
+}
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// A PEM chain and key given in the config.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated dev CA and leaf in this folder (`certs/` next to the config).
+    Dev { dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub path: PathBuf,
+    pub url: Option<String>,
+    pub result_ttl: Duration,
+    pub max_pending: u64,
+    pub max_wait: Duration,
+}
+
+/// One deployed function, as configured.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub app: String,
+    pub name: String,
+    pub backend: BackendSpec,
+    /// Methods a client may use; `None` for a passthrough function that
+    /// forwards any method.
+    pub methods: Option<Vec<Method>>,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub queue: usize,
+    pub public: bool,
+    pub input_schema: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum BackendSpec {
+    Exec {
+        command: Vec<String>,
+        cwd: PathBuf,
+        env: BTreeMap<String, String>,
+    },
+    Http {
+        urls: Vec<Uri>,
+        passthrough: bool,
+        http2: bool,
+    },
+}
+
+impl FunctionSpec {
+    pub fn is_passthrough(&self) -> bool {
+        matches!(
+            self.backend,
+            BackendSpec::Http {
+                passthrough: true,
+                ..
+            }
+        )
+    }
+
+    /// The `Allow` header value for this function.
+    pub fn allow_header(&self) -> String {
+        match &self.methods {
+            Some(methods) => methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "GET, HEAD, POST, PUT, PATCH, DELETE".to_owned(),
+        }
+    }
+
+    pub fn allows(&self, method: &Method) -> bool {
+        match &self.methods {
+            Some(methods) => methods.contains(method),
+            None => method != Method::OPTIONS && method != Method::CONNECT && method != Method::TRACE,
+        }
+    }
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve
+    /// against `path`'s folder).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+        let file = path.to_owned();
+        let raw = parse_raw(text).map_err(|(key, message)| ConfigError::Invalid {
+            file: file.clone(),
+            key,
+            message,
+        })?;
+        let cx = Context {
+            file: file.clone(),
+            base_dir: base_dir.clone(),
+        };
+        cx.convert(raw)
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, (String, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ("(file)".to_owned(), e.to_string()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)".to_owned() } else { key };
+        // toml's message carries a source excerpt; the first meaningful
+        // line after it is what is wrong.
+        let message = e.inner().message().to_owned();
+        (key, message)
+    })
+}
+
+/// Carries what every conversion step needs to report and resolve.
+struct Context {
+    file: PathBuf,
+    base_dir: PathBuf,
+}
+
+impl Context {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|m| self.invalid(key, m)),
+        }
+    }
+
+    fn size(&self, key: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => parse_size(text).map_err(|m| self.invalid(key, m)),
+        }
+    }
+
+    fn convert(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.auth.is_some() {
+            return Err(self.invalid(
+                "auth",
+                "authentication is not available in this version of fngate yet; \
+                 remove [auth] (every function is then public) or use a newer release",
+            ));
+        }
+        if raw.rate_limit.is_some() {
+            return Err(self.invalid(
+                "rate_limit",
+                "rate limits are not available in this version of fngate yet; remove [rate_limit]",
+            ));
+        }
+        let server = self.server(&raw.server)?;
+        let store = self.store(raw.store.as_ref())?;
+        let mut warnings = Vec::new();
+        if let Some(cors) = &raw.cors {
+            for (i, origin) in cors.allow_origins.iter().enumerate() {
+                if origin != "*" && origin.parse::<Uri>().map_or(true, |u| u.scheme().is_none()) {
+                    return Err(self.invalid(
+                        format!("cors.allow_origins[{i}]"),
+                        format!("'{origin}' is not an origin like \"https://app.example.com\" or \"*\""),
+                    ));
+                }
+            }
+            warnings.push("[cors] is not applied by this version of fngate yet".to_owned());
+        }
+        if let Some(webhooks) = &raw.webhooks {
+            if webhooks.max_attempts == Some(0) {
+                return Err(self.invalid("webhooks.max_attempts", "must be at least 1"));
+            }
+            let _ = (&webhooks.secret_env, &webhooks.allow_hosts);
+            warnings.push("[webhooks] is not applied by this version of fngate yet".to_owned());
+        }
+        let mut functions = Vec::new();
+        for (app, raw_app) in &raw.apps {
+            check_name(app).map_err(|m| self.invalid(format!("apps.{app}"), m))?;
+            if raw_app.functions.is_empty() {
+                return Err(self.invalid(
+                    format!("apps.{app}.functions"),
+                    "an app needs at least one function",
+                ));
+            }
+            for (name, raw_fn) in &raw_app.functions {
+                let key = format!("apps.{app}.functions.{name}");
+                check_name(name).map_err(|m| self.invalid(&key, m))?;
+                functions.push(self.function(&key, app, name, raw_fn)?);
+            }
+        }
+        Ok(Config {
+            file: self.file.clone(),
+            base_dir: self.base_dir.clone(),
+            server,
+            store,
+            functions,
+            warnings,
+        })
+    }
+
+    fn server(&self, raw: &RawServer) -> Result<ServerConfig, ConfigError> {
+        let addr = |key: &str, text: &str| -> Result<SocketAddr, ConfigError> {
+            text.parse().map_err(|_| {
+                self.invalid(
+                    key,
+                    format!("'{text}' is not a socket address like \"127.0.0.1:8443\" or \"[::1]:8443\""),
+                )
+            })
+        };
+        let listen = addr("server.listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8443"))?;
+        let http_listen = match &raw.http_listen {
+            Some(text) => Some(addr("server.http_listen", text)?),
+            None => None,
+        };
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: self.resolve(cert),
+                key: self.resolve(key),
+            },
+            (None, None) => TlsSource::Dev {
+                dir: self.base_dir.join("certs"),
+            },
+            (Some(_), None) => {
+                return Err(self.invalid("server.tls_key", "tls_cert is set, so tls_key is needed too"));
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too"));
+            }
+        };
+        if raw.client_ca.is_some() {
+            return Err(self.invalid(
+                "server.client_ca",
+                "client certificates (mTLS) are not available in this version of fngate yet",
+            ));
+        }
+        let max_header_bytes = self.size("server.max_header_bytes", raw.max_header_bytes.as_deref(), 16 << 10)?;
+        if !(8192..=1 << 20).contains(&max_header_bytes) {
+            return Err(self.invalid("server.max_header_bytes", "must be between 8KiB and 1MiB"));
+        }
+        let max_json_depth = raw.max_json_depth.unwrap_or(128);
+        if !(1..=1024).contains(&max_json_depth) {
+            return Err(self.invalid("server.max_json_depth", "must be between 1 and 1024"));
+        }
+        let positive = |key: &str, value: Option<u32>, default: u32| -> Result<u32, ConfigError> {
+            match value.unwrap_or(default) {
+                0 => Err(self.invalid(key, "must be at least 1")),
+                n => Ok(n),
+            }
+        };
+        Ok(ServerConfig {
+            listen,
+            http_listen,
+            tls,
+            max_body: self.size("server.max_body", raw.max_body.as_deref(), 16 << 20)?,
+            max_result: self.size("server.max_result", raw.max_result.as_deref(), 64 << 20)?,
+            sync_wait: self.duration("server.sync_wait", raw.sync_wait.as_deref(), Duration::from_secs(150))?,
+            handshake_timeout: self.duration(
+                "server.handshake_timeout",
+                raw.handshake_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                raw.header_read_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: self.duration("server.idle_timeout", raw.idle_timeout.as_deref(), Duration::from_secs(60))?,
+            max_header_bytes: max_header_bytes as usize,
+            max_connections: positive("server.max_connections", raw.max_connections, 10_000)? as usize,
+            h2_max_streams: positive("server.h2_max_streams", raw.h2_max_streams, 128)?,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.shutdown_grace.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            max_json_depth: max_json_depth as usize,
+        })
+    }
+
+    fn store(&self, raw: Option<&RawStore>) -> Result<StoreConfig, ConfigError> {
+        let kind = match raw.and_then(|s| s.kind.as_deref()).unwrap_or("embedded") {
+            "embedded" => StoreKind::Embedded,
+            "redis" => StoreKind::Redis,
+            other => {
+                return Err(self.invalid(
+                    "store.kind",
+                    format!("'{other}' is not a store kind: use \"embedded\" or \"redis\""),
+                ));
+            }
+        };
+        let url = raw.and_then(|s| s.url.clone());
+        if kind == StoreKind::Redis && url.is_none() {
+            return Err(self.invalid("store.url", "the redis store needs a url like \"redis://127.0.0.1:6379\""));
+        }
+        let max_pending = raw.and_then(|s| s.max_pending).unwrap_or(1_000_000);
+        if max_pending == 0 {
+            return Err(self.invalid("store.max_pending", "must be at least 1"));
+        }
+        Ok(StoreConfig {
+            kind,
+            path: self.resolve(raw.and_then(|s| s.path.as_deref()).unwrap_or("data/calls.db")),
+            url,
+            result_ttl: self.duration(
+                "store.result_ttl",
+                raw.and_then(|s| s.result_ttl.as_deref()),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            max_pending,
+            max_wait: self.duration(
+                "store.max_wait",
+                raw.and_then(|s| s.max_wait.as_deref()),
+                Duration::from_secs(60),
+            )?,
+        })
+    }
+
+    fn function(&self, key: &str, app: &str, name: &str, raw: &RawFunction) -> Result<FunctionSpec, ConfigError> {
+        let field = |f: &str| format!("{key}.{f}");
+        let backend = match raw.backend.as_deref() {
+            Some("exec") => self.exec_backend(key, raw)?,
+            Some("http") => self.http_backend(key, raw)?,
+            Some(other) => {
+                return Err(self.invalid(
+                    field("backend"),
+                    format!("'{other}' is not a backend: use \"exec\" or \"http\""),
+                ));
+            }
+            None => return Err(self.invalid(field("backend"), "missing: use \"exec\" or \"http\"")),
+        };
+        let passthrough = matches!(backend, BackendSpec::Http { passthrough: true, .. });
+        let methods = match &raw.methods {
+            None if passthrough => None,
+            None => Some(vec![Method::POST]),
+            Some(list) => Some(self.methods(&field("methods"), list, passthrough)?),
+        };
+        let timeout = self.duration(&field("timeout"), raw.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        if timeout.is_zero() {
+            return Err(self.invalid(field("timeout"), "must be above 0"));
+        }
+        let concurrency = raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(self.invalid(field("concurrency"), "must be at least 1"));
+        }
+        let queue = raw.queue.unwrap_or(concurrency);
+        let input_schema = match &raw.input_schema {
+            None => None,
+            Some(value) => Some(self.input_schema(&field("input_schema"), value)?),
+        };
+        if input_schema.is_some() && passthrough {
+            return Err(self.invalid(
+                field("input_schema"),
+                "a passthrough function forwards requests unchanged, so it cannot have an input schema",
+            ));
+        }
+        Ok(FunctionSpec {
+            app: app.to_owned(),
+            name: name.to_owned(),
+            backend,
+            methods,
+            timeout,
+            concurrency: concurrency as usize,
+            queue: queue as usize,
+            public: raw.public.unwrap_or(false),
+            input_schema,
+        })
+    }
+
+    fn exec_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
+        for (present, name) in [
+            (raw.urls.is_some(), "urls"),
+            (raw.passthrough.is_some(), "passthrough"),
+            (raw.http2.is_some(), "http2"),
+        ] {
+            if present {
+                return Err(self.invalid(format!("{key}.{name}"), "only an http backend takes this key"));
+            }
+        }
+        let command = match &raw.command {
+            Some(command) if !command.is_empty() && !command[0].is_empty() => command.clone(),
+            _ => {
+                return Err(self.invalid(
+                    format!("{key}.command"),
+                    "an exec backend needs a command, like [\"python3\", \"examples/square.py\"]",
+                ));
+            }
+        };
+        Ok(BackendSpec::Exec {
+            command,
+            cwd: self.base_dir.clone(),
+            env: raw.env.clone().unwrap_or_default(),
+        })
+    }
+
+    fn http_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
+        for (present, name) in [(raw.command.is_some(), "command"), (raw.env.is_some(), "env")] {
+            if present {
+                return Err(self.invalid(format!("{key}.{name}"), "only an exec backend takes this key"));
+            }
+        }
+        let list = match &raw.urls {
+            Some(list) if !list.is_empty() => list,
+            _ => {
+                return Err(self.invalid(
+                    format!("{key}.urls"),
+                    "an http backend needs urls, like [\"http://127.0.0.1:9001/invoke\"]",
+                ));
+            }
+        };
+        let mut urls = Vec::with_capacity(list.len());
+        for (i, text) in list.iter().enumerate() {
+            let bad = |why: &str| self.invalid(format!("{key}.urls[{i}]"), format!("'{text}' {why}"));
+            let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => return Err(bad("must start with http:// or https://")),
+            }
+            if uri.authority().is_none() {
+                return Err(bad("has no host"));
+            }
+            urls.push(uri);
+        }
+        Ok(BackendSpec::Http {
+            urls,
+            passthrough: raw.passthrough.unwrap_or(false),
+            http2: raw.http2.unwrap_or(false),
+        })
+    }
+
+    fn methods(&self, key: &str, list: &[String], passthrough: bool) -> Result<Vec<Method>, ConfigError> {
+        if list.is_empty() {
+            return Err(self.invalid(key, "list at least one method"));
+        }
+        let allowed: &[&str] = if passthrough {
+            &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        } else {
+            &["GET", "POST"]
+        };
+        let mut methods = Vec::new();
+        for text in list {
+            if !allowed.contains(&text.as_str()) {
+                return Err(self.invalid(
+                    key,
+                    format!("'{text}' is not allowed here: use {}", allowed.join(", ")),
+                ));
+            }
+            let method = Method::from_bytes(text.as_bytes()).expect("listed methods are valid tokens");
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        Ok(methods)
+    }
+
+    fn input_schema(&self, key: &str, value: &toml::Value) -> Result<serde_json::Value, ConfigError> {
+        let schema = match value {
+            toml::Value::String(path) => {
+                let path = self.resolve(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| self.invalid(key, format!("{} is not JSON: {e}", path.display())))?
+            }
+            toml::Value::Table(_) => serde_json::to_value(value)
+                .map_err(|e| self.invalid(key, format!("cannot use this table as a JSON Schema: {e}")))?,
+            _ => return Err(self.invalid(key, "write a path to a JSON Schema file, or an inline table")),
+        };
+        jsonschema::validator_for(&schema).map_err(|e| self.invalid(key, format!("not a valid JSON Schema: {e}")))?;
+        Ok(schema)
+    }
+}
+
+/// App and function names: `[a-z0-9][a-z0-9_-]{0,62}`, and not reserved.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name == "calls" || name.starts_with('_') {
+        return Err(format!("'{name}' is reserved: `calls` and names starting with `_` belong to fngate"));
+    }
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid name: use 1 to 63 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// True when `name` matches `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! The configuration file exactly as written: plain serde structs that
+//! reject unknown keys. Nothing here is validated beyond TOML types; the
+//! conversion into runtime types lives in the parent module.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub store: Option<RawStore>,
+    pub auth: Option<RawAuth>,
+    pub rate_limit: Option<RawRateLimit>,
+    pub cors: Option<RawCors>,
+    pub webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    pub apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_ca: Option<String>,
+    pub max_body: Option<String>,
+    pub sync_wait: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<String>,
+    pub max_connections: Option<u32>,
+    pub h2_max_streams: Option<u32>,
+    pub shutdown_grace: Option<String>,
+    pub max_json_depth: Option<u32>,
+    pub max_result: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub result_ttl: Option<String>,
+    pub max_pending: Option<u64>,
+    pub max_wait: Option<String>,
+}
+
+// The sections below are read so that their keys are checked; `[auth]` and
+// `[rate_limit]` are refused at start-up until they are enforced.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub jwt_secret_env: Option<String>,
+    pub jwt_public_key: Option<String>,
+    pub jwks_file: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+}
+
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    #[serde(default)]
+    pub functions: BTreeMap<String, RawFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    pub backend: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub urls: Option<Vec<String>>,
+    pub passthrough: Option<bool>,
+    pub http2: Option<bool>,
+    pub methods: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub concurrency: Option<u32>,
+    pub queue: Option<u32>,
+    pub public: Option<bool>,
+    pub input_schema: Option<toml::Value>,
+}

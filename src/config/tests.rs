@@ -1,0 +1,206 @@
+//! Conversion of configuration text into validated types: good configs
+//! yield the right values, bad ones name the key that is wrong.
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(Path::new("/srv/fngate/gateway.toml"), text)
+}
+
+/// The key path an invalid config is rejected for.
+fn rejected_key(text: &str) -> String {
+    match load(text) {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("config was accepted:\n{text}"),
+    }
+}
+
+const SQUARE: &str = r#"
+[apps.demo.functions.square]
+backend = "exec"
+command = ["python3", "examples/square.py"]
+"#;
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = load(SQUARE).unwrap();
+    assert_eq!(config.server.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(config.server.max_body, 16 << 20);
+    assert_eq!(config.server.sync_wait, Duration::from_secs(150));
+    assert_eq!(config.server.max_json_depth, 128);
+    assert_eq!(config.store.result_ttl, Duration::from_secs(7 * 86_400));
+    assert_eq!(config.store.path, Path::new("/srv/fngate/data/calls.db"));
+    assert!(matches!(&config.server.tls, TlsSource::Dev { dir } if dir == Path::new("/srv/fngate/certs")));
+    let square = &config.functions[0];
+    assert_eq!((square.app.as_str(), square.name.as_str()), ("demo", "square"));
+    assert_eq!(square.methods, Some(vec![Method::POST]));
+    assert_eq!(square.concurrency, 16);
+    assert_eq!(square.queue, 16);
+    assert_eq!(square.timeout, DEFAULT_TIMEOUT);
+    assert!(!square.public);
+    match &square.backend {
+        BackendSpec::Exec { cwd, command, .. } => {
+            assert_eq!(cwd, Path::new("/srv/fngate"));
+            assert_eq!(command[1], "examples/square.py");
+        }
+        other => panic!("wrong backend {other:?}"),
+    }
+}
+
+#[test]
+fn the_design_example_keys_are_accepted() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8443"
+http_listen = "127.0.0.1:8080"
+tls_cert = "certs/gateway.crt"
+tls_key = "certs/gateway.key"
+max_body = "16MiB"
+sync_wait = "150s"
+handshake_timeout = "10s"
+header_read_timeout = "10s"
+idle_timeout = "60s"
+max_header_bytes = "16KiB"
+max_connections = 10000
+h2_max_streams = 128
+
+[store]
+kind = "embedded"
+path = "data/calls.db"
+result_ttl = "7d"
+max_pending = 1000000
+max_wait = "60s"
+
+[cors]
+allow_origins = ["https://app.example.com"]
+
+[webhooks]
+secret_env = "FNGATE_WEBHOOK_SECRET"
+allow_hosts = ["hooks.example.com"]
+max_attempts = 8
+
+[apps.demo.functions.square]
+backend = "exec"
+command = ["python3", "examples/square.py"]
+methods = ["POST", "GET"]
+timeout = "30s"
+concurrency = 16
+queue = 16
+public = true
+
+[apps.demo.functions.echo]
+backend = "http"
+urls = ["http://127.0.0.1:9001/invoke"]
+"#;
+    let config = load(text).unwrap();
+    assert!(matches!(&config.server.tls, TlsSource::Files { cert, .. } if cert == Path::new("/srv/fngate/certs/gateway.crt")));
+    assert_eq!(config.server.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(config.functions.len(), 2);
+    let square = config.functions.iter().find(|f| f.name == "square").unwrap();
+    assert_eq!(square.allow_header(), "POST, GET");
+    assert_eq!(square.timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    assert_eq!(rejected_key("[server]\nlisten_on = \"x\"\n"), "server.listen_on");
+    let text = format!("{SQUARE}timeuot = \"3s\"\n");
+    assert_eq!(rejected_key(&text), "apps.demo.functions.square.timeuot");
+    assert_eq!(rejected_key("colour = 1\n"), "colour");
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_key() {
+    let cases = [
+        (format!("{SQUARE}timeout = \"30\"\n"), "apps.demo.functions.square.timeout"),
+        (format!("{SQUARE}timeout = \"0s\"\n"), "apps.demo.functions.square.timeout"),
+        (format!("{SQUARE}concurrency = 0\n"), "apps.demo.functions.square.concurrency"),
+        (format!("{SQUARE}methods = [\"PUT\"]\n"), "apps.demo.functions.square.methods"),
+        (format!("[server]\nmax_body = \"lots\"\n{SQUARE}"), "server.max_body"),
+        (format!("[server]\nlisten = \"localhost\"\n{SQUARE}"), "server.listen"),
+        (format!("[server]\ntls_cert = \"a.pem\"\n{SQUARE}"), "server.tls_key"),
+        (format!("[store]\nkind = \"mysql\"\n{SQUARE}"), "store.kind"),
+        (format!("[store]\nresult_ttl = \"forever\"\n{SQUARE}"), "store.result_ttl"),
+        (format!("{SQUARE}concurrency = \"many\"\n"), "apps.demo.functions.square.concurrency"),
+    ];
+    for (text, key) in cases {
+        assert_eq!(rejected_key(&text), key, "for config:\n{text}");
+    }
+}
+
+#[test]
+fn reserved_and_malformed_names_are_rejected() {
+    for (app, func, key) in [
+        ("calls", "x", "apps.calls"),
+        ("_admin", "x", "apps._admin"),
+        ("Demo", "x", "apps.Demo"),
+        ("demo", "calls", "apps.demo.functions.calls"),
+        ("demo", "_x", "apps.demo.functions._x"),
+        ("demo", "-x", "apps.demo.functions.-x"),
+        ("demo", "sq.uare", "apps.demo.functions.\"sq.uare\""),
+    ] {
+        let text = format!("[apps.{app}.functions.\"{func}\"]\nbackend = \"exec\"\ncommand = [\"true\"]\n");
+        let got = rejected_key(&text);
+        assert!(got == key || got.replace('"', "") == key.replace('"', ""), "{app}/{func}: got {got}");
+    }
+    let long = "a".repeat(64);
+    let text = format!("[apps.demo.functions.{long}]\nbackend = \"exec\"\ncommand = [\"true\"]\n");
+    assert_eq!(rejected_key(&text), format!("apps.demo.functions.{long}"));
+    assert!(is_valid_name(&"a".repeat(63)));
+}
+
+#[test]
+fn backends_need_their_command_or_urls() {
+    let exec = "[apps.demo.functions.f]\nbackend = \"exec\"\n";
+    assert_eq!(rejected_key(exec), "apps.demo.functions.f.command");
+    let empty = "[apps.demo.functions.f]\nbackend = \"exec\"\ncommand = []\n";
+    assert_eq!(rejected_key(empty), "apps.demo.functions.f.command");
+    let http = "[apps.demo.functions.f]\nbackend = \"http\"\n";
+    assert_eq!(rejected_key(http), "apps.demo.functions.f.urls");
+    let bad_url = "[apps.demo.functions.f]\nbackend = \"http\"\nurls = [\"ftp://x/\"]\n";
+    assert_eq!(rejected_key(bad_url), "apps.demo.functions.f.urls[0]");
+    let none = "[apps.demo.functions.f]\ncommand = [\"true\"]\n";
+    assert_eq!(rejected_key(none), "apps.demo.functions.f.backend");
+    let other = "[apps.demo.functions.f]\nbackend = \"lambda\"\n";
+    assert_eq!(rejected_key(other), "apps.demo.functions.f.backend");
+    let mixed = "[apps.demo.functions.f]\nbackend = \"exec\"\ncommand = [\"true\"]\nurls = [\"http://a/\"]\n";
+    assert_eq!(rejected_key(mixed), "apps.demo.functions.f.urls");
+}
+
+#[test]
+fn inline_input_schema_is_compiled_and_bad_ones_rejected() {
+    let good = format!("{SQUARE}input_schema = {{ type = \"object\", required = [\"x\"] }}\n");
+    let config = load(&good).unwrap();
+    assert_eq!(config.functions[0].input_schema.as_ref().unwrap()["required"][0], "x");
+    let bad = format!("{SQUARE}input_schema = {{ type = \"blob\" }}\n");
+    assert_eq!(rejected_key(&bad), "apps.demo.functions.square.input_schema");
+    let missing = format!("{SQUARE}input_schema = \"schemas/nope.json\"\n");
+    assert_eq!(rejected_key(&missing), "apps.demo.functions.square.input_schema");
+}
+
+#[test]
+fn passthrough_functions_forward_any_method_by_default() {
+    let text = "[apps.web.functions.site]\nbackend = \"http\"\nurls = [\"http://127.0.0.1:9001\"]\npassthrough = true\n";
+    let config = load(text).unwrap();
+    let site = &config.functions[0];
+    assert!(site.is_passthrough());
+    assert!(site.allows(&Method::PUT));
+    assert!(!site.allows(&Method::OPTIONS));
+}
+
+#[test]
+fn auth_and_rate_limits_are_refused_until_they_are_enforced() {
+    let text = format!("[auth]\njwt_secret_env = \"X\"\n{SQUARE}");
+    assert_eq!(rejected_key(&text), "auth");
+    let text = format!("[rate_limit]\nrequests_per_second = 5\n{SQUARE}");
+    assert_eq!(rejected_key(&text), "rate_limit");
+    let text = format!("[server]\nclient_ca = \"ca.pem\"\n{SQUARE}");
+    assert_eq!(rejected_key(&text), "server.client_ca");
+}
+
+#[test]
+fn error_message_names_file_and_key() {
+    let err = load("[server]\nmax_body = \"lots\"\n").unwrap_err().to_string();
+    assert!(err.starts_with("/srv/fngate/gateway.toml: server.max_body: "), "{err}");
+}

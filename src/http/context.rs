@@ -1,0 +1,130 @@
+//! Per-request context: the request id (the client's when sane, else a
+//! new one), the W3C trace context passed to backends, the access log
+//! line, and the guarantee that a panicking handler still answers 500.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Response};
+
+use super::problem::ApiError;
+use crate::invocation::{Trace, random_hex};
+
+/// The route a response belongs to, for the access log (names only: no
+/// path suffix, no query).
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub String);
+
+/// Accepts a client's request id of 1 to 128 characters from
+/// `[A-Za-z0-9._:-]`; anything else is replaced.
+fn sane_request_id(headers: &HeaderMap) -> Option<Arc<str>> {
+    let value = headers.get("x-request-id")?.to_str().ok()?;
+    let sane = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    sane.then(|| Arc::from(value))
+}
+
+/// The `traceparent` for the backend: the client's trace continued with a
+/// new span id, or a new trace.
+fn child_traceparent(headers: &HeaderMap) -> String {
+    let span = random_hex::<8>();
+    if let Some((trace_id, flags)) = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        return format!("00-{trace_id}-{span}-{flags}");
+    }
+    format!("00-{}-{span}-01", random_hex::<16>())
+}
+
+/// The trace id and flags of a valid version-00 `traceparent`.
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0');
+    valid.then_some((trace_id, flags))
+}
+
+/// Middleware: sets up the `Trace`, echoes `X-Request-Id`, turns panics
+/// into a 500 problem, and logs one line per request.
+pub async fn request_context(mut request: Request, next: Next) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let trace = Trace {
+        request_id: sane_request_id(request.headers()).unwrap_or_else(|| Arc::from(random_hex::<16>())),
+        traceparent: child_traceparent(request.headers()),
+    };
+    let request_id = trace.request_id.clone();
+    let method = request.method().clone();
+    request.extensions_mut().insert(trace);
+    let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(request_id = %request_id, panic = %message, "request handler panicked");
+            ApiError::Internal.into_problem(&request_id)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let route = response.extensions().get::<RouteLabel>().map_or("-", |r| r.0.as_str());
+    tracing::info!(
+        method = %method,
+        route,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = %request_id,
+        "request"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_str(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn only_sane_request_ids_are_kept() {
+        assert_eq!(sane_request_id(&headers("x-request-id", "abc-123.x_y:z")).as_deref(), Some("abc-123.x_y:z"));
+        assert!(sane_request_id(&headers("x-request-id", "has space")).is_none());
+        assert!(sane_request_id(&headers("x-request-id", &"a".repeat(129))).is_none());
+        assert!(sane_request_id(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_replaces_the_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_traceparent(&headers("traceparent", incoming));
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, incoming);
+        let fresh = child_traceparent(&headers("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!fresh.contains("00000000000000000000000000000000"));
+        assert_eq!(fresh.len(), 55);
+    }
+}

@@ -1,0 +1,160 @@
+//! Errors as clients see them: every `ApiError` variant maps to one status
+//! and one stable `code`, rendered as RFC 9457 problem details.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::backend::BackendError;
+use crate::translate::TranslateError;
+
+/// Every way a request can fail, as the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no app '{app}'")]
+    AppNotFound { app: String },
+    #[error("no function '{function}' in app '{app}'")]
+    FunctionNotFound { app: String, function: String },
+    #[error("this route allows only {allow}")]
+    MethodNotAllowed { allow: String },
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidArguments(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{message}")]
+    FunctionError { kind: String, message: String },
+    #[error("the function's backend is unreachable, crashed or answered something that is not a result")]
+    BackendError,
+    #[error("the function is at its concurrency and queue limits; retry later")]
+    Overloaded,
+    #[error("the function ran past its timeout of {}", humantime::format_duration(*timeout))]
+    FunctionTimeout { timeout: Duration },
+    #[error("the gateway failed while handling this request")]
+    Internal,
+}
+
+/// How long an overloaded caller is told to wait, in seconds.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::AppNotFound { .. } => (StatusCode::NOT_FOUND, "app_not_found"),
+            ApiError::FunctionNotFound { .. } => (StatusCode::NOT_FOUND, "function_not_found"),
+            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::InvalidArguments(_) => (StatusCode::BAD_REQUEST, "invalid_arguments"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::FunctionError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "function_error"),
+            ApiError::BackendError => (StatusCode::BAD_GATEWAY, "backend_error"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::FunctionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    /// The problem+json response for this error.
+    pub fn into_problem(self, request_id: &str) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "code": code,
+            "detail": self.to_string(),
+            "request_id": request_id,
+        });
+        if let ApiError::FunctionError { kind, message } = &self {
+            body["error"] = serde_json::json!({"type": kind, "message": message});
+        }
+        let mut response = Response::new(Body::from(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        match &self {
+            ApiError::MethodNotAllowed { allow } => {
+                if let Ok(value) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, value);
+                }
+            }
+            ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<TranslateError> for ApiError {
+    fn from(error: TranslateError) -> ApiError {
+        match error {
+            TranslateError::InvalidJson(m) => ApiError::InvalidJson(m),
+            TranslateError::InvalidArguments(m) => ApiError::InvalidArguments(m),
+            TranslateError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+        }
+    }
+}
+
+impl ApiError {
+    /// The client's view of a backend failure; the details stay in the log.
+    pub fn from_backend(error: BackendError, timeout: Duration) -> ApiError {
+        match error {
+            BackendError::Function { kind, message } => ApiError::FunctionError { kind, message },
+            BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_) => ApiError::BackendError,
+            BackendError::Timeout => ApiError::FunctionTimeout { timeout },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_has_the_contract_fields() {
+        let response = ApiError::FunctionNotFound {
+            app: "demo".into(),
+            function: "sq".into(),
+        }
+        .into_problem("req-1");
+        assert_eq!(response.status(), 404);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            problem,
+            serde_json::json!({"type": "about:blank", "title": "Not Found", "status": 404,
+                "code": "function_not_found", "detail": "no function 'sq' in app 'demo'", "request_id": "req-1"})
+        );
+    }
+
+    #[tokio::test]
+    async fn function_errors_carry_type_and_message() {
+        let response = ApiError::FunctionError {
+            kind: "ValueError".into(),
+            message: "bad x".into(),
+        }
+        .into_problem("r");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["error"], serde_json::json!({"type": "ValueError", "message": "bad x"}));
+        assert_eq!(problem["status"], 500);
+    }
+
+    #[test]
+    fn overload_and_method_errors_carry_their_headers() {
+        let overloaded = ApiError::Overloaded.into_problem("r");
+        assert_eq!(overloaded.status(), 503);
+        assert_eq!(overloaded.headers()[header::RETRY_AFTER], "1");
+        let method = ApiError::MethodNotAllowed { allow: "GET, POST".into() }.into_problem("r");
+        assert_eq!(method.headers()[header::ALLOW], "GET, POST");
+    }
+}

@@ -1,0 +1,151 @@
+//! The invocation request: what a backend is asked to run, independent of
+//! HTTP. Its JSON form is DESIGN.md's invocation request; arguments are
+//! spliced in as the raw JSON text the client sent.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+
+/// A call id: `fc-` followed by 128 random bits in lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallId(String);
+
+impl CallId {
+    pub fn generate() -> CallId {
+        CallId(format!("fc-{}", random_hex::<16>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who made a call, once authentication exists; passed to backends in
+/// headers the client cannot forge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub issuer: Option<String>,
+}
+
+/// Request-scoped identifiers that travel with a call to its backend.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub request_id: Arc<str>,
+    pub traceparent: String,
+}
+
+/// One call of one function.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub call_id: CallId,
+    pub app: Arc<str>,
+    pub function: Arc<str>,
+    /// JSON array text.
+    pub args: String,
+    /// JSON object text.
+    pub kwargs: String,
+    /// Wall-clock deadline, milliseconds since the Unix epoch.
+    pub deadline_ms: u64,
+    /// The same deadline on the monotonic clock, for enforcing it.
+    pub deadline: tokio::time::Instant,
+    pub attempt: u32,
+    pub trace: Trace,
+    pub principal: Option<Principal>,
+}
+
+impl Invocation {
+    /// The time left before the deadline (zero when it has passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// The invocation request body sent to backends.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.args.len() + self.kwargs.len());
+        out.extend_from_slice(b"{\"call_id\":\"");
+        out.extend_from_slice(self.call_id.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"app\":");
+        out.extend_from_slice(quote(&self.app).as_bytes());
+        out.extend_from_slice(b",\"function\":");
+        out.extend_from_slice(quote(&self.function).as_bytes());
+        out.extend_from_slice(b",\"args\":");
+        out.extend_from_slice(self.args.as_bytes());
+        out.extend_from_slice(b",\"kwargs\":");
+        out.extend_from_slice(self.kwargs.as_bytes());
+        out.extend_from_slice(format!(",\"deadline_ms\":{},\"attempt\":{}}}", self.deadline_ms, self.attempt).as_bytes());
+        out
+    }
+}
+
+/// `N` random bytes as lowercase hex.
+pub fn random_hex<const N: usize>() -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut out = String::with_capacity(N * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    out
+}
+
+fn quote(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serialises")
+}
+
+/// Milliseconds since the Unix epoch, `timeout` from now.
+pub fn deadline_ms_after(timeout: Duration) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (now + timeout).as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_are_prefixed_and_random() {
+        let a = CallId::generate();
+        let b = CallId::generate();
+        assert!(a.as_str().starts_with("fc-"));
+        assert_eq!(a.as_str().len(), 35);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn invocation_request_splices_arguments_verbatim() {
+        let inv = Invocation {
+            call_id: CallId("fc-1".into()),
+            app: "demo".into(),
+            function: "square".into(),
+            args: "[1e400]".into(),
+            kwargs: "{\"x\": 12345678901234567890123456789}".into(),
+            deadline_ms: 1764000000000,
+            deadline: tokio::time::Instant::now(),
+            attempt: 1,
+            trace: Trace {
+                request_id: "r".into(),
+                traceparent: String::new(),
+            },
+            principal: None,
+        };
+        let text = String::from_utf8(inv.to_json()).unwrap();
+        assert_eq!(
+            text,
+            "{\"call_id\":\"fc-1\",\"app\":\"demo\",\"function\":\"square\",\"args\":[1e400],\
+             \"kwargs\":{\"x\": 12345678901234567890123456789},\"deadline_ms\":1764000000000,\"attempt\":1}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text.replace("1e400", "1")).unwrap();
+        assert_eq!(parsed["function"], "square");
+    }
+}

@@ -1,0 +1,140 @@
+//! fngate: an HTTPS gateway that gives deployed functions stable web URLs.
+//!
+//! `Gateway::bind` builds every part in order (config -> TLS -> backends ->
+//! registry -> router -> listeners); `Gateway::run` serves until the
+//! shutdown token fires, then drains.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod dispatch;
+pub mod http;
+pub mod invocation;
+pub mod listener;
+pub mod registry;
+pub mod tls;
+pub mod translate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::http::HttpClients;
+use crate::config::Config;
+use crate::http::AppState;
+use crate::listener::ConnectionLimits;
+use crate::registry::Registry;
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A gateway with its listeners bound, ready to run.
+pub struct Gateway {
+    https: TcpListener,
+    http: Option<TcpListener>,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl Gateway {
+    /// Builds every part from `config` and binds the listeners.
+    pub async fn bind(config: Config) -> Result<Gateway, ServeError> {
+        // 1. TLS: configured files, or the dev CA and certificate.
+        let (tls, dev_ca) = tls::server_config(&config.server.tls)?;
+        if let Some(ca) = dev_ca {
+            tracing::info!(
+                "using the dev certificate; its CA is {} (curl --cacert {} ...)",
+                ca.display(),
+                ca.display()
+            );
+        }
+        // 2. Backends and the registry of functions.
+        let clients = HttpClients::new();
+        let registry = Registry::from_config(&config, &clients);
+        for function in registry.functions() {
+            tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
+        }
+        // 3. Router state.
+        let state = Arc::new(AppState::new(registry, &config.server));
+        // 4. Listeners.
+        let https = bind(config.server.listen).await?;
+        let http = match config.server.http_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Gateway {
+            https,
+            http,
+            acceptor: TlsAcceptor::from(tls),
+            state,
+            limits: Arc::new(ConnectionLimits::from_config(&config.server)),
+        })
+    }
+
+    /// The bound HTTPS address (useful with port 0).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The bound plain-HTTP address, when configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests
+    /// within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let router = http::router(self.state.clone());
+        let mut tasks = JoinSet::new();
+        tracing::info!("listening on https://{}", self.https_addr());
+        if let Some(addr) = self.http_addr() {
+            tracing::info!("listening on http://{addr}");
+        }
+        tasks.spawn(listener::serve(
+            self.https,
+            Some(self.acceptor),
+            router.clone(),
+            self.limits.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(http) = self.http {
+            tasks.spawn(listener::serve(http, None, router, self.limits.clone(), shutdown.clone()));
+        }
+        let state = self.state.clone();
+        let draining = shutdown.clone();
+        tasks.spawn(async move {
+            draining.cancelled().await;
+            state.start_draining();
+            tracing::info!("shutting down: no new connections, draining in-flight requests");
+        });
+        // The first task to end stops the rest.
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a gateway task failed");
+            }
+            shutdown.cancel();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Runs the gateway described by `config` until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    Gateway::bind(config).await?.run(shutdown).await;
+    Ok(())
+}

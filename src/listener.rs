@@ -1,0 +1,132 @@
+//! Listeners: the accept loop, TLS handshakes (each in its own task, with
+//! a timeout), HTTP/1.1 or HTTP/2 by ALPN through hyper-util's auto
+//! builder, the connection cap, and draining on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+
+/// Connection-level limits shared by every listener.
+pub struct ConnectionLimits {
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub h2_max_streams: u32,
+    pub shutdown_grace: Duration,
+    /// Open connections across all listeners.
+    pub slots: Arc<Semaphore>,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(server: &ServerConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            handshake_timeout: server.handshake_timeout,
+            header_read_timeout: server.header_read_timeout,
+            max_header_bytes: server.max_header_bytes,
+            h2_max_streams: server.h2_max_streams,
+            shutdown_grace: server.shutdown_grace,
+            slots: Arc::new(Semaphore::new(server.max_connections)),
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.h2_max_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        builder
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown`, then drains: open
+/// connections finish their in-flight requests within the grace period.
+/// With `tls` absent the listener speaks plain HTTP (for use behind a TLS
+/// load balancer).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
+    let builder = Arc::new(limits.builder());
+    let graceful = GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => {
+                    backoff = Duration::from_millis(5);
+                    accepted
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never give up.
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection limit reached; closing new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let app = app.clone();
+        let tls = tls.clone();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, app).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => serve_connection(&builder, watcher, stream, app).await,
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+async fn serve_connection<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: IO,
+    app: Router,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}

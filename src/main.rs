@@ -1,0 +1,117 @@
+//! The `fngate` command: parses the command line, loads the configuration
+//! and runs the gateway library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use fngate::backend::http::HttpClients;
+use fngate::config::Config;
+use fngate::registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "fngate", version, about = "HTTPS gateway that gives deployed functions stable web URLs")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "gateway.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the configuration and print every route.
+    Check,
+}
+
+/// Exit status for an unusable configuration.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fngate: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", config.file.display());
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            check(&config);
+            ExitCode::SUCCESS
+        }
+        Command::Serve => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fngate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn check(config: &Config) {
+    let registry = Registry::from_config(config, &HttpClients::new());
+    println!("{}: ok", config.file.display());
+    for function in registry.functions() {
+        let methods = if function.spec.is_passthrough() {
+            format!("{} (any path below)", function.spec.allow_header().replace(", ", ","))
+        } else {
+            function.spec.allow_header().replace(", ", ",")
+        };
+        println!("{methods} /{}/{} -> {}", function.app, function.name, function.describe());
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        fngate::serve(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// SIGTERM or Ctrl-C starts a graceful drain; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        tracing::error!("cannot watch SIGTERM");
+        return;
+    };
+    let mut signals = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        signals += 1;
+        if signals > 1 {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        shutdown.cancel();
+    }
+}
