@@ -23,7 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && apt-get install -y --no-install-recommends python3 ca-certificates tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --home-dir /srv/fngate --shell /usr/sbin/nologin fngate \
  && install -d -o fngate -g fngate /srv/fngate /srv/fngate/certs /srv/fngate/data
@@ -37,4 +37,6 @@ EXPOSE 8443
 # so this probe does not verify it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
   CMD ["python3", "-c", "import ssl, urllib.request; urllib.request.urlopen('https://127.0.0.1:8443/_/health', context=ssl._create_unverified_context(), timeout=4)"]
+# tini reaps what exec functions leave behind (fngate is not PID 1).
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["fngate", "serve", "--config", "/srv/fngate/gateway.toml"]

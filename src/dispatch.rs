@@ -34,7 +34,9 @@ impl Limiter {
         }
         let place = self
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.queue).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            });
         if place.is_err() {
             return Err(Overloaded);
         }
@@ -83,7 +85,8 @@ mod tests {
     async fn a_caller_giving_up_leaves_the_queue() {
         let limiter = Limiter::new(1, 1);
         let _running = limiter.acquire().await.unwrap();
-        let wait = tokio::time::timeout(std::time::Duration::from_millis(10), limiter.acquire()).await;
+        let wait =
+            tokio::time::timeout(std::time::Duration::from_millis(10), limiter.acquire()).await;
         assert!(wait.is_err());
         assert_eq!(limiter.waiting.load(Ordering::Acquire), 0);
     }

@@ -65,7 +65,8 @@ pub struct Invocation {
 impl Invocation {
     /// The time left before the deadline (zero when it has passed).
     pub fn time_left(&self) -> Duration {
-        self.deadline.saturating_duration_since(tokio::time::Instant::now())
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
     }
 
     /// The invocation request body sent to backends.
@@ -81,7 +82,13 @@ impl Invocation {
         out.extend_from_slice(self.args.as_bytes());
         out.extend_from_slice(b",\"kwargs\":");
         out.extend_from_slice(self.kwargs.as_bytes());
-        out.extend_from_slice(format!(",\"deadline_ms\":{},\"attempt\":{}}}", self.deadline_ms, self.attempt).as_bytes());
+        out.extend_from_slice(
+            format!(
+                ",\"deadline_ms\":{},\"attempt\":{}}}",
+                self.deadline_ms, self.attempt
+            )
+            .as_bytes(),
+        );
         out
     }
 }
@@ -105,7 +112,9 @@ fn quote(text: &str) -> String {
 
 /// Milliseconds since the Unix epoch, `timeout` from now.
 pub fn deadline_ms_after(timeout: Duration) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (now + timeout).as_millis() as u64
 }
 

@@ -35,7 +35,10 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway with its listeners bound, ready to run.
@@ -84,7 +87,9 @@ impl Gateway {
 
     /// The bound HTTPS address (useful with port 0).
     pub fn https_addr(&self) -> SocketAddr {
-        self.https.local_addr().expect("a bound listener has an address")
+        self.https
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The bound plain-HTTP address, when configured.
@@ -109,7 +114,13 @@ impl Gateway {
             shutdown.clone(),
         ));
         if let Some(http) = self.http {
-            tasks.spawn(listener::serve(http, None, router, self.limits.clone(), shutdown.clone()));
+            tasks.spawn(listener::serve(
+                http,
+                None,
+                router,
+                self.limits.clone(),
+                shutdown.clone(),
+            ));
         }
         let state = self.state.clone();
         let draining = shutdown.clone();
@@ -130,7 +141,9 @@ impl Gateway {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Runs the gateway described by `config` until `shutdown` is cancelled.

@@ -12,7 +12,11 @@ use fngate::config::Config;
 use fngate::registry::Registry;
 
 #[derive(Parser)]
-#[command(name = "fngate", version, about = "HTTPS gateway that gives deployed functions stable web URLs")]
+#[command(
+    name = "fngate",
+    version,
+    about = "HTTPS gateway that gives deployed functions stable web URLs"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, default_value = "gateway.toml")]
@@ -76,11 +80,19 @@ fn check(config: &Config) {
     println!("{}: ok", config.file.display());
     for function in registry.functions() {
         let methods = if function.spec.is_passthrough() {
-            format!("{} (any path below)", function.spec.allow_header().replace(", ", ","))
+            format!(
+                "{} (any path below)",
+                function.spec.allow_header().replace(", ", ",")
+            )
         } else {
             function.spec.allow_header().replace(", ", ",")
         };
-        println!("{methods} /{}/{} -> {}", function.app, function.name, function.describe());
+        println!(
+            "{methods} /{}/{} -> {}",
+            function.app,
+            function.name,
+            function.describe()
+        );
     }
 }
 

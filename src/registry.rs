@@ -55,18 +55,21 @@ impl Registry {
         let mut registry = Registry::default();
         for spec in &config.functions {
             let target = match &spec.backend {
-                BackendSpec::Exec { command, cwd, env } => Target::Invoke(Arc::new(ExecBackend::new(
-                    command.clone(),
-                    cwd.clone(),
-                    env.clone(),
-                    config.server.max_result,
-                ))),
+                BackendSpec::Exec { command, cwd, env } => {
+                    Target::Invoke(Arc::new(ExecBackend::new(
+                        command.clone(),
+                        cwd.clone(),
+                        env.clone(),
+                        config.server.max_result,
+                    )))
+                }
                 BackendSpec::Http {
                     urls,
                     passthrough,
                     http2,
                 } => {
-                    let backend = HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
+                    let backend =
+                        HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
                     if *passthrough {
                         Target::Passthrough(Arc::new(backend))
                     } else {
@@ -75,7 +78,8 @@ impl Registry {
                 }
             };
             let schema = spec.input_schema.as_ref().map(|schema| {
-                jsonschema::validator_for(schema).expect("config validation compiled this schema already")
+                jsonschema::validator_for(schema)
+                    .expect("config validation compiled this schema already")
             });
             let function = Function {
                 app: spec.app.as_str().into(),

@@ -71,7 +71,8 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// Reads a PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key.
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_error(path, format!("no usable private key: {e}")))
 }
 
 /// Paths of the dev certificate files.
@@ -107,7 +108,8 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, TlsError> {
     let issuer = Issuer::new(ca_params()?, ca_key);
     let leaf_key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(DEV_NAMES.map(String::from).to_vec())?;
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     leaf.use_authority_key_identifier_extension = true;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
@@ -125,8 +127,12 @@ pub fn ensure_dev_certificate(dir: &Path) -> Result<DevCertificate, TlsError> {
 fn ca_params() -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "fngate dev CA");
-    params.distinguished_name.push(DnType::OrganizationName, "fngate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fngate dev CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "fngate");
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -136,7 +142,9 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
 }
 
 fn yesterday() -> Option<time::OffsetDateTime> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
     let yesterday = now.as_secs().saturating_sub(86_400);
     time::OffsetDateTime::from_unix_timestamp(yesterday as i64).ok()
 }

@@ -30,7 +30,12 @@ pub struct ExecBackend {
 }
 
 impl ExecBackend {
-    pub fn new(command: Vec<String>, cwd: PathBuf, env: BTreeMap<String, String>, max_result: u64) -> ExecBackend {
+    pub fn new(
+        command: Vec<String>,
+        cwd: PathBuf,
+        env: BTreeMap<String, String>,
+        max_result: u64,
+    ) -> ExecBackend {
         ExecBackend {
             command,
             cwd,
@@ -62,10 +67,9 @@ impl ExecBackend {
     }
 
     async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
-        let mut child = self
-            .command(invocation)
-            .spawn()
-            .map_err(|e| BackendError::Unreachable(format!("cannot start {:?}: {e}", self.command[0])))?;
+        let mut child = self.command(invocation).spawn().map_err(|e| {
+            BackendError::Unreachable(format!("cannot start {:?}: {e}", self.command[0]))
+        })?;
         let mut group = ProcessGroup::of(child.id());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -78,7 +82,13 @@ impl ExecBackend {
                 let _ = stdin.write_all(&request).await;
             }
         };
-        let io = async { tokio::join!(write, read_capped(stdout, self.max_result), read_tail(stderr, STDERR_TAIL)) };
+        let io = async {
+            tokio::join!(
+                write,
+                read_capped(stdout, self.max_result),
+                read_tail(stderr, STDERR_TAIL)
+            )
+        };
         tokio::pin!(io);
         let deadline = tokio::time::sleep_until(invocation.deadline);
         tokio::pin!(deadline);
@@ -132,7 +142,8 @@ fn outcome(status: ExitStatus, stdout: Vec<u8>, stderr: &[u8]) -> Result<Bytes, 
     }
     let message = String::from_utf8_lossy(stderr).trim().to_owned();
     Err(BackendError::Function {
-        kind: error_kind(&message).unwrap_or_else(|| format!("exit status {}", status.code().unwrap_or(-1))),
+        kind: error_kind(&message)
+            .unwrap_or_else(|| format!("exit status {}", status.code().unwrap_or(-1))),
         message,
     })
 }
@@ -143,7 +154,9 @@ fn error_kind(message: &str) -> Option<String> {
     let last = message.lines().last()?;
     let (name, _) = last.split_once(':')?;
     let identifier = |part: &str| {
-        part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     (name.split('.').all(identifier)).then(|| name.to_owned())
@@ -220,7 +233,10 @@ impl Drop for ProcessGroup {
 }
 
 impl Backend for ExecBackend {
-    fn invoke<'a>(&'a self, invocation: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
     }
 
@@ -235,8 +251,14 @@ mod tests {
 
     #[test]
     fn error_kind_comes_from_a_traceback_last_line() {
-        assert_eq!(error_kind("Traceback...\nValueError: bad").as_deref(), Some("ValueError"));
-        assert_eq!(error_kind("x\nmod.sub.KeyError: 'k'").as_deref(), Some("mod.sub.KeyError"));
+        assert_eq!(
+            error_kind("Traceback...\nValueError: bad").as_deref(),
+            Some("ValueError")
+        );
+        assert_eq!(
+            error_kind("x\nmod.sub.KeyError: 'k'").as_deref(),
+            Some("mod.sub.KeyError")
+        );
         assert_eq!(error_kind("something went wrong: sorry"), None);
         assert_eq!(error_kind(""), None);
     }

@@ -92,9 +92,16 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub fn new(clients: &HttpClients, urls: Vec<Uri>, http2: bool, max_result: u64) -> HttpBackend {
-        assert!(!urls.is_empty(), "config validation guarantees at least one url");
+        assert!(
+            !urls.is_empty(),
+            "config validation guarantees at least one url"
+        );
         HttpBackend {
-            client: if http2 { clients.h2c.clone() } else { clients.negotiated.clone() },
+            client: if http2 {
+                clients.h2c.clone()
+            } else {
+                clients.negotiated.clone()
+            },
             urls,
             next: AtomicUsize::new(0),
             max_result,
@@ -116,7 +123,8 @@ impl HttpBackend {
                 .body(Body::from(body.clone()))
                 .map_err(|e| BackendError::Unreachable(format!("building the request: {e}")))?;
             add_call_headers(request.headers_mut(), invocation);
-            let sent = tokio::time::timeout_at(invocation.deadline, self.client.request(request)).await;
+            let sent =
+                tokio::time::timeout_at(invocation.deadline, self.client.request(request)).await;
             let response = match sent {
                 Err(_) => return Err(BackendError::Timeout),
                 Ok(Ok(response)) => response,
@@ -126,16 +134,24 @@ impl HttpBackend {
                     last_error = Some(e);
                     continue;
                 }
-                Ok(Err(e)) => return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e)))),
+                Ok(Err(e)) => {
+                    return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e))));
+                }
             };
-            let read = tokio::time::timeout_at(invocation.deadline, self.read_answer(response)).await;
+            let read =
+                tokio::time::timeout_at(invocation.deadline, self.read_answer(response)).await;
             return read.unwrap_or(Err(BackendError::Timeout));
         }
         let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
-        Err(BackendError::Unreachable(format!("no replica reachable: {detail}")))
+        Err(BackendError::Unreachable(format!(
+            "no replica reachable: {detail}"
+        )))
     }
 
-    async fn read_answer(&self, response: Response<hyper::body::Incoming>) -> Result<Bytes, BackendError> {
+    async fn read_answer(
+        &self,
+        response: Response<hyper::body::Incoming>,
+    ) -> Result<Bytes, BackendError> {
         let status = response.status();
         let limit = usize::try_from(self.max_result).unwrap_or(usize::MAX);
         let body = Limited::new(response.into_body(), limit)
@@ -149,10 +165,16 @@ impl HttpBackend {
         if let Some(reported) = reported_error(&body) {
             return Err(reported);
         }
-        let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)]).trim().to_owned();
+        let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)])
+            .trim()
+            .to_owned();
         Err(BackendError::Function {
             kind: format!("HTTP {}", status.as_u16()),
-            message: if text.is_empty() { status.to_string() } else { text },
+            message: if text.is_empty() {
+                status.to_string()
+            } else {
+                text
+            },
         })
     }
 
@@ -179,7 +201,8 @@ impl HttpBackend {
         let mut last_error = None;
         for url in self.rotation() {
             let target = forward_uri(url, suffix, query.as_deref())?;
-            let mut outgoing = Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
+            let mut outgoing =
+                Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
             *outgoing.uri_mut() = target;
             *outgoing.version_mut() = http::Version::HTTP_11;
             let sent = tokio::time::timeout_at(deadline, self.client.request(outgoing)).await;
@@ -195,13 +218,20 @@ impl HttpBackend {
                     last_error = Some(e);
                 }
                 Ok(Err(e)) if e.is_connect() => {
-                    return Err(BackendError::Unreachable(format!("{url}: {}", error_chain(&e))));
+                    return Err(BackendError::Unreachable(format!(
+                        "{url}: {}",
+                        error_chain(&e)
+                    )));
                 }
-                Ok(Err(e)) => return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e)))),
+                Ok(Err(e)) => {
+                    return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e))));
+                }
             }
         }
         let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
-        Err(BackendError::Unreachable(format!("no replica reachable: {detail}")))
+        Err(BackendError::Unreachable(format!(
+            "no replica reachable: {detail}"
+        )))
     }
 }
 
@@ -221,7 +251,8 @@ fn forward_uri(base: &Uri, suffix: &str, query: Option<&str>) -> Result<Uri, Bac
             .parse()
             .map_err(|e| BackendError::Unreachable(format!("building the forwarded URL: {e}")))?,
     );
-    Uri::from_parts(parts).map_err(|e| BackendError::Unreachable(format!("building the forwarded URL: {e}")))
+    Uri::from_parts(parts)
+        .map_err(|e| BackendError::Unreachable(format!("building the forwarded URL: {e}")))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
@@ -302,7 +333,10 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Backend for HttpBackend {
-    fn invoke<'a>(&'a self, invocation: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
     }
 
@@ -319,10 +353,19 @@ mod tests {
     #[test]
     fn forwarded_uri_appends_suffix_and_query() {
         let base: Uri = "http://127.0.0.1:9001/api/".parse().unwrap();
-        assert_eq!(forward_uri(&base, "/x/y", Some("a=1")).unwrap(), "http://127.0.0.1:9001/api/x/y?a=1");
-        assert_eq!(forward_uri(&base, "", None).unwrap(), "http://127.0.0.1:9001/api");
+        assert_eq!(
+            forward_uri(&base, "/x/y", Some("a=1")).unwrap(),
+            "http://127.0.0.1:9001/api/x/y?a=1"
+        );
+        assert_eq!(
+            forward_uri(&base, "", None).unwrap(),
+            "http://127.0.0.1:9001/api"
+        );
         let root: Uri = "http://127.0.0.1:9001".parse().unwrap();
-        assert_eq!(forward_uri(&root, "", None).unwrap(), "http://127.0.0.1:9001/");
+        assert_eq!(
+            forward_uri(&root, "", None).unwrap(),
+            "http://127.0.0.1:9001/"
+        );
     }
 
     #[test]

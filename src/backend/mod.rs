@@ -39,7 +39,10 @@ pub enum BackendError {
 /// Runs invocations of one function.
 pub trait Backend: Send + Sync {
     /// Runs `invocation` and returns its JSON result bytes.
-    fn invoke<'a>(&'a self, invocation: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
 
     /// A one-line description for `fngate check` and logs.
     fn describe(&self) -> String;

@@ -145,7 +145,9 @@ impl FunctionSpec {
     pub fn allows(&self, method: &Method) -> bool {
         match &self.methods {
             Some(methods) => methods.contains(method),
-            None => method != Method::OPTIONS && method != Method::CONNECT && method != Method::TRACE,
+            None => {
+                method != Method::OPTIONS && method != Method::CONNECT && method != Method::TRACE
+            }
         }
     }
 }
@@ -189,7 +191,11 @@ fn parse_raw(text: &str) -> Result<RawConfig, (String, String)> {
     let de = toml::Deserializer::parse(text).map_err(|e| ("(file)".to_owned(), e.to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "(top level)".to_owned() } else { key };
+        let key = if key == "." {
+            "(top level)".to_owned()
+        } else {
+            key
+        };
         // toml's message carries a source excerpt; the first meaningful
         // line after it is what is wrong.
         let message = e.inner().message().to_owned();
@@ -221,7 +227,12 @@ impl Context {
         }
     }
 
-    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
             Some(text) => parse_duration(text).map_err(|m| self.invalid(key, m)),
@@ -257,7 +268,9 @@ impl Context {
                 if origin != "*" && origin.parse::<Uri>().map_or(true, |u| u.scheme().is_none()) {
                     return Err(self.invalid(
                         format!("cors.allow_origins[{i}]"),
-                        format!("'{origin}' is not an origin like \"https://app.example.com\" or \"*\""),
+                        format!(
+                            "'{origin}' is not an origin like \"https://app.example.com\" or \"*\""
+                        ),
                     ));
                 }
             }
@@ -300,11 +313,16 @@ impl Context {
             text.parse().map_err(|_| {
                 self.invalid(
                     key,
-                    format!("'{text}' is not a socket address like \"127.0.0.1:8443\" or \"[::1]:8443\""),
+                    format!(
+                        "'{text}' is not a socket address like \"127.0.0.1:8443\" or \"[::1]:8443\""
+                    ),
                 )
             })
         };
-        let listen = addr("server.listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8443"))?;
+        let listen = addr(
+            "server.listen",
+            raw.listen.as_deref().unwrap_or("127.0.0.1:8443"),
+        )?;
         let http_listen = match &raw.http_listen {
             Some(text) => Some(addr("server.http_listen", text)?),
             None => None,
@@ -318,10 +336,16 @@ impl Context {
                 dir: self.base_dir.join("certs"),
             },
             (Some(_), None) => {
-                return Err(self.invalid("server.tls_key", "tls_cert is set, so tls_key is needed too"));
+                return Err(self.invalid(
+                    "server.tls_key",
+                    "tls_cert is set, so tls_key is needed too",
+                ));
             }
             (None, Some(_)) => {
-                return Err(self.invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too"));
+                return Err(self.invalid(
+                    "server.tls_cert",
+                    "tls_key is set, so tls_cert is needed too",
+                ));
             }
         };
         if raw.client_ca.is_some() {
@@ -330,7 +354,11 @@ impl Context {
                 "client certificates (mTLS) are not available in this version of fngate yet",
             ));
         }
-        let max_header_bytes = self.size("server.max_header_bytes", raw.max_header_bytes.as_deref(), 16 << 10)?;
+        let max_header_bytes = self.size(
+            "server.max_header_bytes",
+            raw.max_header_bytes.as_deref(),
+            16 << 10,
+        )?;
         if !(8192..=1 << 20).contains(&max_header_bytes) {
             return Err(self.invalid("server.max_header_bytes", "must be between 8KiB and 1MiB"));
         }
@@ -350,7 +378,11 @@ impl Context {
             tls,
             max_body: self.size("server.max_body", raw.max_body.as_deref(), 16 << 20)?,
             max_result: self.size("server.max_result", raw.max_result.as_deref(), 64 << 20)?,
-            sync_wait: self.duration("server.sync_wait", raw.sync_wait.as_deref(), Duration::from_secs(150))?,
+            sync_wait: self.duration(
+                "server.sync_wait",
+                raw.sync_wait.as_deref(),
+                Duration::from_secs(150),
+            )?,
             handshake_timeout: self.duration(
                 "server.handshake_timeout",
                 raw.handshake_timeout.as_deref(),
@@ -361,9 +393,14 @@ impl Context {
                 raw.header_read_timeout.as_deref(),
                 Duration::from_secs(10),
             )?,
-            idle_timeout: self.duration("server.idle_timeout", raw.idle_timeout.as_deref(), Duration::from_secs(60))?,
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                raw.idle_timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
             max_header_bytes: max_header_bytes as usize,
-            max_connections: positive("server.max_connections", raw.max_connections, 10_000)? as usize,
+            max_connections: positive("server.max_connections", raw.max_connections, 10_000)?
+                as usize,
             h2_max_streams: positive("server.h2_max_streams", raw.h2_max_streams, 128)?,
             shutdown_grace: self.duration(
                 "server.shutdown_grace",
@@ -387,7 +424,10 @@ impl Context {
         };
         let url = raw.and_then(|s| s.url.clone());
         if kind == StoreKind::Redis && url.is_none() {
-            return Err(self.invalid("store.url", "the redis store needs a url like \"redis://127.0.0.1:6379\""));
+            return Err(self.invalid(
+                "store.url",
+                "the redis store needs a url like \"redis://127.0.0.1:6379\"",
+            ));
         }
         let max_pending = raw.and_then(|s| s.max_pending).unwrap_or(1_000_000);
         if max_pending == 0 {
@@ -395,7 +435,10 @@ impl Context {
         }
         Ok(StoreConfig {
             kind,
-            path: self.resolve(raw.and_then(|s| s.path.as_deref()).unwrap_or("data/calls.db")),
+            path: self.resolve(
+                raw.and_then(|s| s.path.as_deref())
+                    .unwrap_or("data/calls.db"),
+            ),
             url,
             result_ttl: self.duration(
                 "store.result_ttl",
@@ -411,7 +454,13 @@ impl Context {
         })
     }
 
-    fn function(&self, key: &str, app: &str, name: &str, raw: &RawFunction) -> Result<FunctionSpec, ConfigError> {
+    fn function(
+        &self,
+        key: &str,
+        app: &str,
+        name: &str,
+        raw: &RawFunction,
+    ) -> Result<FunctionSpec, ConfigError> {
         let field = |f: &str| format!("{key}.{f}");
         let backend = match raw.backend.as_deref() {
             Some("exec") => self.exec_backend(key, raw)?,
@@ -424,7 +473,13 @@ impl Context {
             }
             None => return Err(self.invalid(field("backend"), "missing: use \"exec\" or \"http\"")),
         };
-        let passthrough = matches!(backend, BackendSpec::Http { passthrough: true, .. });
+        let passthrough = matches!(
+            backend,
+            BackendSpec::Http {
+                passthrough: true,
+                ..
+            }
+        );
         let methods = match &raw.methods {
             None if passthrough => None,
             None => Some(vec![Method::POST]),
@@ -469,7 +524,10 @@ impl Context {
             (raw.http2.is_some(), "http2"),
         ] {
             if present {
-                return Err(self.invalid(format!("{key}.{name}"), "only an http backend takes this key"));
+                return Err(self.invalid(
+                    format!("{key}.{name}"),
+                    "only an http backend takes this key",
+                ));
             }
         }
         let command = match &raw.command {
@@ -489,9 +547,15 @@ impl Context {
     }
 
     fn http_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
-        for (present, name) in [(raw.command.is_some(), "command"), (raw.env.is_some(), "env")] {
+        for (present, name) in [
+            (raw.command.is_some(), "command"),
+            (raw.env.is_some(), "env"),
+        ] {
             if present {
-                return Err(self.invalid(format!("{key}.{name}"), "only an exec backend takes this key"));
+                return Err(self.invalid(
+                    format!("{key}.{name}"),
+                    "only an exec backend takes this key",
+                ));
             }
         }
         let list = match &raw.urls {
@@ -505,7 +569,8 @@ impl Context {
         };
         let mut urls = Vec::with_capacity(list.len());
         for (i, text) in list.iter().enumerate() {
-            let bad = |why: &str| self.invalid(format!("{key}.urls[{i}]"), format!("'{text}' {why}"));
+            let bad =
+                |why: &str| self.invalid(format!("{key}.urls[{i}]"), format!("'{text}' {why}"));
             let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
             match uri.scheme_str() {
                 Some("http") | Some("https") => {}
@@ -523,7 +588,12 @@ impl Context {
         })
     }
 
-    fn methods(&self, key: &str, list: &[String], passthrough: bool) -> Result<Vec<Method>, ConfigError> {
+    fn methods(
+        &self,
+        key: &str,
+        list: &[String],
+        passthrough: bool,
+    ) -> Result<Vec<Method>, ConfigError> {
         if list.is_empty() {
             return Err(self.invalid(key, "list at least one method"));
         }
@@ -540,7 +610,8 @@ impl Context {
                     format!("'{text}' is not allowed here: use {}", allowed.join(", ")),
                 ));
             }
-            let method = Method::from_bytes(text.as_bytes()).expect("listed methods are valid tokens");
+            let method =
+                Method::from_bytes(text.as_bytes()).expect("listed methods are valid tokens");
             if !methods.contains(&method) {
                 methods.push(method);
             }
@@ -548,20 +619,33 @@ impl Context {
         Ok(methods)
     }
 
-    fn input_schema(&self, key: &str, value: &toml::Value) -> Result<serde_json::Value, ConfigError> {
+    fn input_schema(
+        &self,
+        key: &str,
+        value: &toml::Value,
+    ) -> Result<serde_json::Value, ConfigError> {
         let schema = match value {
             toml::Value::String(path) => {
                 let path = self.resolve(path);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| self.invalid(key, format!("{} is not JSON: {e}", path.display())))?
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(key, format!("cannot read {}: {e}", path.display()))
+                })?;
+                serde_json::from_str(&text).map_err(|e| {
+                    self.invalid(key, format!("{} is not JSON: {e}", path.display()))
+                })?
             }
-            toml::Value::Table(_) => serde_json::to_value(value)
-                .map_err(|e| self.invalid(key, format!("cannot use this table as a JSON Schema: {e}")))?,
-            _ => return Err(self.invalid(key, "write a path to a JSON Schema file, or an inline table")),
+            toml::Value::Table(_) => serde_json::to_value(value).map_err(|e| {
+                self.invalid(key, format!("cannot use this table as a JSON Schema: {e}"))
+            })?,
+            _ => {
+                return Err(self.invalid(
+                    key,
+                    "write a path to a JSON Schema file, or an inline table",
+                ));
+            }
         };
-        jsonschema::validator_for(&schema).map_err(|e| self.invalid(key, format!("not a valid JSON Schema: {e}")))?;
+        jsonschema::validator_for(&schema)
+            .map_err(|e| self.invalid(key, format!("not a valid JSON Schema: {e}")))?;
         Ok(schema)
     }
 }
@@ -569,7 +653,9 @@ impl Context {
 /// App and function names: `[a-z0-9][a-z0-9_-]{0,62}`, and not reserved.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name == "calls" || name.starts_with('_') {
-        return Err(format!("'{name}' is reserved: `calls` and names starting with `_` belong to fngate"));
+        return Err(format!(
+            "'{name}' is reserved: `calls` and names starting with `_` belong to fngate"
+        ));
     }
     if is_valid_name(name) {
         Ok(())

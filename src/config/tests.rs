@@ -31,9 +31,14 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.server.max_json_depth, 128);
     assert_eq!(config.store.result_ttl, Duration::from_secs(7 * 86_400));
     assert_eq!(config.store.path, Path::new("/srv/fngate/data/calls.db"));
-    assert!(matches!(&config.server.tls, TlsSource::Dev { dir } if dir == Path::new("/srv/fngate/certs")));
+    assert!(
+        matches!(&config.server.tls, TlsSource::Dev { dir } if dir == Path::new("/srv/fngate/certs"))
+    );
     let square = &config.functions[0];
-    assert_eq!((square.app.as_str(), square.name.as_str()), ("demo", "square"));
+    assert_eq!(
+        (square.app.as_str(), square.name.as_str()),
+        ("demo", "square")
+    );
     assert_eq!(square.methods, Some(vec![Method::POST]));
     assert_eq!(square.concurrency, 16);
     assert_eq!(square.queue, 16);
@@ -94,17 +99,29 @@ backend = "http"
 urls = ["http://127.0.0.1:9001/invoke"]
 "#;
     let config = load(text).unwrap();
-    assert!(matches!(&config.server.tls, TlsSource::Files { cert, .. } if cert == Path::new("/srv/fngate/certs/gateway.crt")));
-    assert_eq!(config.server.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+    assert!(
+        matches!(&config.server.tls, TlsSource::Files { cert, .. } if cert == Path::new("/srv/fngate/certs/gateway.crt"))
+    );
+    assert_eq!(
+        config.server.http_listen,
+        Some("127.0.0.1:8080".parse().unwrap())
+    );
     assert_eq!(config.functions.len(), 2);
-    let square = config.functions.iter().find(|f| f.name == "square").unwrap();
+    let square = config
+        .functions
+        .iter()
+        .find(|f| f.name == "square")
+        .unwrap();
     assert_eq!(square.allow_header(), "POST, GET");
     assert_eq!(square.timeout, Duration::from_secs(30));
 }
 
 #[test]
 fn unknown_keys_are_rejected_with_their_path() {
-    assert_eq!(rejected_key("[server]\nlisten_on = \"x\"\n"), "server.listen_on");
+    assert_eq!(
+        rejected_key("[server]\nlisten_on = \"x\"\n"),
+        "server.listen_on"
+    );
     let text = format!("{SQUARE}timeuot = \"3s\"\n");
     assert_eq!(rejected_key(&text), "apps.demo.functions.square.timeuot");
     assert_eq!(rejected_key("colour = 1\n"), "colour");
@@ -113,16 +130,43 @@ fn unknown_keys_are_rejected_with_their_path() {
 #[test]
 fn bad_values_are_rejected_with_their_key() {
     let cases = [
-        (format!("{SQUARE}timeout = \"30\"\n"), "apps.demo.functions.square.timeout"),
-        (format!("{SQUARE}timeout = \"0s\"\n"), "apps.demo.functions.square.timeout"),
-        (format!("{SQUARE}concurrency = 0\n"), "apps.demo.functions.square.concurrency"),
-        (format!("{SQUARE}methods = [\"PUT\"]\n"), "apps.demo.functions.square.methods"),
-        (format!("[server]\nmax_body = \"lots\"\n{SQUARE}"), "server.max_body"),
-        (format!("[server]\nlisten = \"localhost\"\n{SQUARE}"), "server.listen"),
-        (format!("[server]\ntls_cert = \"a.pem\"\n{SQUARE}"), "server.tls_key"),
+        (
+            format!("{SQUARE}timeout = \"30\"\n"),
+            "apps.demo.functions.square.timeout",
+        ),
+        (
+            format!("{SQUARE}timeout = \"0s\"\n"),
+            "apps.demo.functions.square.timeout",
+        ),
+        (
+            format!("{SQUARE}concurrency = 0\n"),
+            "apps.demo.functions.square.concurrency",
+        ),
+        (
+            format!("{SQUARE}methods = [\"PUT\"]\n"),
+            "apps.demo.functions.square.methods",
+        ),
+        (
+            format!("[server]\nmax_body = \"lots\"\n{SQUARE}"),
+            "server.max_body",
+        ),
+        (
+            format!("[server]\nlisten = \"localhost\"\n{SQUARE}"),
+            "server.listen",
+        ),
+        (
+            format!("[server]\ntls_cert = \"a.pem\"\n{SQUARE}"),
+            "server.tls_key",
+        ),
         (format!("[store]\nkind = \"mysql\"\n{SQUARE}"), "store.kind"),
-        (format!("[store]\nresult_ttl = \"forever\"\n{SQUARE}"), "store.result_ttl"),
-        (format!("{SQUARE}concurrency = \"many\"\n"), "apps.demo.functions.square.concurrency"),
+        (
+            format!("[store]\nresult_ttl = \"forever\"\n{SQUARE}"),
+            "store.result_ttl",
+        ),
+        (
+            format!("{SQUARE}concurrency = \"many\"\n"),
+            "apps.demo.functions.square.concurrency",
+        ),
     ];
     for (text, key) in cases {
         assert_eq!(rejected_key(&text), key, "for config:\n{text}");
@@ -140,9 +184,14 @@ fn reserved_and_malformed_names_are_rejected() {
         ("demo", "-x", "apps.demo.functions.-x"),
         ("demo", "sq.uare", "apps.demo.functions.\"sq.uare\""),
     ] {
-        let text = format!("[apps.{app}.functions.\"{func}\"]\nbackend = \"exec\"\ncommand = [\"true\"]\n");
+        let text = format!(
+            "[apps.{app}.functions.\"{func}\"]\nbackend = \"exec\"\ncommand = [\"true\"]\n"
+        );
         let got = rejected_key(&text);
-        assert!(got == key || got.replace('"', "") == key.replace('"', ""), "{app}/{func}: got {got}");
+        assert!(
+            got == key || got.replace('"', "") == key.replace('"', ""),
+            "{app}/{func}: got {got}"
+        );
     }
     let long = "a".repeat(64);
     let text = format!("[apps.demo.functions.{long}]\nbackend = \"exec\"\ncommand = [\"true\"]\n");
@@ -172,11 +221,20 @@ fn backends_need_their_command_or_urls() {
 fn inline_input_schema_is_compiled_and_bad_ones_rejected() {
     let good = format!("{SQUARE}input_schema = {{ type = \"object\", required = [\"x\"] }}\n");
     let config = load(&good).unwrap();
-    assert_eq!(config.functions[0].input_schema.as_ref().unwrap()["required"][0], "x");
+    assert_eq!(
+        config.functions[0].input_schema.as_ref().unwrap()["required"][0],
+        "x"
+    );
     let bad = format!("{SQUARE}input_schema = {{ type = \"blob\" }}\n");
-    assert_eq!(rejected_key(&bad), "apps.demo.functions.square.input_schema");
+    assert_eq!(
+        rejected_key(&bad),
+        "apps.demo.functions.square.input_schema"
+    );
     let missing = format!("{SQUARE}input_schema = \"schemas/nope.json\"\n");
-    assert_eq!(rejected_key(&missing), "apps.demo.functions.square.input_schema");
+    assert_eq!(
+        rejected_key(&missing),
+        "apps.demo.functions.square.input_schema"
+    );
 }
 
 #[test]
@@ -201,6 +259,11 @@ fn auth_and_rate_limits_are_refused_until_they_are_enforced() {
 
 #[test]
 fn error_message_names_file_and_key() {
-    let err = load("[server]\nmax_body = \"lots\"\n").unwrap_err().to_string();
-    assert!(err.starts_with("/srv/fngate/gateway.toml: server.max_body: "), "{err}");
+    let err = load("[server]\nmax_body = \"lots\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("/srv/fngate/gateway.toml: server.max_body: "),
+        "{err}"
+    );
 }

@@ -23,7 +23,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
-    let bad = || format!("'{text}' is not a size: write a number with a unit, like \"16MiB\" or \"512KiB\"");
+    let bad = || {
+        format!("'{text}' is not a size: write a number with a unit, like \"16MiB\" or \"512KiB\"")
+    };
     let number: u64 = digits.parse().map_err(|_| bad())?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -47,7 +49,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("150s").unwrap(), Duration::from_secs(150));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     }
 

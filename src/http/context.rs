@@ -48,8 +48,11 @@ fn child_traceparent(headers: &HeaderMap) -> String {
 /// The trace id and flags of a valid version-00 `traceparent`.
 fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
     let valid = version == "00"
         && parts.next().is_none()
         && hex(trace_id, 32)
@@ -65,7 +68,8 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
 pub async fn request_context(mut request: Request, next: Next) -> Response<Body> {
     let started = std::time::Instant::now();
     let trace = Trace {
-        request_id: sane_request_id(request.headers()).unwrap_or_else(|| Arc::from(random_hex::<16>())),
+        request_id: sane_request_id(request.headers())
+            .unwrap_or_else(|| Arc::from(random_hex::<16>())),
         traceparent: child_traceparent(request.headers()),
     };
     let request_id = trace.request_id.clone();
@@ -86,12 +90,15 @@ pub async fn request_context(mut request: Request, next: Next) -> Response<Body>
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    let route = response.extensions().get::<RouteLabel>().map_or("-", |r| r.0.as_str());
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or("-", |r| r.0.as_str());
     tracing::info!(
         method = %method,
         route,
         status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         request_id = %request_id,
         "request"
     );
@@ -110,7 +117,10 @@ mod tests {
 
     #[test]
     fn only_sane_request_ids_are_kept() {
-        assert_eq!(sane_request_id(&headers("x-request-id", "abc-123.x_y:z")).as_deref(), Some("abc-123.x_y:z"));
+        assert_eq!(
+            sane_request_id(&headers("x-request-id", "abc-123.x_y:z")).as_deref(),
+            Some("abc-123.x_y:z")
+        );
         assert!(sane_request_id(&headers("x-request-id", "has space")).is_none());
         assert!(sane_request_id(&headers("x-request-id", &"a".repeat(129))).is_none());
         assert!(sane_request_id(&HeaderMap::new()).is_none());
@@ -123,7 +133,10 @@ mod tests {
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(child.ends_with("-01"));
         assert_ne!(child, incoming);
-        let fresh = child_traceparent(&headers("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        let fresh = child_traceparent(&headers(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ));
         assert!(!fresh.contains("00000000000000000000000000000000"));
         assert_eq!(fresh.len(), 55);
     }

@@ -35,7 +35,12 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
                     let result = call(&state, &found, suffix, trace.clone(), request).await;
                     return labelled(result, &trace, label);
                 }
-                Lookup::NoApp => ("-", Err(ApiError::AppNotFound { app: app.to_owned() })),
+                Lookup::NoApp => (
+                    "-",
+                    Err(ApiError::AppNotFound {
+                        app: app.to_owned(),
+                    }),
+                ),
                 Lookup::NoFunction => (
                     "-",
                     Err(ApiError::FunctionNotFound {
@@ -45,7 +50,11 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
                 ),
             },
             None => {
-                let app = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+                let app = path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
                 if state.registry.has_app(app) {
                     (
                         "-",
@@ -55,7 +64,12 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
                         }),
                     )
                 } else {
-                    ("-", Err(ApiError::AppNotFound { app: app.to_owned() }))
+                    (
+                        "-",
+                        Err(ApiError::AppNotFound {
+                            app: app.to_owned(),
+                        }),
+                    )
                 }
             }
         },
@@ -63,7 +77,11 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
     labelled(result, &trace, label.to_owned())
 }
 
-fn labelled(result: Result<Response<Body>, ApiError>, trace: &Trace, label: String) -> Response<Body> {
+fn labelled(
+    result: Result<Response<Body>, ApiError>,
+    trace: &Trace,
+    label: String,
+) -> Response<Body> {
     let mut response = result.unwrap_or_else(|error| error.into_problem(&trace.request_id));
     response.extensions_mut().insert(RouteLabel(label));
     response
@@ -83,9 +101,10 @@ fn split_path(path: &str) -> Option<(&str, &str, &str)> {
 fn json_response(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -131,7 +150,11 @@ async fn call(
                     allow: spec.allow_header(),
                 });
             }
-            let _slot = function.limiter.acquire().await.map_err(|_| ApiError::Overloaded)?;
+            let _slot = function
+                .limiter
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Overloaded)?;
             let deadline = tokio::time::Instant::now() + spec.timeout;
             backend
                 .forward(request, suffix, &trace, deadline)
@@ -159,9 +182,14 @@ async fn call(
                 max_depth: state.max_json_depth,
                 schema: function.schema.as_ref().zip(spec.input_schema.as_ref()),
             };
-            let arguments = translate::arguments(content_type.as_deref(), &body, query.as_deref(), &rules)?;
+            let arguments =
+                translate::arguments(content_type.as_deref(), &body, query.as_deref(), &rules)?;
             drop(body);
-            let _slot = function.limiter.acquire().await.map_err(|_| ApiError::Overloaded)?;
+            let _slot = function
+                .limiter
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Overloaded)?;
             let invocation = Invocation {
                 call_id: CallId::generate(),
                 app: function.app.clone(),
@@ -188,7 +216,11 @@ async fn call(
 }
 
 /// Logs a backend failure with its details and turns it into the client's error.
-fn backend_failure(function: &Function, trace: &Trace, error: crate::backend::BackendError) -> ApiError {
+fn backend_failure(
+    function: &Function,
+    trace: &Trace,
+    error: crate::backend::BackendError,
+) -> ApiError {
     tracing::warn!(
         request_id = %trace.request_id,
         app = %function.app,
@@ -214,7 +246,9 @@ async fn read_body(request: Request, limit: u64) -> Result<Bytes, ApiError> {
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::InvalidJson(format!("could not read the request body: {e}"))),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 

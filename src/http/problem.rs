@@ -26,9 +26,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
-    #[error("{message}")]
+    #[error("the function failed with {kind}")]
     FunctionError { kind: String, message: String },
-    #[error("the function's backend is unreachable, crashed or answered something that is not a result")]
+    #[error(
+        "the function's backend is unreachable, crashed or answered something that is not a result"
+    )]
     BackendError,
     #[error("the function is at its concurrency and queue limits; retry later")]
     Overloaded,
@@ -36,6 +38,28 @@ pub enum ApiError {
     FunctionTimeout { timeout: Duration },
     #[error("the gateway failed while handling this request")]
     Internal,
+}
+
+/// RFC 9457 problem details, members in the order DESIGN.md shows them.
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    code: &'static str,
+    detail: String,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ReportedError<'a>>,
+}
+
+/// The function's own error, as it reported it.
+#[derive(serde::Serialize)]
+struct ReportedError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
 }
 
 /// How long an overloaded caller is told to wait, in seconds.
@@ -46,11 +70,17 @@ impl ApiError {
         match self {
             ApiError::AppNotFound { .. } => (StatusCode::NOT_FOUND, "app_not_found"),
             ApiError::FunctionNotFound { .. } => (StatusCode::NOT_FOUND, "function_not_found"),
-            ApiError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidArguments(_) => (StatusCode::BAD_REQUEST, "invalid_arguments"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::FunctionError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "function_error"),
             ApiError::BackendError => (StatusCode::BAD_GATEWAY, "backend_error"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
@@ -62,21 +92,27 @@ impl ApiError {
     /// The problem+json response for this error.
     pub fn into_problem(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
-        let mut body = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "code": code,
-            "detail": self.to_string(),
-            "request_id": request_id,
-        });
-        if let ApiError::FunctionError { kind, message } = &self {
-            body["error"] = serde_json::json!({"type": kind, "message": message});
-        }
-        let mut response = Response::new(Body::from(body.to_string()));
+        let error = match &self {
+            ApiError::FunctionError { kind, message } => Some(ReportedError { kind, message }),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            code,
+            detail: self.to_string(),
+            request_id,
+            error,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         match &self {
             ApiError::MethodNotAllowed { allow } => {
                 if let Ok(value) = HeaderValue::from_str(allow) {
@@ -107,7 +143,9 @@ impl ApiError {
     pub fn from_backend(error: BackendError, timeout: Duration) -> ApiError {
         match error {
             BackendError::Function { kind, message } => ApiError::FunctionError { kind, message },
-            BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_) => ApiError::BackendError,
+            BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_) => {
+                ApiError::BackendError
+            }
             BackendError::Timeout => ApiError::FunctionTimeout { timeout },
         }
     }
@@ -126,7 +164,10 @@ mod tests {
         }
         .into_problem("req-1");
         assert_eq!(response.status(), 404);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -145,7 +186,10 @@ mod tests {
         .into_problem("r");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(problem["error"], serde_json::json!({"type": "ValueError", "message": "bad x"}));
+        assert_eq!(
+            problem["error"],
+            serde_json::json!({"type": "ValueError", "message": "bad x"})
+        );
         assert_eq!(problem["status"], 500);
     }
 
@@ -154,7 +198,10 @@ mod tests {
         let overloaded = ApiError::Overloaded.into_problem("r");
         assert_eq!(overloaded.status(), 503);
         assert_eq!(overloaded.headers()[header::RETRY_AFTER], "1");
-        let method = ApiError::MethodNotAllowed { allow: "GET, POST".into() }.into_problem("r");
+        let method = ApiError::MethodNotAllowed {
+            allow: "GET, POST".into(),
+        }
+        .into_problem("r");
         assert_eq!(method.headers()[header::ALLOW], "GET, POST");
     }
 }

@@ -82,9 +82,15 @@ pub fn check(input: &[u8], rules: Rules) -> Result<Document, JsonError> {
 fn error_at(input: &[u8], pos: usize, message: &str) -> JsonError {
     let before = &input[..pos.min(input.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
     // Columns count characters, not bytes, as editors do.
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     JsonError {
         message: message.to_owned(),
         line,
@@ -325,7 +331,8 @@ impl<'a> Reader<'a> {
     }
 
     fn text(&self, start: usize, end: usize) -> &'a str {
-        std::str::from_utf8(&self.input[start..end]).expect("input was checked to be UTF-8 and cut at char boundaries")
+        std::str::from_utf8(&self.input[start..end])
+            .expect("input was checked to be UTF-8 and cut at char boundaries")
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
@@ -347,17 +354,29 @@ impl<'a> Reader<'a> {
         let code = match first {
             0xD800..=0xDBFF => {
                 if !self.input[self.pos..].starts_with(b"\\u") {
-                    return Err(error_at(self.input, escape_pos, "unpaired surrogate in \\u escape"));
+                    return Err(error_at(
+                        self.input,
+                        escape_pos,
+                        "unpaired surrogate in \\u escape",
+                    ));
                 }
                 self.pos += 2;
                 let second = self.hex4()?;
                 if !(0xDC00..=0xDFFF).contains(&second) {
-                    return Err(error_at(self.input, escape_pos, "unpaired surrogate in \\u escape"));
+                    return Err(error_at(
+                        self.input,
+                        escape_pos,
+                        "unpaired surrogate in \\u escape",
+                    ));
                 }
                 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
             }
             0xDC00..=0xDFFF => {
-                return Err(error_at(self.input, escape_pos, "unpaired surrogate in \\u escape"));
+                return Err(error_at(
+                    self.input,
+                    escape_pos,
+                    "unpaired surrogate in \\u escape",
+                ));
             }
             other => other,
         };
@@ -397,9 +416,20 @@ mod tests {
     #[test]
     fn accepts_every_kind_of_value() {
         for text in [
-            "{}", "[]", "0", "-0", "1.5e-3", "1E+9", "\"a\"", "true", "false", "null",
+            "{}",
+            "[]",
+            "0",
+            "-0",
+            "1.5e-3",
+            "1E+9",
+            "\"a\"",
+            "true",
+            "false",
+            "null",
             r#" {"a": [1, 2, {"b": null}], "c": "\u00e9\ud83d\ude00\n", "d": -12.5e10} "#,
-            "123456789012345678901234567890123456789012", "1e400", "\"héllo ☃ 😀\"",
+            "123456789012345678901234567890123456789012",
+            "1e400",
+            "\"héllo ☃ 😀\"",
         ] {
             ok(text);
         }
@@ -409,7 +439,7 @@ mod tests {
     fn reports_kind_span_and_top_keys() {
         let doc = ok("  {\"x\": 1, \"y\\u0041\": [2]}  ");
         assert_eq!(doc.kind, Kind::Object);
-        assert_eq!((doc.start, doc.end), (2, 27));
+        assert_eq!((doc.start, doc.end), (2, 26));
         assert_eq!(doc.keys, vec!["x".to_owned(), "yA".to_owned()]);
         assert_eq!(ok("[1]").kind, Kind::Array);
         assert_eq!(ok(" 42 ").kind, Kind::Scalar);
@@ -421,9 +451,29 @@ mod tests {
         let e = err(b"{\n  \"a\": 1,\n  \"b\": tru\n}");
         assert_eq!((e.line, e.column), (3, 8));
         for text in [
-            &b"{"[..], b"[1,]", b"{\"a\":1,}", b"01", b"1.", b".5", b"1e", b"+1", b"'a'",
-            b"\"a", b"[1 2]", b"{\"a\" 1}", b"{1:2}", b"NaN", b"Infinity", b"\"\\x\"",
-            b"\"\t\"", b"[] []", b"", b"   ", b"\"\\ud800\"", b"\"\\udc00\"", b"\"\\u12\"",
+            &b"{"[..],
+            b"[1,]",
+            b"{\"a\":1,}",
+            b"01",
+            b"1.",
+            b".5",
+            b"1e",
+            b"+1",
+            b"'a'",
+            b"\"a",
+            b"[1 2]",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"NaN",
+            b"Infinity",
+            b"\"\\x\"",
+            b"\"\t\"",
+            b"[] []",
+            b"",
+            b"   ",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\u12\"",
         ] {
             err(text);
         }

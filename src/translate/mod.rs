@@ -71,7 +71,10 @@ pub fn arguments(
             max_depth: rules.max_depth,
             reject_duplicate_keys: true,
         };
-        Some(json::check(body, strict).map_err(|e| TranslateError::InvalidJson(format!("invalid JSON body: {e}")))?)
+        Some(
+            json::check(body, strict)
+                .map_err(|e| TranslateError::InvalidJson(format!("invalid JSON body: {e}")))?,
+        )
     };
     let arguments = splice(body, document.as_ref(), &params)?;
     if let Some((validator, _)) = rules.schema {
@@ -97,7 +100,9 @@ fn query_params(query: &str, schema: Option<&serde_json::Value>) -> Result<Param
     grouped
         .into_iter()
         .map(|(key, values)| {
-            let declared = schema.and_then(|s| s.get("properties")).and_then(|p| p.get(&key));
+            let declared = schema
+                .and_then(|s| s.get("properties"))
+                .and_then(|p| p.get(&key));
             let json = if values.len() == 1 && !declares_type(declared, "array") {
                 coerce(&key, &values[0], declared)?
             } else {
@@ -123,15 +128,26 @@ fn declares_type(schema: Option<&serde_json::Value>, name: &str) -> bool {
 
 /// A query value as JSON: a string, unless the schema declares the
 /// property a number, integer or boolean.
-fn coerce(key: &str, value: &str, declared: Option<&serde_json::Value>) -> Result<String, TranslateError> {
-    let must = |what: &str| TranslateError::InvalidArguments(format!("query parameter '{key}' must be {what}"));
+fn coerce(
+    key: &str,
+    value: &str,
+    declared: Option<&serde_json::Value>,
+) -> Result<String, TranslateError> {
+    let must = |what: &str| {
+        TranslateError::InvalidArguments(format!("query parameter '{key}' must be {what}"))
+    };
     let is_number = || {
         let rules = Rules {
             max_depth: 1,
             reject_duplicate_keys: true,
         };
-        matches!(json::check(value.as_bytes(), rules), Ok(Document { kind: Kind::Scalar, .. }))
-            && matches!(value.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+        matches!(
+            json::check(value.as_bytes(), rules),
+            Ok(Document {
+                kind: Kind::Scalar,
+                ..
+            })
+        ) && matches!(value.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
     };
     if declares_type(declared, "string") || declared.is_none() {
         return Ok(json_string(value));
@@ -144,7 +160,11 @@ fn coerce(key: &str, value: &str, declared: Option<&serde_json::Value>) -> Resul
         return Err(must("an integer"));
     }
     if declares_type(declared, "number") {
-        return if is_number() { Ok(value.to_owned()) } else { Err(must("a number")) };
+        return if is_number() {
+            Ok(value.to_owned())
+        } else {
+            Err(must("a number"))
+        };
     }
     if declares_type(declared, "boolean") {
         return match value {
@@ -160,7 +180,11 @@ fn json_string(value: &str) -> String {
 }
 
 /// Puts body and query parameters together without re-encoding the body.
-fn splice(body: &[u8], document: Option<&Document>, params: &Params) -> Result<Arguments, TranslateError> {
+fn splice(
+    body: &[u8],
+    document: Option<&Document>,
+    params: &Params,
+) -> Result<Arguments, TranslateError> {
     let raw = |d: &Document| String::from_utf8_lossy(&body[d.start..d.end]).into_owned();
     let query_object = |extra: Option<&str>| {
         let mut out = String::from("{");
@@ -246,7 +270,11 @@ fn validate(
     })?;
     if let Some(error) = validator.iter_errors(&instance).next() {
         let pointer = error.instance_path.to_string();
-        let pointer = if pointer.is_empty() { "/".to_owned() } else { pointer };
+        let pointer = if pointer.is_empty() {
+            "/".to_owned()
+        } else {
+            pointer
+        };
         return Err(TranslateError::InvalidArguments(format!(
             "arguments do not match the input schema at '{pointer}': {error}"
         )));

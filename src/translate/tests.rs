@@ -22,7 +22,10 @@ fn both(args: &str, kwargs: &str) -> Arguments {
 
 #[test]
 fn object_becomes_kwargs_array_args_scalar_one_arg() {
-    assert_eq!(args(r#"{"x": 42}"#, None).unwrap(), both("[]", r#"{"x": 42}"#));
+    assert_eq!(
+        args(r#"{"x": 42}"#, None).unwrap(),
+        both("[]", r#"{"x": 42}"#)
+    );
     assert_eq!(args("[1, 2]", None).unwrap(), both("[1, 2]", "{}"));
     assert_eq!(args(" 42 ", None).unwrap(), both("[42]", "{}"));
     assert_eq!(args("", None).unwrap(), both("[]", "{}"));
@@ -37,11 +40,26 @@ fn numbers_are_kept_exactly_as_written() {
 
 #[test]
 fn query_parameters_join_the_kwargs() {
-    assert_eq!(args("", Some("x=42&name=a%20b")).unwrap(), both("[]", r#"{"x":"42","name":"a b"}"#));
-    assert_eq!(args(r#"{"y": 1}"#, Some("x=2")).unwrap(), both("[]", r#"{"x":"2", "y": 1}"#));
-    assert_eq!(args("{ }", Some("x=2")).unwrap(), both("[]", r#"{"x":"2"}"#));
-    assert_eq!(args("[1]", Some("x=2")).unwrap(), both("[1]", r#"{"x":"2"}"#));
-    assert_eq!(args("", Some("t=a&t=b")).unwrap(), both("[]", r#"{"t":["a","b"]}"#));
+    assert_eq!(
+        args("", Some("x=42&name=a%20b")).unwrap(),
+        both("[]", r#"{"x":"42","name":"a b"}"#)
+    );
+    assert_eq!(
+        args(r#"{"y": 1}"#, Some("x=2")).unwrap(),
+        both("[]", r#"{"x":"2","y": 1}"#)
+    );
+    assert_eq!(
+        args("{ }", Some("x=2")).unwrap(),
+        both("[]", r#"{"x":"2"}"#)
+    );
+    assert_eq!(
+        args("[1]", Some("x=2")).unwrap(),
+        both("[1]", r#"{"x":"2"}"#)
+    );
+    assert_eq!(
+        args("", Some("t=a&t=b")).unwrap(),
+        both("[]", r#"{"t":["a","b"]}"#)
+    );
 }
 
 #[test]
@@ -53,11 +71,22 @@ fn a_key_in_query_and_body_is_refused() {
 #[test]
 fn non_json_content_types_are_refused() {
     let rules = plain();
-    for ct in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+    ] {
         let err = arguments(Some(ct), b"{}", None, &rules).unwrap_err();
-        assert!(matches!(err, TranslateError::UnsupportedMediaType(_)), "{ct}");
+        assert!(
+            matches!(err, TranslateError::UnsupportedMediaType(_)),
+            "{ct}"
+        );
     }
-    for ct in ["application/json; charset=utf-8", "Application/JSON", "application/problem+json"] {
+    for ct in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+    ] {
         assert!(arguments(Some(ct), b"{}", None, &rules).is_ok(), "{ct}");
     }
     // A missing content type is read as JSON; an empty body needs none.
@@ -90,7 +119,10 @@ fn query_values_are_coerced_to_schema_types() {
         schema: Some((&validator, &raw)),
     };
     let got = arguments(None, b"", Some("n=-7&f=1.5e3&b=true&s=12&l=1&x=y"), &rules).unwrap();
-    assert_eq!(got.kwargs, r#"{"n":-7,"f":1.5e3,"b":true,"s":"12","l":[1],"x":"y"}"#);
+    assert_eq!(
+        got.kwargs,
+        r#"{"n":-7,"f":1.5e3,"b":true,"s":"12","l":[1],"x":"y"}"#
+    );
     for bad in ["n=1.5", "n=abc", "f=1e", "b=yes", "l=a"] {
         let err = arguments(None, b"", Some(bad), &rules).unwrap_err();
         assert!(matches!(err, TranslateError::InvalidArguments(_)), "{bad}");
@@ -110,9 +142,15 @@ fn schema_failures_name_the_json_pointer() {
         schema: Some((&validator, &raw)),
     };
     let err = arguments(None, br#"{"name": 5}"#, None, &rules).unwrap_err();
-    assert!(matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/name'")), "{err}");
+    assert!(
+        matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/name'")),
+        "{err}"
+    );
     let err = arguments(None, br#"{"name": "a", "tags": ["x", 1]}"#, None, &rules).unwrap_err();
-    assert!(matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/tags/1'")), "{err}");
+    assert!(
+        matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/tags/1'")),
+        "{err}"
+    );
     assert!(arguments(None, br#"{"name": "a"}"#, None, &rules).is_ok());
     assert!(arguments(None, b"", Some("name=ada"), &rules).is_ok());
 }
