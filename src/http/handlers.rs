@@ -255,6 +255,120 @@ async fn read_body(request: Request, limit: u64) -> Result<Bytes, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::http::HttpClients;
+    use crate::config::Config;
+    use crate::registry::Registry;
+    use tower::ServiceExt;
+
+    fn app() -> axum::Router {
+        let text = r#"
+            [apps.demo.functions.square]
+            backend = "exec"
+            command = ["true"]
+            methods = ["POST", "GET"]
+        "#;
+        let config = Config::from_toml(std::path::Path::new("/tmp/gateway.toml"), text).unwrap();
+        let registry = Registry::from_config(&config, &HttpClients::new());
+        super::super::router(Arc::new(AppState::new(registry, &config.server)))
+    }
+
+    async fn problem(
+        method: Method,
+        uri: &str,
+        content_type: Option<&str>,
+        body: &'static str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = http::Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        let response = app()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn unknown_names_get_their_own_404_codes() {
+        let (status, body) = problem(Method::POST, "/nope/square", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (404, Some("app_not_found"))
+        );
+        let (status, body) = problem(Method::POST, "/demo/sq", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (404, Some("function_not_found"))
+        );
+        let (status, body) = problem(Method::POST, "/demo/square/extra", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (404, Some("function_not_found"))
+        );
+        let (status, body) = problem(Method::POST, "/demo%2Fsquare/x", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (404, Some("app_not_found"))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_any_backend_runs() {
+        let (status, body) = problem(Method::PUT, "/demo/square", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (405, Some("method_not_allowed"))
+        );
+        let (status, body) = problem(Method::POST, "/demo/square", Some("text/plain"), "x").await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (415, Some("unsupported_media_type"))
+        );
+        let (status, body) = problem(
+            Method::POST,
+            "/demo/square",
+            Some("application/json"),
+            "{\"x\":",
+        )
+        .await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (400, Some("invalid_json"))
+        );
+        let (status, body) = problem(
+            Method::POST,
+            "/demo/square?x=1",
+            Some("application/json"),
+            "{\"x\":2}",
+        )
+        .await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (400, Some("invalid_arguments"))
+        );
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness_answer() {
+        let (status, body) = problem(Method::GET, "/_/health", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["status"].as_str()),
+            (200, Some("ok"))
+        );
+        let (status, body) = problem(Method::GET, "/_/ready", None, "").await;
+        assert_eq!(
+            (status.as_u16(), body["status"].as_str()),
+            (200, Some("ready"))
+        );
+        let (status, _) = problem(Method::POST, "/_/health", None, "").await;
+        assert_eq!(status.as_u16(), 405);
+    }
 
     #[test]
     fn paths_split_into_app_function_and_suffix() {
