@@ -12,6 +12,7 @@ pub mod http;
 pub mod invocation;
 pub mod listener;
 pub mod registry;
+pub mod store;
 pub mod tls;
 pub mod translate;
 

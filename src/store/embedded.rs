@@ -1,0 +1,582 @@
+//! The embedded store: one SQLite file in WAL mode. One writer thread
+//! batches every write that is waiting into a single transaction (group
+//! commit), so many concurrent spawns share one fsync; readers use their
+//! own connections and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, FailureKind, Inserted,
+    NewCall, Outcome, StoreError, now_ms,
+};
+
+/// Most writes applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS calls (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    app TEXT NOT NULL,
+    function TEXT NOT NULL,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    owner TEXT,
+    idem_key TEXT,
+    idem_hash BLOB,
+    callback_url TEXT,
+    state INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    expires_ms INTEGER,
+    result BLOB,
+    error_kind TEXT,
+    error_type TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS calls_idempotency
+    ON calls (app, function, ifnull(owner, ''), idem_key) WHERE idem_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    call_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms);
+";
+
+const COLUMNS: &str = "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
+     started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message";
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A write for the writer thread.
+enum Write {
+    Insert(NewCall, Reply<Inserted>),
+    Claim(String, String, Reply<Option<CallRecord>>),
+    Finish(String, Outcome, i64, Reply<bool>),
+    Cancel(String, i64, i64, Reply<Cancelled>),
+    Recover(Reply<(Vec<(String, String)>, u64)>),
+    Sweep(i64, Reply<u64>),
+    DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
+}
+
+/// A write's result, held until its transaction commits.
+enum Done {
+    Insert(Reply<Inserted>, Result<Inserted, StoreError>),
+    Claim(
+        Reply<Option<CallRecord>>,
+        Result<Option<CallRecord>, StoreError>,
+    ),
+    Finish(Reply<bool>, Result<bool, StoreError>),
+    Cancel(Reply<Cancelled>, Result<Cancelled, StoreError>),
+    Recover(
+        Reply<(Vec<(String, String)>, u64)>,
+        Result<(Vec<(String, String)>, u64), StoreError>,
+    ),
+    Sweep(Reply<u64>, Result<u64, StoreError>),
+    DeliveryAttempted(Reply<()>, Result<(), StoreError>),
+}
+
+impl Done {
+    /// Answers the caller; after a failed commit every answer is the error.
+    fn send(self, failed_commit: Option<&str>) {
+        fn answer<T>(
+            reply: oneshot::Sender<Result<T, StoreError>>,
+            result: Result<T, StoreError>,
+            failed: Option<&str>,
+        ) {
+            let result = match failed {
+                Some(why) => Err(StoreError::Io(format!("commit failed: {why}"))),
+                None => result,
+            };
+            let _ = reply.send(result);
+        }
+        match self {
+            Done::Insert(r, v) => answer(r, v, failed_commit),
+            Done::Claim(r, v) => answer(r, v, failed_commit),
+            Done::Finish(r, v) => answer(r, v, failed_commit),
+            Done::Cancel(r, v) => answer(r, v, failed_commit),
+            Done::Recover(r, v) => answer(r, v, failed_commit),
+            Done::Sweep(r, v) => answer(r, v, failed_commit),
+            Done::DeliveryAttempted(r, v) => answer(r, v, failed_commit),
+        }
+    }
+}
+
+pub struct EmbeddedStore {
+    writes: mpsc::Sender<Write>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when needed) the store at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        }
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.busy_timeout(std::time::Duration::from_secs(10))?;
+        writer.execute_batch(SCHEMA)?;
+        let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
+        std::thread::Builder::new()
+            .name("fngate-store-writer".into())
+            .spawn(move || write_loop(writer, queue))
+            .map_err(|e| StoreError::Io(format!("starting the writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            writes,
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+        })
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Write) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn reader(&self) -> Result<Connection, StoreError> {
+        let pooled = self
+            .readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .pop();
+        match pooled {
+            Some(connection) => Ok(connection),
+            None => {
+                let connection = Connection::open(&self.path)?;
+                connection.busy_timeout(std::time::Duration::from_secs(10))?;
+                connection.pragma_update(None, "query_only", true)?;
+                Ok(connection)
+            }
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.reader()?;
+        let (connection, result) = tokio::task::spawn_blocking(move || {
+            let result = query(&connection);
+            (connection, result)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("reader task: {e}")))?;
+        self.readers
+            .lock()
+            .expect("reader pool lock is never poisoned")
+            .push(connection);
+        Ok(result?)
+    }
+}
+
+fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<Write>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let transaction = match connection.transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(transaction) => transaction,
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "call store: cannot begin a transaction");
+                for write in batch {
+                    apply_failed(write, &why);
+                }
+                continue;
+            }
+        };
+        let done: Vec<Done> = batch
+            .into_iter()
+            .map(|write| apply(&transaction, write))
+            .collect();
+        match transaction.commit() {
+            Ok(()) => done.into_iter().for_each(|d| d.send(None)),
+            Err(e) => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "call store: commit failed");
+                done.into_iter().for_each(|d| d.send(Some(&why)));
+            }
+        }
+    }
+}
+
+fn apply_failed(write: Write, why: &str) {
+    fn fail<T>(reply: Reply<T>, why: &str) {
+        let _ = reply.send(Err(StoreError::Io(why.to_owned())));
+    }
+    match write {
+        Write::Insert(_, r) => fail(r, why),
+        Write::Claim(_, _, r) => fail(r, why),
+        Write::Finish(_, _, _, r) => fail(r, why),
+        Write::Cancel(_, _, _, r) => fail(r, why),
+        Write::Recover(r) => fail(r, why),
+        Write::Sweep(_, r) => fail(r, why),
+        Write::DeliveryAttempted(_, _, _, r) => fail(r, why),
+    }
+}
+
+fn apply(tx: &Connection, write: Write) -> Done {
+    match write {
+        Write::Insert(call, reply) => Done::Insert(reply, insert(tx, &call).map_err(Into::into)),
+        Write::Claim(app, function, reply) => {
+            Done::Claim(reply, claim(tx, &app, &function).map_err(Into::into))
+        }
+        Write::Finish(id, outcome, expires, reply) => Done::Finish(
+            reply,
+            finish(tx, &id, &outcome, expires).map_err(Into::into),
+        ),
+        Write::Cancel(id, now, expires, reply) => {
+            Done::Cancel(reply, cancel(tx, &id, now, expires).map_err(Into::into))
+        }
+        Write::Recover(reply) => Done::Recover(reply, recover(tx).map_err(Into::into)),
+        Write::Sweep(now, reply) => Done::Sweep(reply, sweep(tx, now).map_err(Into::into)),
+        Write::DeliveryAttempted(id, attempts, retry_at, reply) => Done::DeliveryAttempted(
+            reply,
+            delivery_attempted(tx, &id, attempts, retry_at).map_err(Into::into),
+        ),
+    }
+}
+
+fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> {
+    let (idem_key, idem_hash) = match &call.idempotency {
+        Some((key, hash)) => (Some(key.as_str()), Some(hash.as_slice())),
+        None => (None, None),
+    };
+    let started = (call.state == CallState::Running).then_some(call.created_ms);
+    let attempt = u32::from(call.state == CallState::Running);
+    let mut statement = tx.prepare_cached(
+        "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
+             created_ms, started_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
+    )?;
+    let added = statement.execute(params![
+        call.id,
+        call.app,
+        call.function,
+        call.args,
+        call.kwargs,
+        call.owner,
+        idem_key,
+        idem_hash,
+        call.callback_url,
+        call.state.code(),
+        attempt,
+        call.created_ms,
+        started,
+    ])?;
+    if added == 1 {
+        return Ok(Inserted::Created);
+    }
+    let Some(key) = idem_key else {
+        let constraint = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT);
+        return Err(rusqlite::Error::SqliteFailure(
+            constraint,
+            Some(format!("call id {} is taken", call.id)),
+        ));
+    };
+    let existing = tx
+        .query_row(
+            &format!(
+                "SELECT {COLUMNS}, idem_hash FROM calls
+                 WHERE app = ?1 AND function = ?2 AND ifnull(owner, '') = ifnull(?3, '') AND idem_key = ?4"
+            ),
+            params![call.app, call.function, call.owner, key],
+            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(17)?)),
+        )
+        .optional()?;
+    match existing {
+        Some((record, _)) if record.is_expired(now_ms()) => {
+            // The key expired with its call: the key is free again.
+            tx.execute("DELETE FROM calls WHERE id = ?1", params![record.id])?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE call_id = ?1",
+                params![record.id],
+            )?;
+            insert(tx, call)
+        }
+        Some((record, hash)) => Ok(Inserted::Existing {
+            same_request: hash.as_deref() == idem_hash,
+            record,
+        }),
+        None => Err(rusqlite::Error::QueryReturnedNoRows),
+    }
+}
+
+fn claim(
+    tx: &Connection,
+    app: &str,
+    function: &str,
+) -> Result<Option<CallRecord>, rusqlite::Error> {
+    let mut statement = tx.prepare_cached(&format!(
+        "UPDATE calls SET state = 1, attempt = attempt + 1, started_ms = ?3
+         WHERE seq = (SELECT seq FROM calls WHERE app = ?1 AND function = ?2 AND state = 0 ORDER BY seq LIMIT 1)
+         RETURNING {COLUMNS}"
+    ))?;
+    statement
+        .query_row(params![app, function, now_ms()], record)
+        .optional()
+}
+
+fn finish(
+    tx: &Connection,
+    id: &str,
+    outcome: &Outcome,
+    expires_ms: i64,
+) -> Result<bool, rusqlite::Error> {
+    let (state, result, kind, error_type, message) = match outcome {
+        Outcome::Succeeded(body) => (
+            CallState::Succeeded,
+            Some(body.as_slice()),
+            None,
+            None,
+            None,
+        ),
+        Outcome::Failed {
+            kind,
+            error_type,
+            message,
+        } => (
+            CallState::Failed,
+            None,
+            Some(kind.as_str()),
+            Some(error_type.as_str()),
+            Some(message.as_str()),
+        ),
+        Outcome::TimedOut => (CallState::TimedOut, None, None, None, None),
+    };
+    let now = now_ms();
+    let changed = tx.prepare_cached(
+        "UPDATE calls SET state = ?2, result = ?3, error_kind = ?4, error_type = ?5, error_message = ?6,
+             finished_ms = ?7, expires_ms = ?8
+         WHERE id = ?1 AND state = 1",
+    )?
+    .execute(params![id, state.code(), result, kind, error_type, message, now, expires_ms])?;
+    if changed == 1 {
+        queue_delivery(tx, id, now)?;
+    }
+    Ok(changed == 1)
+}
+
+fn queue_delivery(tx: &Connection, id: &str, now: i64) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries (call_id, url, attempts, next_ms)
+         SELECT id, callback_url, 0, ?2 FROM calls WHERE id = ?1 AND callback_url IS NOT NULL",
+    )?
+    .execute(params![id, now])?;
+    Ok(())
+}
+
+fn cancel(
+    tx: &Connection,
+    id: &str,
+    now: i64,
+    expires_ms: i64,
+) -> Result<Cancelled, rusqlite::Error> {
+    let state: Option<(i64, Option<i64>)> = tx
+        .prepare_cached("SELECT state, expires_ms FROM calls WHERE id = ?1")?
+        .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((code, expires)) = state else {
+        return Ok(Cancelled::NotFound);
+    };
+    if expires.is_some_and(|e| e <= now) {
+        return Ok(Cancelled::NotFound);
+    }
+    let state = CallState::from_code(code).unwrap_or(CallState::Failed);
+    if state.is_finished() {
+        return Ok(Cancelled::AlreadyFinished(state));
+    }
+    tx.prepare_cached(
+        "UPDATE calls SET state = 5, finished_ms = ?2, expires_ms = ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, now, expires_ms])?;
+    queue_delivery(tx, id, now)?;
+    Ok(Cancelled::Now(state))
+}
+
+fn recover(tx: &Connection) -> Result<(Vec<(String, String)>, u64), rusqlite::Error> {
+    let requeued = tx.execute("UPDATE calls SET state = 0 WHERE state = 1", [])?;
+    if requeued > 0 {
+        tracing::warn!(
+            calls = requeued,
+            "calls left running by the previous process will run again"
+        );
+    }
+    let mut statement = tx.prepare("SELECT DISTINCT app, function FROM calls WHERE state = 0")?;
+    let functions = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<Vec<(String, String)>, _>>()?;
+    let pending: i64 = tx.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
+        row.get(0)
+    })?;
+    Ok((functions, pending as u64))
+}
+
+fn sweep(tx: &Connection, now: i64) -> Result<u64, rusqlite::Error> {
+    tx.execute(
+        "DELETE FROM deliveries WHERE call_id IN (SELECT id FROM calls WHERE expires_ms <= ?1)",
+        params![now],
+    )?;
+    Ok(tx.execute("DELETE FROM calls WHERE expires_ms <= ?1", params![now])? as u64)
+}
+
+fn delivery_attempted(
+    tx: &Connection,
+    id: &str,
+    attempts: u32,
+    retry_at: Option<i64>,
+) -> Result<(), rusqlite::Error> {
+    match retry_at {
+        Some(at) => tx.execute(
+            "UPDATE deliveries SET attempts = ?2, next_ms = ?3 WHERE call_id = ?1",
+            params![id, attempts, at],
+        )?,
+        None => tx.execute("DELETE FROM deliveries WHERE call_id = ?1", params![id])?,
+    };
+    Ok(())
+}
+
+fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
+    let state = CallState::from_code(row.get(7)?).unwrap_or(CallState::Failed);
+    let outcome = match state {
+        CallState::Succeeded => Some(Outcome::Succeeded(
+            row.get::<_, Option<Vec<u8>>>(13)?.unwrap_or_default(),
+        )),
+        CallState::Failed => Some(Outcome::Failed {
+            kind: FailureKind::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
+            error_type: row.get::<_, Option<String>>(15)?.unwrap_or_default(),
+            message: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        }),
+        CallState::TimedOut => Some(Outcome::TimedOut),
+        _ => None,
+    };
+    Ok(CallRecord {
+        id: row.get(0)?,
+        app: row.get(1)?,
+        function: row.get(2)?,
+        args: row.get(3)?,
+        kwargs: row.get(4)?,
+        owner: row.get(5)?,
+        callback_url: row.get(6)?,
+        state,
+        attempt: row.get(8)?,
+        created_ms: row.get(9)?,
+        started_ms: row.get(10)?,
+        finished_ms: row.get(11)?,
+        expires_ms: row.get(12)?,
+        outcome,
+    })
+}
+
+impl CallStore for EmbeddedStore {
+    fn insert(&self, call: NewCall) -> BoxFuture<'_, Result<Inserted, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Insert(call, reply)))
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(self.read(move |connection| {
+            connection
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = ?1"))?
+                .query_row(params![id], record)
+                .optional()
+        }))
+    }
+
+    fn claim_next<'a>(
+        &'a self,
+        app: &'a str,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        let (app, function) = (app.to_owned(), function.to_owned());
+        Box::pin(self.write(move |reply| Write::Claim(app, function, reply)))
+    }
+
+    fn finish(
+        &self,
+        id: String,
+        outcome: Outcome,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Finish(id, outcome, expires_ms, reply)))
+    }
+
+    fn cancel(
+        &self,
+        id: String,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<Cancelled, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Cancel(id, now_ms, expires_ms, reply)))
+    }
+
+    fn recover(&self) -> BoxFuture<'_, Result<(Vec<(String, String)>, u64), StoreError>> {
+        Box::pin(self.write(Write::Recover))
+    }
+
+    fn sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Sweep(now_ms, reply)))
+    }
+
+    fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<Delivery>, Option<i64>), StoreError>> {
+        Box::pin(self.read(move |connection| {
+            let due = connection
+                .prepare_cached(
+                    "SELECT call_id, url, attempts FROM deliveries WHERE next_ms <= ?1 ORDER BY next_ms LIMIT ?2",
+                )?
+                .query_map(params![now_ms, limit as i64], |row| {
+                    Ok(Delivery {
+                        call_id: row.get(0)?,
+                        url: row.get(1)?,
+                        attempts: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = connection
+                .prepare_cached("SELECT min(next_ms) FROM deliveries WHERE next_ms > ?1")?
+                .query_row(params![now_ms], |row| row.get::<_, Option<i64>>(0))?;
+            Ok((due, next))
+        }))
+    }
+
+    fn delivery_attempted(
+        &self,
+        call_id: String,
+        attempts: u32,
+        retry_at: Option<i64>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(
+            self.write(move |reply| Write::DeliveryAttempted(call_id, attempts, retry_at, reply)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The embedded store against a real SQLite file.
+
+use super::*;
+
+fn new_call(id: &str) -> NewCall {
+    NewCall {
+        id: id.to_owned(),
+        app: "demo".to_owned(),
+        function: "square".to_owned(),
+        args: "[]".to_owned(),
+        kwargs: "{\"x\": 1e400}".to_owned(),
+        owner: None,
+        idempotency: None,
+        callback_url: None,
+        state: CallState::Pending,
+        created_ms: now_ms(),
+    }
+}
+
+fn open() -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("data/calls.db")).unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn calls_move_from_pending_to_finished_in_order() {
+    let (_dir, store) = open();
+    for id in ["fc-1", "fc-2"] {
+        assert!(matches!(
+            store.insert(new_call(id)).await.unwrap(),
+            Inserted::Created
+        ));
+    }
+    let first = store.claim_next("demo", "square").await.unwrap().unwrap();
+    assert_eq!(
+        (first.id.as_str(), first.state, first.attempt),
+        ("fc-1", CallState::Running, 1)
+    );
+    assert_eq!(first.kwargs, "{\"x\": 1e400}");
+    let outcome = Outcome::Succeeded(b"1764".to_vec());
+    assert!(
+        store
+            .finish("fc-1".into(), outcome.clone(), now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    let stored = store.get("fc-1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.outcome),
+        (CallState::Succeeded, Some(outcome))
+    );
+    assert_eq!(
+        store
+            .claim_next("demo", "square")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "fc-2"
+    );
+    assert!(store.claim_next("demo", "square").await.unwrap().is_none());
+    assert!(store.claim_next("demo", "other").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn cancel_answers_by_state() {
+    let (_dir, store) = open();
+    store.insert(new_call("fc-p")).await.unwrap();
+    let later = now_ms() + 60_000;
+    assert_eq!(
+        store.cancel("fc-p".into(), now_ms(), later).await.unwrap(),
+        Cancelled::Now(CallState::Pending)
+    );
+    assert!(
+        store.claim_next("demo", "square").await.unwrap().is_none(),
+        "a cancelled call never runs"
+    );
+    assert_eq!(
+        store.cancel("fc-p".into(), now_ms(), later).await.unwrap(),
+        Cancelled::AlreadyFinished(CallState::Cancelled)
+    );
+    assert_eq!(
+        store
+            .cancel("fc-none".into(), now_ms(), later)
+            .await
+            .unwrap(),
+        Cancelled::NotFound
+    );
+    store.insert(new_call("fc-r")).await.unwrap();
+    store.claim_next("demo", "square").await.unwrap().unwrap();
+    assert_eq!(
+        store.cancel("fc-r".into(), now_ms(), later).await.unwrap(),
+        Cancelled::Now(CallState::Running)
+    );
+    assert!(
+        !store
+            .finish("fc-r".into(), Outcome::TimedOut, later)
+            .await
+            .unwrap(),
+        "a cancelled call keeps its state"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_find_the_first_call() {
+    let (_dir, store) = open();
+    let mut call = new_call("fc-a");
+    call.idempotency = Some(("key-1".into(), vec![1, 2, 3]));
+    assert!(matches!(
+        store.insert(call.clone()).await.unwrap(),
+        Inserted::Created
+    ));
+    call.id = "fc-b".into();
+    match store.insert(call.clone()).await.unwrap() {
+        Inserted::Existing {
+            record,
+            same_request,
+        } => assert_eq!((record.id.as_str(), same_request), ("fc-a", true)),
+        other => panic!("{other:?}"),
+    }
+    call.idempotency = Some(("key-1".into(), vec![9]));
+    assert!(matches!(
+        store.insert(call).await.unwrap(),
+        Inserted::Existing {
+            same_request: false,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_reopened_store_requeues_running_calls_with_a_new_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    {
+        let store = EmbeddedStore::open(&path).unwrap();
+        store.insert(new_call("fc-1")).await.unwrap();
+        store.insert(new_call("fc-2")).await.unwrap();
+        store.claim_next("demo", "square").await.unwrap().unwrap();
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let (functions, pending) = store.recover().await.unwrap();
+    assert_eq!(functions, vec![("demo".to_owned(), "square".to_owned())]);
+    assert_eq!(pending, 2);
+    let again = store.claim_next("demo", "square").await.unwrap().unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), ("fc-1", 2));
+}
+
+#[tokio::test]
+async fn sweep_deletes_expired_results_and_their_deliveries() {
+    let (_dir, store) = open();
+    let mut call = new_call("fc-1");
+    call.callback_url = Some("http://127.0.0.1:1/hook".into());
+    store.insert(call).await.unwrap();
+    store.claim_next("demo", "square").await.unwrap();
+    let expires = now_ms() + 1_000;
+    store
+        .finish("fc-1".into(), Outcome::TimedOut, expires)
+        .await
+        .unwrap();
+    let (due, _) = store.due_deliveries(now_ms(), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(store.sweep(expires - 1).await.unwrap(), 0);
+    assert_eq!(store.sweep(expires).await.unwrap(), 1);
+    assert!(store.get("fc-1").await.unwrap().is_none());
+    assert!(
+        store
+            .due_deliveries(now_ms(), 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_inserts_share_transactions_and_all_land() {
+    let (_dir, store) = open();
+    let store = std::sync::Arc::new(store);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let store = store.clone();
+        tasks.spawn(async move { store.insert(new_call(&format!("fc-{i}"))).await.map(drop) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let (_, pending) = store.recover().await.unwrap();
+    assert_eq!(pending, 500);
+}

@@ -1,0 +1,249 @@
+//! The call store: where spawned calls, their results and their pending
+//! webhook deliveries live, durably. `CallStore` is the seam; the embedded
+//! SQLite store is the default, a shared Redis store comes later.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The life of a spawned call: pending -> running -> one of the ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Pending => "pending",
+            CallState::Running => "running",
+            CallState::Succeeded => "succeeded",
+            CallState::Failed => "failed",
+            CallState::TimedOut => "timed_out",
+            CallState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, CallState::Pending | CallState::Running)
+    }
+
+    fn code(self) -> i64 {
+        match self {
+            CallState::Pending => 0,
+            CallState::Running => 1,
+            CallState::Succeeded => 2,
+            CallState::Failed => 3,
+            CallState::TimedOut => 4,
+            CallState::Cancelled => 5,
+        }
+    }
+
+    fn from_code(code: i64) -> Option<CallState> {
+        Some(match code {
+            0 => CallState::Pending,
+            1 => CallState::Running,
+            2 => CallState::Succeeded,
+            3 => CallState::Failed,
+            4 => CallState::TimedOut,
+            5 => CallState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a failed call failed, as the client will be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The function ran and reported an error (500 `function_error`).
+    Function,
+    /// The backend was unreachable, crashed or answered garbage (502).
+    Backend,
+}
+
+impl FailureKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Function => "function",
+            FailureKind::Backend => "backend",
+        }
+    }
+
+    fn parse(text: &str) -> FailureKind {
+        if text == "function" {
+            FailureKind::Function
+        } else {
+            FailureKind::Backend
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The function's JSON result.
+    Succeeded(Vec<u8>),
+    Failed {
+        kind: FailureKind,
+        error_type: String,
+        message: String,
+    },
+    TimedOut,
+}
+
+/// A call to be stored.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub id: String,
+    pub app: String,
+    pub function: String,
+    pub args: String,
+    pub kwargs: String,
+    /// Who may read and cancel it (`None`: anyone holding the id).
+    pub owner: Option<String>,
+    /// `Idempotency-Key` and a digest of the request it came with.
+    pub idempotency: Option<(String, Vec<u8>)>,
+    pub callback_url: Option<String>,
+    /// `Running` for a sync call that outlived the sync wait, else `Pending`.
+    pub state: CallState,
+    pub created_ms: i64,
+}
+
+/// A stored call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub id: String,
+    pub app: String,
+    pub function: String,
+    pub args: String,
+    pub kwargs: String,
+    pub owner: Option<String>,
+    pub callback_url: Option<String>,
+    pub state: CallState,
+    /// Runs started so far (1 on the first run; more after a restart).
+    pub attempt: u32,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    pub outcome: Option<Outcome>,
+}
+
+impl CallRecord {
+    /// True once a finished call's retention has passed.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_some_and(|expires| expires <= now_ms)
+    }
+}
+
+/// The answer to an insert.
+#[derive(Debug)]
+pub enum Inserted {
+    Created,
+    /// The idempotency key was already used: the call it made, and whether
+    /// it was made with the same request.
+    Existing {
+        record: CallRecord,
+        same_request: bool,
+    },
+}
+
+/// The answer to a cancel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The call was pending or running (its state before) and is now cancelled.
+    Now(CallState),
+    /// The call had already ended in this state.
+    AlreadyFinished(CallState),
+    NotFound,
+}
+
+/// A webhook delivery that is due.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub call_id: String,
+    pub url: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("call store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("call store: {0}")]
+    Io(String),
+    #[error("the call store has shut down")]
+    Closed,
+}
+
+/// Durable storage of spawned calls. Every write is durable when its
+/// future resolves.
+pub trait CallStore: Send + Sync {
+    /// Stores a new call, or finds the one its idempotency key made.
+    fn insert(&self, call: NewCall) -> BoxFuture<'_, Result<Inserted, StoreError>>;
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>>;
+
+    /// Takes the oldest pending call of a function and marks it running,
+    /// counting the attempt.
+    fn claim_next<'a>(
+        &'a self,
+        app: &'a str,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>>;
+
+    /// Records how a running call ended (no-op, `false`, when it is no
+    /// longer running, e.g. cancelled meanwhile). Queues its webhook.
+    fn finish(
+        &self,
+        id: String,
+        outcome: Outcome,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    fn cancel(
+        &self,
+        id: String,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
+
+    /// At start-up: calls left running by a previous process go back to
+    /// pending. Returns the functions that have pending calls, and how many
+    /// calls are pending in all.
+    fn recover(&self) -> BoxFuture<'_, Result<(Vec<(String, String)>, u64), StoreError>>;
+
+    /// Deletes calls whose retention has passed; returns how many.
+    fn sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Webhook deliveries due at `now_ms`, and when the next one is due.
+    fn due_deliveries(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<Delivery>, Option<i64>), StoreError>>;
+
+    /// Records a delivery attempt: `retry_at` `None` ends the delivery.
+    fn delivery_attempted(
+        &self,
+        call_id: String,
+        attempts: u32,
+        retry_at: Option<i64>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
