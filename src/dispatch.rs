@@ -1,66 +1,104 @@
-//! Admission and running of calls: each function's concurrency limit and
-//! bounded wait queue, and the deadline every call runs under.
+//! Admission of calls to a function: its concurrency limit, the bounded
+//! queue of sync callers waiting for a slot, and the rule that spawned
+//! calls come second: they take a slot only when no sync caller is
+//! waiting, and never the slots reserved for sync callers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// `concurrency` calls run at once; up to `queue` more wait for a slot;
-/// anyone beyond both is turned away at once.
+/// `concurrency` calls run at once; up to `queue` sync callers wait for a
+/// slot; anyone beyond both is turned away at once.
 pub struct Limiter {
     slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
     queue: usize,
+    /// Slots spawned calls may never take: a quarter of them, rounded down.
+    reserved: usize,
+    /// Woken when a slot is freed or a waiting caller leaves.
+    changed: Arc<Notify>,
 }
 
 /// The caller was turned away: every slot and queue place is taken.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Overloaded;
 
+/// A running slot; freeing it wakes the spawned-call dispatcher.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    changed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.changed.notify_one();
+    }
+}
+
 impl Limiter {
     pub fn new(concurrency: usize, queue: usize) -> Limiter {
         Limiter {
             slots: Arc::new(Semaphore::new(concurrency)),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
             queue,
+            reserved: concurrency / 4,
+            changed: Arc::new(Notify::new()),
         }
     }
 
-    /// A running slot, waiting in the queue when there is room in it.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+    fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
+        Slot {
+            _permit: permit,
+            changed: self.changed.clone(),
+        }
+    }
+
+    /// A slot for a sync caller, waiting in the queue when there is room in it.
+    pub async fn acquire(&self) -> Result<Slot, Overloaded> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(self.slot(permit));
         }
         let place = self
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.queue).then_some(n + 1)
-            });
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.queue).then_some(n + 1));
         if place.is_err() {
             return Err(Overloaded);
         }
         // Leaves the queue however the wait ends, the caller giving up included.
-        let _leave = LeaveQueue(&self.waiting);
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Overloaded)
+        let _leave = LeaveQueue(self);
+        let permit = self.slots.clone().acquire_owned().await.map_err(|_| Overloaded)?;
+        Ok(self.slot(permit))
+    }
+
+    /// A slot for a spawned call: waits while sync callers wait or only
+    /// reserved slots are free.
+    pub async fn acquire_background(&self) -> Slot {
+        loop {
+            let changed = self.changed.notified();
+            if self.waiting.load(Ordering::Acquire) == 0 && self.slots.available_permits() > self.reserved {
+                if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                    return self.slot(permit);
+                }
+            }
+            changed.await;
+        }
     }
 }
 
-struct LeaveQueue<'a>(&'a AtomicUsize);
+struct LeaveQueue<'a>(&'a Limiter);
 
 impl Drop for LeaveQueue<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn callers_beyond_slots_and_queue_are_turned_away() {
@@ -85,9 +123,37 @@ mod tests {
     async fn a_caller_giving_up_leaves_the_queue() {
         let limiter = Limiter::new(1, 1);
         let _running = limiter.acquire().await.unwrap();
-        let wait =
-            tokio::time::timeout(std::time::Duration::from_millis(10), limiter.acquire()).await;
+        let wait = tokio::time::timeout(Duration::from_millis(10), limiter.acquire()).await;
         assert!(wait.is_err());
         assert_eq!(limiter.waiting.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn spawned_calls_leave_reserved_slots_and_yield_to_waiting_callers() {
+        let limiter = Arc::new(Limiter::new(4, 4));
+        let mut background = Vec::new();
+        for _ in 0..3 {
+            background.push(limiter.acquire_background().await);
+        }
+        // The fourth slot is reserved for sync callers.
+        let blocked = tokio::time::timeout(Duration::from_millis(20), limiter.acquire_background()).await;
+        assert!(blocked.is_err());
+        let sync = limiter.acquire().await.unwrap();
+        // A sync caller waits; a freed slot goes to it, not to a spawned call.
+        let waiter = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire().await.map(drop) })
+        };
+        while limiter.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let spawned = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { drop(limiter.acquire_background().await) })
+        };
+        drop(background.pop());
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        drop(sync);
+        tokio::time::timeout(Duration::from_secs(5), spawned).await.unwrap().unwrap();
     }
 }

@@ -17,6 +17,11 @@ impl CallId {
         CallId(format!("fc-{}", random_hex::<16>()))
     }
 
+    /// A call id read back from the store.
+    pub fn from_stored(id: String) -> CallId {
+        CallId(id)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod calls;
 pub mod config;
 pub mod dispatch;
 pub mod http;

@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::{Invocation, Trace};
 
-type Pool = Client<HttpsConnector<HttpConnector>, Body>;
+/// A pooled client that speaks HTTP/1.1, or h2 where TLS offers it.
+pub type Pool = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// How much of a failed answer's body becomes the error message.
 const ERROR_BODY_LIMIT: usize = 4096;
@@ -38,6 +39,14 @@ impl HttpClients {
             negotiated: pool(false),
             h2c: pool(true),
         }
+    }
+}
+
+impl HttpClients {
+    /// The HTTP/1.1-or-negotiated pool, for the gateway's own requests
+    /// (webhook deliveries). It never follows redirects.
+    pub fn client(&self) -> Pool {
+        self.negotiated.clone()
     }
 }
 
