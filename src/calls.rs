@@ -17,7 +17,10 @@ use crate::backend::BackendError;
 use crate::dispatch::Slot;
 use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, random_hex};
 use crate::registry::{Function, Registry, Target};
-use crate::store::{CallRecord, CallState, CallStore, Cancelled, FailureKind, Inserted, NewCall, Outcome, StoreError, now_ms};
+use crate::store::{
+    CallRecord, CallState, CallStore, Cancelled, FailureKind, Inserted, NewCall, Outcome,
+    StoreError, now_ms,
+};
 use crate::translate::Arguments;
 
 /// Why a spawn was refused.
@@ -76,7 +79,12 @@ impl Calls {
         let queued = registry
             .functions()
             .into_iter()
-            .map(|f| ((f.app.to_string(), f.name.to_string()), Arc::new(Notify::new())))
+            .map(|f| {
+                (
+                    (f.app.to_string(), f.name.to_string()),
+                    Arc::new(Notify::new()),
+                )
+            })
             .collect();
         Calls {
             store,
@@ -104,7 +112,12 @@ impl Calls {
     }
 
     /// Stores a new call for `function`; durable when this returns.
-    pub async fn spawn(&self, function: &Function, arguments: Arguments, options: SpawnOptions) -> Result<Accepted, SpawnError> {
+    pub async fn spawn(
+        &self,
+        function: &Function,
+        arguments: Arguments,
+        options: SpawnOptions,
+    ) -> Result<Accepted, SpawnError> {
         if self.pending.load(Ordering::Acquire) >= self.config.max_pending {
             return Err(SpawnError::BacklogFull);
         }
@@ -152,7 +165,8 @@ impl Calls {
     pub async fn status(&self, id: &str, wait: Duration) -> Result<Option<CallRecord>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_wait);
         let result = loop {
-            let waiter = (!wait.is_zero()).then(|| self.waiters.entry(id.to_owned()).or_default().clone());
+            let waiter =
+                (!wait.is_zero()).then(|| self.waiters.entry(id.to_owned()).or_default().clone());
             // Created before the read, so an end announced after it is not missed.
             let notified = waiter.as_ref().map(|w| w.notified());
             let record = match self.store.get(id).await {
@@ -184,7 +198,10 @@ impl Calls {
 
     /// Cancels a call: a pending one never runs, a running one here is stopped.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
-        let answer = self.store.cancel(id.to_owned(), now_ms(), self.expires_ms()).await?;
+        let answer = self
+            .store
+            .cancel(id.to_owned(), now_ms(), self.expires_ms())
+            .await?;
         match answer {
             Cancelled::Now(CallState::Pending) => {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -203,7 +220,11 @@ impl Calls {
 
     /// Adopts a sync call that outlived the sync wait: stores it as running
     /// so it can be read and cancelled by id. `stop` stops its work.
-    pub async fn adopt(&self, invocation: &Invocation, stop: CancellationToken) -> Result<(), StoreError> {
+    pub async fn adopt(
+        &self,
+        invocation: &Invocation,
+        stop: CancellationToken,
+    ) -> Result<(), StoreError> {
         let call = NewCall {
             id: invocation.call_id.to_string(),
             app: invocation.app.to_string(),
@@ -232,7 +253,11 @@ impl Calls {
         let outcome = outcome_of(result);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.finish(id.to_owned(), outcome.clone(), self.expires_ms()).await {
+            match self
+                .store
+                .finish(id.to_owned(), outcome.clone(), self.expires_ms())
+                .await
+            {
                 Ok(_) => break,
                 Err(StoreError::Closed) => return,
                 Err(e) => {
@@ -248,8 +273,12 @@ impl Calls {
     /// Recovers calls a previous process left behind, then runs one
     /// dispatcher per function and the sweeper until `shutdown`; then
     /// gives running spawned calls `grace` to finish.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> Result<(), StoreError> {
-        let (_, pending) = self.store.recover().await?;
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<(), StoreError> {
+        let pending = self.store.recover().await?;
         self.pending.store(pending, Ordering::Release);
         if pending > 0 {
             tracing::info!(pending, "pending calls found in the store");
@@ -263,8 +292,13 @@ impl Calls {
         dispatchers.spawn(self.clone().sweep(shutdown.clone()));
         while dispatchers.join_next().await.is_some() {}
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            tracing::warn!("grace period over with spawned calls still running; they run again after restart");
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "grace period over with spawned calls still running; they run again after restart"
+            );
         }
         Ok(())
     }
@@ -281,7 +315,8 @@ impl Calls {
             match self.store.claim_next(&function.app, &function.name).await {
                 Ok(Some(record)) => {
                     self.pending.fetch_sub(1, Ordering::AcqRel);
-                    self.tasks.spawn(self.clone().run_spawned(function.clone(), record, slot));
+                    self.tasks
+                        .spawn(self.clone().run_spawned(function.clone(), record, slot));
                 }
                 Ok(None) => {
                     drop(slot);
@@ -334,7 +369,10 @@ impl Calls {
     }
 
     async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
-        let every = self.config.result_ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every = self
+            .config
+            .result_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             match self.store.sweep(now_ms()).await {
                 Ok(0) => {}
@@ -359,7 +397,10 @@ pub fn outcome_of(result: Result<bytes::Bytes, BackendError>) -> Outcome {
             message,
         },
         Err(BackendError::Timeout) => Outcome::TimedOut,
-        Err(e @ (BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_))) => {
+        Err(
+            e
+            @ (BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_)),
+        ) => {
             tracing::warn!(error = %e, "spawned call failed in its backend");
             Outcome::Failed {
                 kind: FailureKind::Backend,

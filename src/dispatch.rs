@@ -61,13 +61,20 @@ impl Limiter {
         }
         let place = self
             .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.queue).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            });
         if place.is_err() {
             return Err(Overloaded);
         }
         // Leaves the queue however the wait ends, the caller giving up included.
         let _leave = LeaveQueue(self);
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| Overloaded)?;
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overloaded)?;
         Ok(self.slot(permit))
     }
 
@@ -76,7 +83,9 @@ impl Limiter {
     pub async fn acquire_background(&self) -> Slot {
         loop {
             let changed = self.changed.notified();
-            if self.waiting.load(Ordering::Acquire) == 0 && self.slots.available_permits() > self.reserved {
+            if self.waiting.load(Ordering::Acquire) == 0
+                && self.slots.available_permits() > self.reserved
+            {
                 if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                     return self.slot(permit);
                 }
@@ -136,7 +145,8 @@ mod tests {
             background.push(limiter.acquire_background().await);
         }
         // The fourth slot is reserved for sync callers.
-        let blocked = tokio::time::timeout(Duration::from_millis(20), limiter.acquire_background()).await;
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(20), limiter.acquire_background()).await;
         assert!(blocked.is_err());
         let sync = limiter.acquire().await.unwrap();
         // A sync caller waits; a freed slot goes to it, not to a spawned call.
@@ -154,6 +164,9 @@ mod tests {
         drop(background.pop());
         assert_eq!(waiter.await.unwrap(), Ok(()));
         drop(sync);
-        tokio::time::timeout(Duration::from_secs(5), spawned).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), spawned)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

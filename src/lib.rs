@@ -16,6 +16,7 @@ pub mod registry;
 pub mod store;
 pub mod tls;
 pub mod translate;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,16 +27,24 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::http::HttpClients;
-use crate::config::Config;
+use crate::calls::{Calls, CallsConfig};
+use crate::config::{Config, StoreKind};
 use crate::http::AppState;
 use crate::listener::ConnectionLimits;
 use crate::registry::Registry;
+use crate::store::CallStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::webhooks::{WebhookSettings, Webhooks};
 
 /// Why the gateway could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("the redis call store is not available in this version of fngate yet")]
+    RedisUnavailable,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -50,6 +59,12 @@ pub struct Gateway {
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
     limits: Arc<ConnectionLimits>,
+    grace: std::time::Duration,
+}
+
+/// How long spawned calls running at shutdown get to finish.
+fn spawned_grace(config: &Config) -> std::time::Duration {
+    config.server.shutdown_grace
 }
 
 impl Gateway {
@@ -64,15 +79,38 @@ impl Gateway {
                 ca.display()
             );
         }
-        // 2. Backends and the registry of functions.
+        // 2. The call store.
+        let store: Arc<dyn CallStore> = match config.store.kind {
+            StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.store.path)?),
+            StoreKind::Redis => return Err(ServeError::RedisUnavailable),
+        };
+        // 3. Backends and the registry of functions.
         let clients = HttpClients::new();
-        let registry = Registry::from_config(&config, &clients);
+        let registry = Arc::new(Registry::from_config(&config, &clients));
         for function in registry.functions() {
             tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
         }
-        // 3. Router state.
-        let state = Arc::new(AppState::new(registry, &config.server));
-        // 4. Listeners.
+        // 4. Spawned calls and their webhooks.
+        let calls = Arc::new(Calls::new(
+            store.clone(),
+            registry.clone(),
+            CallsConfig {
+                result_ttl: config.store.result_ttl,
+                max_pending: config.store.max_pending,
+                max_wait: config.store.max_wait,
+            },
+        ));
+        let webhooks = config.webhooks.as_ref().map(|w| {
+            let settings = WebhookSettings {
+                secret: w.secret.clone(),
+                allow_hosts: w.allow_hosts.clone(),
+                max_attempts: w.max_attempts,
+            };
+            Arc::new(Webhooks::new(settings, clients.client(), store.clone()))
+        });
+        // 5. Router state.
+        let state = Arc::new(AppState::new(registry, calls, webhooks, &config.server));
+        // 6. Listeners.
         let https = bind(config.server.listen).await?;
         let http = match config.server.http_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -84,6 +122,7 @@ impl Gateway {
             acceptor: TlsAcceptor::from(tls),
             state,
             limits: Arc::new(ConnectionLimits::from_config(&config.server)),
+            grace: spawned_grace(&config),
         })
     }
 
@@ -123,6 +162,17 @@ impl Gateway {
                 self.limits.clone(),
                 shutdown.clone(),
             ));
+        }
+        let calls = self.state.calls.clone();
+        let stop = shutdown.clone();
+        let grace = self.grace;
+        tasks.spawn(async move {
+            if let Err(e) = calls.run(stop, grace).await {
+                tracing::error!(error = %e, "spawned calls cannot run");
+            }
+        });
+        if let Some(webhooks) = self.state.webhooks.clone() {
+            tasks.spawn(webhooks.run(self.state.calls.ended.clone(), shutdown.clone()));
         }
         let state = self.state.clone();
         let draining = shutdown.clone();

@@ -17,7 +17,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How an invocation can fail. What reaches the client is decided by the
 /// HTTP layer; the `String`s here are for the log.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// The function ran and reported an error.
     #[error("function error {kind}: {message}")]

@@ -97,6 +97,7 @@ pub struct RawCors {
 #[serde(deny_unknown_fields)]
 pub struct RawWebhooks {
     pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
     #[serde(default)]
     pub allow_hosts: Vec<String>,
     pub max_attempts: Option<u32>,

@@ -55,7 +55,12 @@ fn minimal_config_gets_the_documented_defaults() {
 
 #[test]
 fn the_design_example_keys_are_accepted() {
-    let text = r#"
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("webhook.secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let secret = secret.display();
+    let text = format!(
+        r#"
 [server]
 listen = "127.0.0.1:8443"
 http_listen = "127.0.0.1:8080"
@@ -81,7 +86,7 @@ max_wait = "60s"
 allow_origins = ["https://app.example.com"]
 
 [webhooks]
-secret_env = "FNGATE_WEBHOOK_SECRET"
+secret_file = "{secret}"
 allow_hosts = ["hooks.example.com"]
 max_attempts = 8
 
@@ -97,8 +102,12 @@ public = true
 [apps.demo.functions.echo]
 backend = "http"
 urls = ["http://127.0.0.1:9001/invoke"]
-"#;
-    let config = load(text).unwrap();
+"#
+    );
+    let config = load(&text).unwrap();
+    let webhooks = config.webhooks.as_ref().unwrap();
+    assert_eq!(webhooks.allow_hosts, vec!["hooks.example.com".to_owned()]);
+    assert_eq!(webhooks.secret.len(), 24);
     assert!(
         matches!(&config.server.tls, TlsSource::Files { cert, .. } if cert == Path::new("/srv/fngate/certs/gateway.crt"))
     );
@@ -266,4 +275,29 @@ fn error_message_names_file_and_key() {
         err.starts_with("/srv/fngate/gateway.toml: server.max_body: "),
         "{err}"
     );
+}
+
+#[test]
+fn webhooks_need_a_usable_secret_and_hosts() {
+    let unset = format!(
+        "[webhooks]\nsecret_env = \"FNGATE_TEST_NO_SUCH_VARIABLE\"\nallow_hosts = [\"h\"]\n{SQUARE}"
+    );
+    assert_eq!(rejected_key(&unset), "webhooks.secret_env");
+    let none = format!("[webhooks]\nallow_hosts = [\"h\"]\n{SQUARE}");
+    assert_eq!(rejected_key(&none), "webhooks.secret_env");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.secret");
+    std::fs::write(&bad, "not base64!").unwrap();
+    let text = format!(
+        "[webhooks]\nsecret_file = \"{}\"\nallow_hosts = [\"h\"]\n{SQUARE}",
+        bad.display()
+    );
+    assert_eq!(rejected_key(&text), "webhooks.secret_file");
+    let good = dir.path().join("good.secret");
+    std::fs::write(&good, "c2VjcmV0").unwrap();
+    let text = format!(
+        "[webhooks]\nsecret_file = \"{}\"\nallow_hosts = []\n{SQUARE}",
+        good.display()
+    );
+    assert_eq!(rejected_key(&text), "webhooks.allow_hosts");
 }

@@ -1,20 +1,22 @@
-//! Request handlers: health and readiness, sync invocation and passthrough
-//! forwarding.
+//! Request handlers: routing by path, health and readiness, sync calls
+//! (with their overflow into spawned calls past the sync wait) and
+//! passthrough forwarding.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::call_routes;
 use super::context::RouteLabel;
+use super::input;
 use super::problem::ApiError;
+use crate::backend::Backend;
 use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after};
 use crate::registry::{Function, Lookup, Target};
-use crate::translate::{self, InputRules};
 
 /// Every request lands here; the path decides what it is.
 pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Response<Body> {
@@ -25,66 +27,65 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
         .expect("the request context middleware runs first");
     let path = request.uri().path().to_owned();
     let (label, result) = match path.as_str() {
-        "/_/health" => ("/_/health", health(&request)),
-        "/_/ready" => ("/_/ready", ready(&state, &request)),
-        _ => match split_path(&path) {
-            Some((app, function, suffix)) => match state.registry.lookup(app, function) {
-                Lookup::Found(found) => {
-                    let found = found.clone();
-                    let label = format!("/{app}/{function}");
-                    let result = call(&state, &found, suffix, trace.clone(), request).await;
-                    return labelled(result, &trace, label);
-                }
-                Lookup::NoApp => (
-                    "-",
-                    Err(ApiError::AppNotFound {
-                        app: app.to_owned(),
-                    }),
-                ),
-                Lookup::NoFunction => (
-                    "-",
-                    Err(ApiError::FunctionNotFound {
-                        app: app.to_owned(),
-                        function: function.to_owned(),
-                    }),
-                ),
-            },
-            None => {
-                let app = path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or_default();
-                if state.registry.has_app(app) {
-                    (
-                        "-",
-                        Err(ApiError::FunctionNotFound {
-                            app: app.to_owned(),
-                            function: String::new(),
-                        }),
-                    )
-                } else {
-                    (
-                        "-",
-                        Err(ApiError::AppNotFound {
-                            app: app.to_owned(),
-                        }),
-                    )
-                }
-            }
+        "/_/health" => ("/_/health".to_owned(), health(&request)),
+        "/_/ready" => ("/_/ready".to_owned(), ready(&state, &request)),
+        _ => match path.strip_prefix("/calls/") {
+            Some(id) => (
+                "/calls/{id}".to_owned(),
+                call_routes::call(&state, id, &trace, request).await,
+            ),
+            None => function_route(&state, &path, &trace, request).await,
         },
     };
-    labelled(result, &trace, label.to_owned())
-}
-
-fn labelled(
-    result: Result<Response<Body>, ApiError>,
-    trace: &Trace,
-    label: String,
-) -> Response<Body> {
     let mut response = result.unwrap_or_else(|error| error.into_problem(&trace.request_id));
     response.extensions_mut().insert(RouteLabel(label));
     response
+}
+
+async fn function_route(
+    state: &Arc<AppState>,
+    path: &str,
+    trace: &Trace,
+    request: Request,
+) -> (String, Result<Response<Body>, ApiError>) {
+    let Some((app, function, suffix)) = split_path(path) else {
+        let app = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let error = if state.registry.has_app(app) {
+            ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: String::new(),
+            }
+        } else {
+            ApiError::AppNotFound {
+                app: app.to_owned(),
+            }
+        };
+        return ("-".to_owned(), Err(error));
+    };
+    match state.registry.lookup(app, function) {
+        Lookup::Found(found) => {
+            let found = found.clone();
+            let label = format!("/{app}/{function}");
+            (label, call(state, &found, suffix, trace, request).await)
+        }
+        Lookup::NoApp => (
+            "-".to_owned(),
+            Err(ApiError::AppNotFound {
+                app: app.to_owned(),
+            }),
+        ),
+        Lookup::NoFunction => (
+            "-".to_owned(),
+            Err(ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: function.to_owned(),
+            }),
+        ),
+    }
 }
 
 /// Splits `/{app}/{function}{suffix}`; `suffix` is empty or starts with `/`.
@@ -98,13 +99,22 @@ fn split_path(path: &str) -> Option<(&str, &str, &str)> {
     (!app.is_empty() && !function.is_empty()).then_some((app, function, suffix))
 }
 
-fn json_response(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// The function's result, as a sync call and a finished spawned call answer it.
+pub(super) fn result_response(call_id: &str, result: impl Into<Body>) -> Response<Body> {
+    let mut response = json_response(StatusCode::OK, result);
+    if let Ok(value) = HeaderValue::from_str(call_id) {
+        response.headers_mut().insert("x-call-id", value);
+    }
     response
 }
 
@@ -131,18 +141,25 @@ fn ready(state: &AppState, request: &Request) -> Result<Response<Body>, ApiError
     })
 }
 
+/// True when the client asked for an asynchronous answer (RFC 7240).
+fn prefers_async(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+}
+
 async fn call(
-    state: &AppState,
+    state: &Arc<AppState>,
     function: &Arc<Function>,
     suffix: &str,
-    trace: Trace,
+    trace: &Trace,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let spec = &function.spec;
-    let not_found = || ApiError::FunctionNotFound {
-        app: spec.app.clone(),
-        function: format!("{}{suffix}", spec.name),
-    };
     match &function.target {
         Target::Passthrough(backend) => {
             if !spec.allows(request.method()) {
@@ -157,40 +174,41 @@ async fn call(
                 .map_err(|_| ApiError::Overloaded)?;
             let deadline = tokio::time::Instant::now() + spec.timeout;
             backend
-                .forward(request, suffix, &trace, deadline)
+                .forward(request, suffix, trace, deadline)
                 .await
-                .map_err(|e| backend_failure(function, &trace, e))
+                .map_err(|e| backend_failure(function, trace, e))
         }
-        Target::Invoke(_) if !suffix.is_empty() => Err(not_found()),
-        Target::Invoke(backend) => {
-            if !spec.allows(request.method()) {
+        Target::Invoke(_) if suffix == "/spawn" => {
+            if request.method() != Method::POST {
                 return Err(ApiError::MethodNotAllowed {
-                    allow: spec.allow_header(),
+                    allow: "POST".to_owned(),
                 });
             }
-            let content_type = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
-            let query = request.uri().query().map(str::to_owned);
-            let body = if request.method() == Method::GET {
-                Bytes::new()
-            } else {
-                read_body(request, state.max_body).await?
-            };
-            let rules = InputRules {
-                max_depth: state.max_json_depth,
-                schema: function.schema.as_ref().zip(spec.input_schema.as_ref()),
-            };
-            let arguments =
-                translate::arguments(content_type.as_deref(), &body, query.as_deref(), &rules)?;
-            drop(body);
-            let _slot = function
+            call_routes::spawn(state, function, request).await
+        }
+        Target::Invoke(_) if !suffix.is_empty() => Err(ApiError::FunctionNotFound {
+            app: spec.app.clone(),
+            function: format!("{}{suffix}", spec.name),
+        }),
+        Target::Invoke(_) if !spec.allows(request.method()) => Err(ApiError::MethodNotAllowed {
+            allow: spec.allow_header(),
+        }),
+        Target::Invoke(_) if request.method() == Method::POST && prefers_async(&request) => {
+            let mut response = call_routes::spawn(state, function, request).await?;
+            response.headers_mut().insert(
+                "preference-applied",
+                HeaderValue::from_static("respond-async"),
+            );
+            Ok(response)
+        }
+        Target::Invoke(backend) => {
+            let arguments = input::arguments(state, function, request).await?;
+            let slot = function
                 .limiter
                 .acquire()
                 .await
                 .map_err(|_| ApiError::Overloaded)?;
-            let invocation = Invocation {
+            let invocation = Arc::new(Invocation {
                 call_id: CallId::generate(),
                 app: function.app.clone(),
                 function: function.name.clone(),
@@ -201,17 +219,66 @@ async fn call(
                 attempt: 1,
                 trace: trace.clone(),
                 principal: None,
-            };
-            let result = backend
-                .invoke(&invocation)
-                .await
-                .map_err(|e| backend_failure(function, &trace, e))?;
-            let mut response = json_response(StatusCode::OK, result);
-            if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
-                response.headers_mut().insert("x-call-id", value);
-            }
-            Ok(response)
+            });
+            sync_call(state, function, backend.clone(), invocation, slot).await
         }
+    }
+}
+
+/// Runs a sync call in its own task. It answers with the result when it
+/// comes within the sync wait; past that the call is adopted as a spawned
+/// call and the client is sent to `/calls/{id}` with a 303, while the work
+/// goes on. A client that leaves before then stops the work.
+async fn sync_call(
+    state: &Arc<AppState>,
+    function: &Arc<Function>,
+    backend: Arc<dyn Backend>,
+    invocation: Arc<Invocation>,
+    slot: crate::dispatch::Slot,
+) -> Result<Response<Body>, ApiError> {
+    let stop = CancellationToken::new();
+    let abandon = stop.clone().drop_guard();
+    let (answer, mut result) = tokio::sync::oneshot::channel();
+    {
+        let invocation = invocation.clone();
+        let calls = state.calls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let outcome = tokio::select! {
+                outcome = backend.invoke(&invocation) => outcome,
+                () = stop.cancelled() => return,
+            };
+            if let Err(outcome) = answer.send(outcome) {
+                // The caller was sent to /calls/{id}: the result goes to the store.
+                calls.finish(invocation.call_id.as_str(), outcome).await;
+            }
+        });
+    }
+    let call_id = invocation.call_id.as_str();
+    let outcome = tokio::select! {
+        outcome = &mut result => outcome,
+        () = tokio::time::sleep(state.sync_wait) => {
+            let stop = abandon.disarm();
+            if let Err(e) = state.calls.adopt(&invocation, stop.clone()).await {
+                tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
+                stop.cancel();
+                return Err(ApiError::Internal);
+            }
+            result.close();
+            match result.try_recv() {
+                Ok(outcome) => {
+                    // It ended while being adopted: record it, answer directly.
+                    state.calls.finish(call_id, outcome.clone()).await;
+                    Ok(outcome)
+                }
+                Err(_) => return Ok(call_routes::see_other(call_id)),
+            }
+        }
+    };
+    let outcome = outcome.map_err(|_| ApiError::Internal)?;
+    match outcome {
+        Ok(body) => Ok(result_response(call_id, body)),
+        Err(e) => Err(backend_failure(function, &invocation.trace, e)),
     }
 }
 
@@ -231,33 +298,15 @@ fn backend_failure(
     ApiError::from_backend(error, function.spec.timeout)
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(request: Request, limit: u64) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge { limit };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::http::HttpClients;
+    use crate::calls::{Calls, CallsConfig};
     use crate::config::Config;
     use crate::registry::Registry;
+    use crate::store::embedded::EmbeddedStore;
+    use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     fn app() -> axum::Router {
@@ -267,9 +316,24 @@ mod tests {
             command = ["true"]
             methods = ["POST", "GET"]
         "#;
-        let config = Config::from_toml(std::path::Path::new("/tmp/gateway.toml"), text).unwrap();
-        let registry = Registry::from_config(&config, &HttpClients::new());
-        super::super::router(Arc::new(AppState::new(registry, &config.server)))
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&dir.path().join("gateway.toml"), text).unwrap();
+        let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
+        let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
+        let settings = CallsConfig {
+            result_ttl: config.store.result_ttl,
+            max_pending: config.store.max_pending,
+            max_wait: config.store.max_wait,
+        };
+        let calls = Arc::new(Calls::new(store, registry.clone(), settings));
+        // The store's file may go with the folder: these tests read no calls back.
+        drop(dir);
+        super::super::router(Arc::new(AppState::new(
+            registry,
+            calls,
+            None,
+            &config.server,
+        )))
     }
 
     async fn problem(

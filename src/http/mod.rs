@@ -2,33 +2,49 @@
 //! middleware every request passes through. Below this module nothing
 //! knows about HTTP framing (passthrough forwarding aside).
 
+mod call_routes;
 pub mod context;
 mod handlers;
+mod input;
 pub mod problem;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::middleware;
 
+use crate::calls::Calls;
 use crate::config::ServerConfig;
 use crate::registry::Registry;
+use crate::webhooks::Webhooks;
 
 /// What every handler shares.
 pub struct AppState {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    pub calls: Arc<Calls>,
+    pub webhooks: Option<Arc<Webhooks>>,
     pub max_body: u64,
     pub max_json_depth: usize,
+    pub sync_wait: Duration,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(registry: Registry, server: &ServerConfig) -> AppState {
+    pub fn new(
+        registry: Arc<Registry>,
+        calls: Arc<Calls>,
+        webhooks: Option<Arc<Webhooks>>,
+        server: &ServerConfig,
+    ) -> AppState {
         AppState {
             registry,
+            calls,
+            webhooks,
             max_body: server.max_body,
             max_json_depth: server.max_json_depth,
+            sync_wait: server.sync_wait,
             draining: AtomicBool::new(false),
         }
     }

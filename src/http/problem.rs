@@ -16,6 +16,14 @@ pub enum ApiError {
     AppNotFound { app: String },
     #[error("no function '{function}' in app '{app}'")]
     FunctionNotFound { app: String, function: String },
+    #[error("no call '{id}'")]
+    CallNotFound { id: String },
+    #[error("the call '{id}' was cancelled")]
+    CallCancelled { id: String },
+    #[error("the call already ended: {state}")]
+    CallFinished { state: &'static str },
+    #[error("this Idempotency-Key was already used with another request")]
+    IdempotencyMismatch,
     #[error("this route allows only {allow}")]
     MethodNotAllowed { allow: String },
     #[error("{0}")]
@@ -70,6 +78,12 @@ impl ApiError {
         match self {
             ApiError::AppNotFound { .. } => (StatusCode::NOT_FOUND, "app_not_found"),
             ApiError::FunctionNotFound { .. } => (StatusCode::NOT_FOUND, "function_not_found"),
+            ApiError::CallNotFound { .. } => (StatusCode::NOT_FOUND, "call_not_found"),
+            ApiError::CallCancelled { .. } => (StatusCode::GONE, "call_cancelled"),
+            ApiError::CallFinished { .. } => (StatusCode::CONFLICT, "call_finished"),
+            ApiError::IdempotencyMismatch => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
+            }
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, FailureKind, Inserted,
+    BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
     NewCall, Outcome, StoreError, now_ms,
 };
 
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS calls (
     result BLOB,
     error_kind TEXT,
     error_type TEXT,
-    error_message TEXT
+    error_message TEXT,
+    from_sync INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -54,7 +55,7 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms);
 ";
 
 const COLUMNS: &str = "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
-     started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message";
+     started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, from_sync";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -64,12 +65,14 @@ enum Write {
     Claim(String, String, Reply<Option<CallRecord>>),
     Finish(String, Outcome, i64, Reply<bool>),
     Cancel(String, i64, i64, Reply<Cancelled>),
-    Recover(Reply<(Vec<(String, String)>, u64)>),
+    Recover(Reply<u64>),
     Sweep(i64, Reply<u64>),
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
 }
 
-/// A write's result, held until its transaction commits.
+/// A write's result, held until its transaction commits. (Short-lived and
+/// batched by the thousand at most: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Done {
     Insert(Reply<Inserted>, Result<Inserted, StoreError>),
     Claim(
@@ -78,10 +81,7 @@ enum Done {
     ),
     Finish(Reply<bool>, Result<bool, StoreError>),
     Cancel(Reply<Cancelled>, Result<Cancelled, StoreError>),
-    Recover(
-        Reply<(Vec<(String, String)>, u64)>,
-        Result<(Vec<(String, String)>, u64), StoreError>,
-    ),
+    Recover(Reply<u64>, Result<u64, StoreError>),
     Sweep(Reply<u64>, Result<u64, StoreError>),
     DeliveryAttempted(Reply<()>, Result<(), StoreError>),
 }
@@ -269,8 +269,8 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT DO NOTHING",
+             created_ms, started_ms, from_sync)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT DO NOTHING",
     )?;
     let added = statement.execute(params![
         call.id,
@@ -286,6 +286,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
         attempt,
         call.created_ms,
         started,
+        call.state == CallState::Running,
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
@@ -304,7 +305,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
                  WHERE app = ?1 AND function = ?2 AND ifnull(owner, '') = ifnull(?3, '') AND idem_key = ?4"
             ),
             params![call.app, call.function, call.owner, key],
-            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(17)?)),
+            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(18)?)),
         )
         .optional()?;
     match existing {
@@ -319,7 +320,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
         }
         Some((record, hash)) => Ok(Inserted::Existing {
             same_request: hash.as_deref() == idem_hash,
-            record,
+            record: Box::new(record),
         }),
         None => Err(rusqlite::Error::QueryReturnedNoRows),
     }
@@ -417,7 +418,7 @@ fn cancel(
     Ok(Cancelled::Now(state))
 }
 
-fn recover(tx: &Connection) -> Result<(Vec<(String, String)>, u64), rusqlite::Error> {
+fn recover(tx: &Connection) -> Result<u64, rusqlite::Error> {
     let requeued = tx.execute("UPDATE calls SET state = 0 WHERE state = 1", [])?;
     if requeued > 0 {
         tracing::warn!(
@@ -425,14 +426,10 @@ fn recover(tx: &Connection) -> Result<(Vec<(String, String)>, u64), rusqlite::Er
             "calls left running by the previous process will run again"
         );
     }
-    let mut statement = tx.prepare("SELECT DISTINCT app, function FROM calls WHERE state = 0")?;
-    let functions = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<Vec<(String, String)>, _>>()?;
     let pending: i64 = tx.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
         row.get(0)
     })?;
-    Ok((functions, pending as u64))
+    Ok(pending as u64)
 }
 
 fn sweep(tx: &Connection, now: i64) -> Result<u64, rusqlite::Error> {
@@ -488,6 +485,7 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
         finished_ms: row.get(11)?,
         expires_ms: row.get(12)?,
         outcome,
+        from_sync: row.get(17)?,
     })
 }
 
@@ -533,7 +531,7 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.write(move |reply| Write::Cancel(id, now_ms, expires_ms, reply)))
     }
 
-    fn recover(&self) -> BoxFuture<'_, Result<(Vec<(String, String)>, u64), StoreError>> {
+    fn recover(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.write(Write::Recover))
     }
 
@@ -541,11 +539,7 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.write(move |reply| Write::Sweep(now_ms, reply)))
     }
 
-    fn due_deliveries(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<(Vec<Delivery>, Option<i64>), StoreError>> {
+    fn due_deliveries(&self, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Due, StoreError>> {
         Box::pin(self.read(move |connection| {
             let due = connection
                 .prepare_cached(

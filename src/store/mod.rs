@@ -135,6 +135,9 @@ pub struct CallRecord {
     pub finished_ms: Option<i64>,
     pub expires_ms: Option<i64>,
     pub outcome: Option<Outcome>,
+    /// A sync call that outlived the sync wait: its client was redirected
+    /// here and waits for the result.
+    pub from_sync: bool,
 }
 
 impl CallRecord {
@@ -151,7 +154,7 @@ pub enum Inserted {
     /// The idempotency key was already used: the call it made, and whether
     /// it was made with the same request.
     Existing {
-        record: CallRecord,
+        record: Box<CallRecord>,
         same_request: bool,
     },
 }
@@ -165,6 +168,9 @@ pub enum Cancelled {
     AlreadyFinished(CallState),
     NotFound,
 }
+
+/// Deliveries due now, and when the next one falls due.
+pub type Due = (Vec<Delivery>, Option<i64>);
 
 /// A webhook delivery that is due.
 #[derive(Debug, Clone)]
@@ -218,19 +224,14 @@ pub trait CallStore: Send + Sync {
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
     /// At start-up: calls left running by a previous process go back to
-    /// pending. Returns the functions that have pending calls, and how many
-    /// calls are pending in all.
-    fn recover(&self) -> BoxFuture<'_, Result<(Vec<(String, String)>, u64), StoreError>>;
+    /// pending. Returns how many calls are pending.
+    fn recover(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Deletes calls whose retention has passed; returns how many.
     fn sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Webhook deliveries due at `now_ms`, and when the next one is due.
-    fn due_deliveries(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<(Vec<Delivery>, Option<i64>), StoreError>>;
+    fn due_deliveries(&self, now_ms: i64, limit: usize) -> BoxFuture<'_, Result<Due, StoreError>>;
 
     /// Records a delivery attempt: `retry_at` `None` ends the delivery.
     fn delivery_attempted(

@@ -1,0 +1,297 @@
+//! The spawned-call routes: `POST /{app}/{function}/spawn` (and
+//! `Prefer: respond-async`), `GET /calls/{id}` with `?wait=`, and
+//! `DELETE /calls/{id}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use super::AppState;
+use super::handlers::{json_response, result_response};
+use super::input;
+use super::problem::ApiError;
+use crate::calls::{SpawnError, SpawnOptions};
+use crate::config::DEFAULT_TIMEOUT;
+use crate::invocation::Trace;
+use crate::registry::{Function, Lookup};
+use crate::store::{CallRecord, CallState, Cancelled, FailureKind, Outcome};
+
+/// How long a client polling a pending call is asked to wait, in seconds.
+const POLL_AFTER_SECONDS: u32 = 1;
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub async fn spawn(
+    state: &Arc<AppState>,
+    function: &Arc<Function>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let headers = request.headers();
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(idempotency_key(value)?),
+    };
+    let callback_url = match headers.get("callback-url") {
+        None => None,
+        Some(value) => Some(callback_url(state, value)?),
+    };
+    let base = external_base(&request);
+    let arguments = input::arguments(state, function, request).await?;
+    let idempotency = idempotency_key.map(|key| (key, digest(&arguments.args, &arguments.kwargs)));
+    let options = SpawnOptions {
+        owner: None,
+        idempotency,
+        callback_url,
+    };
+    let accepted = state
+        .calls
+        .spawn(function, arguments, options)
+        .await
+        .map_err(|e| match e {
+            SpawnError::BacklogFull => ApiError::Overloaded,
+            SpawnError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
+            SpawnError::Store(e) => {
+                tracing::error!(error = %e, "cannot store a spawned call");
+                ApiError::Internal
+            }
+        })?;
+    let location = format!("/calls/{}", accepted.id);
+    let body = serde_json::json!({
+        "call_id": accepted.id,
+        "status": accepted.state.as_str(),
+        "status_url": format!("{base}{location}"),
+    });
+    let mut response = json_response(StatusCode::ACCEPTED, body.to_string());
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&accepted.id) {
+        headers.insert("x-call-id", value);
+    }
+    Ok(response)
+}
+
+fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::InvalidArguments(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let visible = text.bytes().all(|b| b.is_ascii_graphic());
+    if text.is_empty() || text.len() > MAX_IDEMPOTENCY_KEY || !visible {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
+}
+
+fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiError> {
+    let Some(webhooks) = &state.webhooks else {
+        return Err(ApiError::InvalidArguments(
+            "Callback-Url needs completion webhooks, which this gateway has not configured ([webhooks])".to_owned(),
+        ));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidArguments("Callback-Url is not text".to_owned()))?;
+    webhooks
+        .check_callback_url(text)
+        .map_err(|why| ApiError::InvalidArguments(format!("Callback-Url refused: {why}")))
+}
+
+/// SHA-256 of the call's arguments: the same key with other arguments is a
+/// different request.
+fn digest(args: &str, kwargs: &str) -> Vec<u8> {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(args.as_bytes());
+    context.update(b"\0");
+    context.update(kwargs.as_bytes());
+    context.finish().as_ref().to_vec()
+}
+
+/// `https://host[:port]` as the client addressed the gateway (`http` only
+/// when a TLS-terminating proxy says so).
+fn external_base(request: &Request) -> String {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let scheme = match request
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("http") => "http",
+        _ => "https",
+    };
+    format!("{scheme}://{host}")
+}
+
+/// The 303 a sync call past the sync wait answers with.
+pub fn see_other(call_id: &str) -> Response<Body> {
+    let mut response = json_response(
+        StatusCode::SEE_OTHER,
+        serde_json::json!({"call_id": call_id, "status": "running"}).to_string(),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("/calls/{call_id}")) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(call_id) {
+        response.headers_mut().insert("x-call-id", value);
+    }
+    response
+}
+
+/// True for what could be a call id; anything else is not looked up.
+fn plausible_call_id(id: &str) -> bool {
+    id.starts_with("fc-")
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `GET` or `DELETE /calls/{id}`.
+pub async fn call(
+    state: &AppState,
+    id: &str,
+    trace: &Trace,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let not_found = || ApiError::CallNotFound { id: id.to_owned() };
+    match *request.method() {
+        Method::GET | Method::HEAD => {
+            let wait = wait_param(request.uri().query())?;
+            if !plausible_call_id(id) {
+                return Err(not_found());
+            }
+            let read = |wait| async move {
+                let record = state.calls.status(id, wait).await.map_err(|e| {
+                    tracing::error!(request_id = %trace.request_id, error = %e, "cannot read a call");
+                    ApiError::Internal
+                })?;
+                record.ok_or_else(not_found)
+            };
+            let record = read(wait.unwrap_or(Duration::ZERO)).await?;
+            if wait.is_none() && record.from_sync && !record.state.is_finished() {
+                // A client sent here by a sync call's 303 (curl -L, fetch)
+                // waits for the result, and is sent round again while the
+                // call still runs, so it ends up with the result.
+                let record = read(state.calls.max_wait()).await?;
+                if !record.state.is_finished() {
+                    return Ok(see_other(id));
+                }
+                return render(state, record);
+            }
+            render(state, record)
+        }
+        Method::DELETE => {
+            if !plausible_call_id(id) {
+                return Err(not_found());
+            }
+            let answer = state.calls.cancel(id).await.map_err(|e| {
+                tracing::error!(request_id = %trace.request_id, error = %e, "cannot cancel a call");
+                ApiError::Internal
+            })?;
+            match answer {
+                Cancelled::Now(_) | Cancelled::AlreadyFinished(CallState::Cancelled) => {
+                    Ok(json_response(
+                        StatusCode::OK,
+                        serde_json::json!({"call_id": id, "status": "cancelled"}).to_string(),
+                    ))
+                }
+                Cancelled::AlreadyFinished(state) => Err(ApiError::CallFinished {
+                    state: state.as_str(),
+                }),
+                Cancelled::NotFound => Err(not_found()),
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: "GET, HEAD, DELETE".to_owned(),
+        }),
+    }
+}
+
+/// `?wait=SECONDS` (a number; capped by the store's `max_wait`), when given.
+fn wait_param(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let Some((_, value)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "wait")
+    else {
+        return Ok(None);
+    };
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Some(Duration::from_secs_f64(s.min(86_400.0))))
+        .ok_or_else(|| {
+            ApiError::InvalidArguments(format!("wait must be a number of seconds, not '{value}'"))
+        })
+}
+
+/// A stored call as the client sees it: the result, the error a sync call
+/// would have given, or its progress.
+fn render(state: &AppState, record: CallRecord) -> Result<Response<Body>, ApiError> {
+    let timeout = match state.registry.lookup(&record.app, &record.function) {
+        Lookup::Found(function) => function.spec.timeout,
+        Lookup::NoApp | Lookup::NoFunction => DEFAULT_TIMEOUT,
+    };
+    match (record.state, record.outcome) {
+        (CallState::Succeeded, Some(Outcome::Succeeded(body))) => {
+            Ok(result_response(&record.id, body))
+        }
+        (
+            CallState::Failed,
+            Some(Outcome::Failed {
+                kind,
+                error_type,
+                message,
+            }),
+        ) => Err(match kind {
+            FailureKind::Function => ApiError::FunctionError {
+                kind: error_type,
+                message,
+            },
+            FailureKind::Backend => ApiError::BackendError,
+        }),
+        (CallState::TimedOut, _) => Err(ApiError::FunctionTimeout { timeout }),
+        (CallState::Cancelled, _) => Err(ApiError::CallCancelled { id: record.id }),
+        (state, _) => {
+            let body = serde_json::json!({
+                "call_id": record.id,
+                "status": state.as_str(),
+                "created_at": rfc3339(record.created_ms),
+                "attempt": record.attempt,
+            });
+            let mut response = json_response(StatusCode::ACCEPTED, body.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
+            if let Ok(value) = HeaderValue::from_str(&record.id) {
+                response.headers_mut().insert("x-call-id", value);
+            }
+            Ok(response)
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}

@@ -1,0 +1,65 @@
+//! Reading a call's input off an HTTP request: the body within its limit,
+//! then translation into arguments.
+
+use axum::extract::Request;
+use bytes::Bytes;
+use http::{Method, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::registry::Function;
+use crate::translate::{self, Arguments, InputRules};
+
+/// The arguments of a call: query string, and the body for methods other
+/// than `GET`. Refuses bad input before anything runs or is stored.
+pub async fn arguments(
+    state: &AppState,
+    function: &Function,
+    request: Request,
+) -> Result<Arguments, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    let query = request.uri().query().map(str::to_owned);
+    let body = if request.method() == Method::GET {
+        Bytes::new()
+    } else {
+        read_body(request, state.max_body).await?
+    };
+    let rules = InputRules {
+        max_depth: state.max_json_depth,
+        schema: function
+            .schema
+            .as_ref()
+            .zip(function.spec.input_schema.as_ref()),
+    };
+    Ok(translate::arguments(
+        content_type.as_deref(),
+        &body,
+        query.as_deref(),
+        &rules,
+    )?)
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` bytes.
+async fn read_body(request: Request, limit: u64) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge { limit };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
