@@ -67,8 +67,8 @@ pub struct Calls {
     waiters: DashMap<String, Arc<Notify>>,
     /// Calls running in this process, to stop them on cancel.
     running: DashMap<String, CancellationToken>,
-    /// Per function: wakes its dispatcher when a call is queued.
-    queued: HashMap<(String, String), Arc<Notify>>,
+    /// Per function: its pending calls, and its dispatcher's wake-up.
+    queues: HashMap<(String, String), Arc<Queue>>,
     /// Wakes the webhook sender when a call ends.
     pub ended: Arc<Notify>,
     tasks: TaskTracker,
@@ -76,13 +76,13 @@ pub struct Calls {
 
 impl Calls {
     pub fn new(store: Arc<dyn CallStore>, registry: Arc<Registry>, config: CallsConfig) -> Calls {
-        let queued = registry
+        let queues = registry
             .functions()
             .into_iter()
             .map(|f| {
                 (
                     (f.app.to_string(), f.name.to_string()),
-                    Arc::new(Notify::new()),
+                    Arc::new(Queue::default()),
                 )
             })
             .collect();
@@ -93,7 +93,7 @@ impl Calls {
             pending: AtomicU64::new(0),
             waiters: DashMap::new(),
             running: DashMap::new(),
-            queued,
+            queues,
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
         }
@@ -137,7 +137,10 @@ impl Calls {
         match self.store.insert(call).await? {
             Inserted::Created => {
                 self.pending.fetch_add(1, Ordering::AcqRel);
-                self.wake_dispatcher(&function.app, &function.name);
+                if let Some(queue) = self.queue(&function.app, &function.name) {
+                    queue.pending.fetch_add(1, Ordering::AcqRel);
+                    queue.wake.notify_one();
+                }
                 Ok(Accepted {
                     id,
                     state: CallState::Pending,
@@ -154,10 +157,8 @@ impl Calls {
         }
     }
 
-    fn wake_dispatcher(&self, app: &str, function: &str) {
-        if let Some(wake) = self.queued.get(&(app.to_owned(), function.to_owned())) {
-            wake.notify_one();
-        }
+    fn queue(&self, app: &str, function: &str) -> Option<&Arc<Queue>> {
+        self.queues.get(&(app.to_owned(), function.to_owned()))
     }
 
     /// The call's record, waiting up to `wait` for it to end. `None` for
@@ -204,7 +205,7 @@ impl Calls {
             .await?;
         match answer {
             Cancelled::Now(CallState::Pending) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
+                decrement(&self.pending);
                 self.announce_end(id);
             }
             Cancelled::Now(_) => {
@@ -278,7 +279,14 @@ impl Calls {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), StoreError> {
-        let pending = self.store.recover().await?;
+        let counts = self.store.recover().await?;
+        let mut pending = 0;
+        for (function, count) in counts {
+            pending += count;
+            if let Some(queue) = self.queues.get(&function) {
+                queue.pending.store(count, Ordering::Release);
+            }
+        }
         self.pending.store(pending, Ordering::Release);
         if pending > 0 {
             tracing::info!(pending, "pending calls found in the store");
@@ -303,27 +311,36 @@ impl Calls {
         Ok(())
     }
 
+    /// Runs one function's pending calls as slots allow. A slot is taken
+    /// only when the function has pending calls, so an idle dispatcher
+    /// never holds one that a sync caller could use.
     async fn dispatch(self: Arc<Self>, function: Arc<Function>, shutdown: CancellationToken) {
         let key = (function.app.to_string(), function.name.to_string());
-        let queued = self.queued.get(&key).cloned().unwrap_or_default();
+        let Some(queue) = self.queues.get(&key).cloned() else {
+            return;
+        };
         loop {
+            let woken = queue.wake.notified();
+            if queue.pending.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = woken => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
             let slot = tokio::select! {
                 slot = function.limiter.acquire_background() => slot,
                 () = shutdown.cancelled() => return,
             };
-            let woken = queued.notified();
             match self.store.claim_next(&function.app, &function.name).await {
                 Ok(Some(record)) => {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    decrement(&self.pending);
+                    decrement(&queue.pending);
                     self.tasks
                         .spawn(self.clone().run_spawned(function.clone(), record, slot));
                 }
                 Ok(None) => {
-                    drop(slot);
-                    tokio::select! {
-                        () = woken => {}
-                        () = shutdown.cancelled() => return,
-                    }
+                    // Cancelled meanwhile: the count was only a hint.
+                    queue.pending.store(0, Ordering::Release);
                 }
                 Err(e) => {
                     drop(slot);
@@ -385,6 +402,18 @@ impl Calls {
             }
         }
     }
+}
+
+/// A function's backlog as this process knows it.
+#[derive(Default)]
+struct Queue {
+    /// Pending calls in the store (a hint: cancels do not lower it).
+    pending: AtomicU64,
+    wake: Notify,
+}
+
+fn decrement(counter: &AtomicU64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 }
 
 /// How a backend's answer is stored.

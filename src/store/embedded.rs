@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
-    NewCall, Outcome, StoreError, now_ms,
+    NewCall, Outcome, PendingCounts, StoreError, now_ms,
 };
 
 /// Most writes applied in one transaction.
@@ -65,7 +65,7 @@ enum Write {
     Claim(String, String, Reply<Option<CallRecord>>),
     Finish(String, Outcome, i64, Reply<bool>),
     Cancel(String, i64, i64, Reply<Cancelled>),
-    Recover(Reply<u64>),
+    Recover(Reply<PendingCounts>),
     Sweep(i64, Reply<u64>),
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
 }
@@ -81,7 +81,7 @@ enum Done {
     ),
     Finish(Reply<bool>, Result<bool, StoreError>),
     Cancel(Reply<Cancelled>, Result<Cancelled, StoreError>),
-    Recover(Reply<u64>, Result<u64, StoreError>),
+    Recover(Reply<PendingCounts>, Result<PendingCounts, StoreError>),
     Sweep(Reply<u64>, Result<u64, StoreError>),
     DeliveryAttempted(Reply<()>, Result<(), StoreError>),
 }
@@ -418,7 +418,7 @@ fn cancel(
     Ok(Cancelled::Now(state))
 }
 
-fn recover(tx: &Connection) -> Result<u64, rusqlite::Error> {
+fn recover(tx: &Connection) -> Result<PendingCounts, rusqlite::Error> {
     let requeued = tx.execute("UPDATE calls SET state = 0 WHERE state = 1", [])?;
     if requeued > 0 {
         tracing::warn!(
@@ -426,10 +426,14 @@ fn recover(tx: &Connection) -> Result<u64, rusqlite::Error> {
             "calls left running by the previous process will run again"
         );
     }
-    let pending: i64 = tx.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
-        row.get(0)
-    })?;
-    Ok(pending as u64)
+    let mut statement = tx.prepare(
+        "SELECT app, function, count(*) FROM calls WHERE state = 0 GROUP BY app, function",
+    )?;
+    statement
+        .query_map([], |row| {
+            Ok(((row.get(0)?, row.get(1)?), row.get::<_, i64>(2)? as u64))
+        })?
+        .collect()
 }
 
 fn sweep(tx: &Connection, now: i64) -> Result<u64, rusqlite::Error> {
@@ -531,7 +535,7 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.write(move |reply| Write::Cancel(id, now_ms, expires_ms, reply)))
     }
 
-    fn recover(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>> {
         Box::pin(self.write(Write::Recover))
     }
 

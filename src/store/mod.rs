@@ -169,6 +169,9 @@ pub enum Cancelled {
     NotFound,
 }
 
+/// Pending calls per `(app, function)`.
+pub type PendingCounts = Vec<((String, String), u64)>;
+
 /// Deliveries due now, and when the next one falls due.
 pub type Due = (Vec<Delivery>, Option<i64>);
 
@@ -224,8 +227,8 @@ pub trait CallStore: Send + Sync {
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
     /// At start-up: calls left running by a previous process go back to
-    /// pending. Returns how many calls are pending.
-    fn recover(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// pending. Returns how many calls are pending, per function.
+    fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>>;
 
     /// Deletes calls whose retention has passed; returns how many.
     fn sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;

@@ -140,7 +140,8 @@ async fn a_reopened_store_requeues_running_calls_with_a_new_attempt() {
         store.claim_next("demo", "square").await.unwrap().unwrap();
     }
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.recover().await.unwrap(), 2);
+    let demo_square = ("demo".to_owned(), "square".to_owned());
+    assert_eq!(store.recover().await.unwrap(), vec![(demo_square, 2)]);
     let again = store.claim_next("demo", "square").await.unwrap().unwrap();
     assert_eq!((again.id.as_str(), again.attempt), ("fc-1", 2));
 }
@@ -184,5 +185,5 @@ async fn concurrent_inserts_share_transactions_and_all_land() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
     }
-    assert_eq!(store.recover().await.unwrap(), 500);
+    assert_eq!(store.recover().await.unwrap()[0].1, 500);
 }
