@@ -60,11 +60,17 @@ pub fn arguments(
     let document = if body_is_blank {
         None
     } else {
-        if let Some(content_type) = content_type {
-            if !is_json_media_type(content_type) {
+        match content_type {
+            Some(content_type) if is_json_media_type(content_type) => {}
+            Some(content_type) => {
                 return Err(TranslateError::UnsupportedMediaType(format!(
                     "the body must be JSON (Content-Type: application/json), not '{content_type}'"
                 )));
+            }
+            None => {
+                return Err(TranslateError::UnsupportedMediaType(
+                    "the body has no Content-Type: send it as application/json".to_owned(),
+                ));
             }
         }
         let strict = Rules {

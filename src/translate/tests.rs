@@ -89,8 +89,10 @@ fn non_json_content_types_are_refused() {
     ] {
         assert!(arguments(Some(ct), b"{}", None, &rules).is_ok(), "{ct}");
     }
-    // A missing content type is read as JSON; an empty body needs none.
-    assert!(arguments(None, b"{}", None, &rules).is_ok());
+    // A body needs its content type; an empty body needs none.
+    let err = arguments(None, b"{}", None, &rules).unwrap_err();
+    assert!(matches!(err, TranslateError::UnsupportedMediaType(_)));
+    assert!(arguments(None, b"", None, &rules).is_ok());
     assert!(arguments(Some("text/plain"), b"", None, &rules).is_ok());
 }
 
@@ -141,16 +143,17 @@ fn schema_failures_name_the_json_pointer() {
         max_depth: 128,
         schema: Some((&validator, &raw)),
     };
-    let err = arguments(None, br#"{"name": 5}"#, None, &rules).unwrap_err();
+    let json = Some("application/json");
+    let err = arguments(json, br#"{"name": 5}"#, None, &rules).unwrap_err();
     assert!(
         matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/name'")),
         "{err}"
     );
-    let err = arguments(None, br#"{"name": "a", "tags": ["x", 1]}"#, None, &rules).unwrap_err();
+    let err = arguments(json, br#"{"name": "a", "tags": ["x", 1]}"#, None, &rules).unwrap_err();
     assert!(
         matches!(&err, TranslateError::InvalidArguments(m) if m.contains("'/tags/1'")),
         "{err}"
     );
-    assert!(arguments(None, br#"{"name": "a"}"#, None, &rules).is_ok());
+    assert!(arguments(json, br#"{"name": "a"}"#, None, &rules).is_ok());
     assert!(arguments(None, b"", Some("name=ada"), &rules).is_ok());
 }
