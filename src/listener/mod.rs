@@ -1,6 +1,9 @@
 //! Listeners: the accept loop, TLS handshakes (each in its own task, with
 //! a timeout), HTTP/1.1 or HTTP/2 by ALPN through hyper-util's auto
-//! builder, the connection cap, and draining on shutdown.
+//! builder, the connection cap, idle and slow-header timeouts, and
+//! draining on shutdown.
+
+mod activity;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,19 +12,21 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use activity::{Activity, RequestGuard, Tracked};
 
 /// Connection-level limits shared by every listener.
 pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub h2_max_streams: u32,
     pub shutdown_grace: Duration,
@@ -34,6 +39,7 @@ impl ConnectionLimits {
         ConnectionLimits {
             handshake_timeout: server.handshake_timeout,
             header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
             max_header_bytes: server.max_header_bytes,
             h2_max_streams: server.h2_max_streams,
             shutdown_grace: server.shutdown_grace,
@@ -46,7 +52,9 @@ impl ConnectionLimits {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            // Header-read and idle timeouts are kept by `Activity`: hyper's
+            // own header timer also runs while a connection idles.
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes.max(8192));
         builder
             .http2()
@@ -97,18 +105,23 @@ pub async fn serve(
         let builder = builder.clone();
         let app = app.clone();
         let tls = tls.clone();
-        let handshake_timeout = limits.handshake_timeout;
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&builder, watcher, stream, app).await,
+                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+                            serve_connection(&builder, &limits, watcher, stream, app, http1).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(&builder, watcher, stream, app).await,
+                None => serve_connection(&builder, &limits, watcher, stream, app, true).await,
             }
         });
     }
@@ -121,17 +134,40 @@ pub async fn serve(
     }
 }
 
+/// Serves one connection until it ends, idles past `idle_timeout`, or (on
+/// HTTP/1) takes longer than `header_read_timeout` to send a request's
+/// headers.
 async fn serve_connection<IO>(
     builder: &auto::Builder<TokioExecutor>,
+    limits: &ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
     stream: IO,
     app: Router,
+    http1: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    let activity = Arc::new(Activity::new());
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let guard = RequestGuard::new(requests.clone());
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await;
+            drop(guard);
+            response
+        }
+    });
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::select! {
+        ended = watcher.watch(connection.into_owned()) => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        why = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1) => {
+            tracing::debug!(reason = ?why, "closing connection");
+        }
     }
 }

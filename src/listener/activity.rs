@@ -1,0 +1,233 @@
+//! What a connection is doing, for closing it when it idles too long or
+//! sends a request's headers too slowly (slowloris). Reads and writes are
+//! seen through `Tracked`, requests through `RequestGuard`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Why a connection was closed by the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Idle,
+    SlowHeaders,
+}
+
+pub struct Activity {
+    origin: Instant,
+    /// Last read or write, in ms since `origin` (plus one).
+    last: AtomicU64,
+    /// Requests being handled.
+    active: AtomicUsize,
+    /// When the first byte of a not yet parsed request arrived (0: none).
+    reading_since: AtomicU64,
+    /// Woken when a request starts to arrive, to start its header timer.
+    reading_started: Notify,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            origin: Instant::now(),
+            last: AtomicU64::new(1),
+            active: AtomicUsize::new(0),
+            reading_since: AtomicU64::new(0),
+            reading_started: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64 + 1
+    }
+
+    fn read(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Release);
+        if self.active.load(Ordering::Acquire) == 0 {
+            let started =
+                self.reading_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+            if started.is_ok() {
+                self.reading_started.notify_one();
+            }
+        }
+    }
+
+    fn wrote(&self) {
+        self.last.store(self.now(), Ordering::Release);
+    }
+
+    /// Resolves when the connection should be closed: no request and no
+    /// traffic for `idle`, or (HTTP/1) a request whose headers have not
+    /// all arrived `header_read` after its first byte.
+    pub async fn expired(&self, idle: Duration, header_read: Duration, http1: bool) -> Expiry {
+        let (idle, header_read) = (idle.as_millis() as u64, header_read.as_millis() as u64);
+        loop {
+            let now = self.now();
+            let due = if self.active.load(Ordering::Acquire) > 0 {
+                now + idle
+            } else {
+                let reading = self.reading_since.load(Ordering::Acquire);
+                if http1 && reading != 0 {
+                    if now >= reading + header_read {
+                        return Expiry::SlowHeaders;
+                    }
+                    reading + header_read
+                } else {
+                    let last = self.last.load(Ordering::Acquire);
+                    if now >= last + idle {
+                        return Expiry::Idle;
+                    }
+                    last + idle
+                }
+            };
+            let wait = Duration::from_millis(due.saturating_sub(now).max(1));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.reading_started.notified() => {}
+            }
+        }
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    pub fn new(activity: Arc<Activity>) -> RequestGuard {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        activity.reading_since.store(0, Ordering::Release);
+        RequestGuard(activity)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.wrote();
+    }
+}
+
+/// A stream whose reads and writes are recorded in an `Activity`.
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
+        Tracked { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_expires_after_the_idle_timeout() {
+        let activity = Activity::new();
+        let started = tokio::time::Instant::now();
+        let why = activity
+            .expired(Duration::from_secs(60), Duration::from_secs(10), true)
+            .await;
+        assert_eq!(why, Expiry::Idle);
+        assert!(started.elapsed() >= Duration::from_secs(59));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_headers_trickle_in_expires_after_the_header_timeout() {
+        let activity = Arc::new(Activity::new());
+        let watch = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                activity
+                    .expired(Duration::from_secs(60), Duration::from_secs(10), true)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        activity.read();
+        let started = tokio::time::Instant::now();
+        assert_eq!(watch.await.unwrap(), Expiry::SlowHeaders);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited <= Duration::from_secs(11),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_keeps_the_connection() {
+        let activity = Arc::new(Activity::new());
+        let guard = RequestGuard::new(activity.clone());
+        let wait = activity.expired(Duration::from_secs(1), Duration::from_secs(1), true);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .is_err()
+        );
+        drop(guard);
+    }
+}
