@@ -53,7 +53,8 @@ urls = ["http://127.0.0.1:9001/square"]
 concurrency = 1024
 public = true
 TOML
-"${GW_PIN[@]}" "$ROOT/target/release/fngate" serve --config "$RUN/gateway.toml" 2> "$RUN/fngate.log" &
+# Start-up lines, not the per-request access log.
+RUST_LOG=info,fngate::http::context=warn "${GW_PIN[@]}" "$ROOT/target/release/fngate" serve --config "$RUN/gateway.toml" 2> "$RUN/fngate.log" &
 STARTED+=($!)
 for _ in $(seq 100); do
   ADDR=$(grep -o 'listening on https://[0-9.:]*' "$RUN/fngate.log" | head -1 | sed 's|listening on https://||') || true
