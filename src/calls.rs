@@ -72,6 +72,8 @@ pub struct Calls {
     /// Wakes the webhook sender when a call ends.
     pub ended: Arc<Notify>,
     tasks: TaskTracker,
+    /// Cancelled when the gateway starts to shut down: long polls answer.
+    stopping: CancellationToken,
 }
 
 impl Calls {
@@ -96,6 +98,7 @@ impl Calls {
             queues,
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -184,6 +187,7 @@ impl Calls {
             tokio::select! {
                 () = notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                () = self.stopping.cancelled() => break Ok(Some(record)),
             }
         };
         self.waiters.remove_if(id, |_, w| Arc::strong_count(w) == 1);
@@ -271,6 +275,15 @@ impl Calls {
         self.announce_end(id);
     }
 
+    /// Runs work that must be given the grace period at shutdown (a sync
+    /// call's task, which may outlive its request).
+    pub fn spawn_task<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(work);
+    }
+
     /// Recovers calls a previous process left behind, then runs one
     /// dispatcher per function and the sweeper until `shutdown`; then
     /// gives running spawned calls `grace` to finish.
@@ -299,6 +312,7 @@ impl Calls {
         }
         dispatchers.spawn(self.clone().sweep(shutdown.clone()));
         while dispatchers.join_next().await.is_some() {}
+        self.stopping.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
             .await

@@ -242,7 +242,7 @@ async fn sync_call(
     {
         let invocation = invocation.clone();
         let calls = state.calls.clone();
-        tokio::spawn(async move {
+        state.calls.spawn_task(async move {
             let _slot = slot;
             let outcome = tokio::select! {
                 outcome = backend.invoke(&invocation) => outcome,
