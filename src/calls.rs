@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::BackendError;
+use crate::backend::http::StoredRequest;
 use crate::dispatch::Slot;
 use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, random_hex};
 use crate::registry::{Function, Registry, Target};
@@ -32,6 +33,14 @@ pub enum SpawnError {
     IdempotencyMismatch,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a spawned call runs.
+pub enum SpawnInput {
+    /// An invocation with these arguments.
+    Arguments(Arguments),
+    /// A passthrough request, forwarded when the call runs.
+    Forward(StoredRequest),
 }
 
 /// A spawn's answer: the call and its state (an idempotent repeat may
@@ -118,19 +127,24 @@ impl Calls {
     pub async fn spawn(
         &self,
         function: &Function,
-        arguments: Arguments,
+        input: SpawnInput,
         options: SpawnOptions,
     ) -> Result<Accepted, SpawnError> {
         if self.pending.load(Ordering::Acquire) >= self.config.max_pending {
             return Err(SpawnError::BacklogFull);
         }
         let id = CallId::generate().to_string();
+        let (arguments, forward) = match input {
+            SpawnInput::Arguments(arguments) => (arguments, None),
+            SpawnInput::Forward(request) => (Arguments::none(), Some(request.to_bytes())),
+        };
         let call = NewCall {
             id: id.clone(),
             app: function.app.to_string(),
             function: function.name.to_string(),
             args: arguments.args,
             kwargs: arguments.kwargs,
+            forward,
             owner: options.owner,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
@@ -240,6 +254,7 @@ impl Calls {
             idempotency: None,
             callback_url: None,
             state: CallState::Running,
+            forward: None,
             created_ms: now_ms(),
         };
         self.running.insert(call.id.clone(), stop);
@@ -254,8 +269,11 @@ impl Calls {
 
     /// Records how an adopted or spawned call ended and wakes its waiters.
     pub async fn finish(&self, id: &str, result: Result<bytes::Bytes, BackendError>) {
+        self.record_end(id, outcome_of(result)).await;
+    }
+
+    async fn record_end(&self, id: &str, outcome: Outcome) {
         self.running.remove(id);
-        let outcome = outcome_of(result);
         let mut delay = Duration::from_millis(100);
         loop {
             match self
@@ -306,9 +324,7 @@ impl Calls {
         }
         let mut dispatchers = tokio::task::JoinSet::new();
         for function in self.registry.functions() {
-            if let Target::Invoke(_) = function.target {
-                dispatchers.spawn(self.clone().dispatch(function.clone(), shutdown.clone()));
-            }
+            dispatchers.spawn(self.clone().dispatch(function.clone(), shutdown.clone()));
         }
         dispatchers.spawn(self.clone().sweep(shutdown.clone()));
         while dispatchers.join_next().await.is_some() {}
@@ -369,32 +385,55 @@ impl Calls {
     }
 
     async fn run_spawned(self: Arc<Self>, function: Arc<Function>, record: CallRecord, slot: Slot) {
-        let Target::Invoke(backend) = &function.target else {
-            return;
-        };
         let stop = CancellationToken::new();
         self.running.insert(record.id.clone(), stop.clone());
-        let invocation = Invocation {
-            call_id: CallId::from_stored(record.id.clone()),
-            app: function.app.clone(),
-            function: function.name.clone(),
-            args: record.args,
-            kwargs: record.kwargs,
-            deadline_ms: deadline_ms_after(function.spec.timeout),
-            deadline: tokio::time::Instant::now() + function.spec.timeout,
-            attempt: record.attempt,
-            trace: Trace {
-                request_id: Arc::from(record.id.as_str()),
-                traceparent: format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>()),
-            },
-            principal: None,
+        let trace = Trace {
+            request_id: Arc::from(record.id.as_str()),
+            traceparent: format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>()),
         };
-        let result = tokio::select! {
-            result = backend.invoke(&invocation) => Some(result),
+        let deadline = tokio::time::Instant::now() + function.spec.timeout;
+        let work = async {
+            match (&function.target, &record.forward) {
+                (Target::Invoke(backend), _) => {
+                    let invocation = Invocation {
+                        call_id: CallId::from_stored(record.id.clone()),
+                        app: function.app.clone(),
+                        function: function.name.clone(),
+                        args: record.args.clone(),
+                        kwargs: record.kwargs.clone(),
+                        deadline_ms: deadline_ms_after(function.spec.timeout),
+                        deadline,
+                        attempt: record.attempt,
+                        trace: trace.clone(),
+                        principal: None,
+                    };
+                    outcome_of(backend.invoke(&invocation).await)
+                }
+                (Target::Passthrough(backend), Some(stored)) => {
+                    let answer = match StoredRequest::from_bytes(stored) {
+                        Ok(request) => backend.replay(&request, &trace, deadline).await,
+                        Err(e) => Err(e),
+                    };
+                    match answer {
+                        Ok(answer) => Outcome::Answered {
+                            status: answer.status,
+                            content_type: answer.content_type,
+                            body: answer.body.to_vec(),
+                        },
+                        Err(e) => outcome_of(Err(e)),
+                    }
+                }
+                (Target::Passthrough(_), None) => outcome_of(Err(BackendError::Garbage(
+                    "a passthrough call without its request".to_owned(),
+                ))),
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = work => Some(outcome),
             () = stop.cancelled() => None,
         };
-        if let Some(result) = result {
-            self.finish(&record.id, result).await;
+        if let Some(outcome) = outcome {
+            self.record_end(&record.id, outcome).await;
         }
         drop(slot);
     }

@@ -244,6 +244,119 @@ impl HttpBackend {
     }
 }
 
+/// A passthrough request kept in the store until it runs: what `forward`
+/// needs to send it, minus hop-by-hop, `X-Fngate-*` and `Prefer` headers
+/// (the last was addressed to the gateway).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StoredRequest {
+    method: String,
+    suffix: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    /// The body, base64.
+    body: String,
+}
+
+/// A passthrough answer read whole, to be stored.
+#[derive(Debug)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl StoredRequest {
+    pub fn new(parts: &http::request::Parts, suffix: &str, body: &[u8]) -> StoredRequest {
+        use base64::Engine;
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        strip_gateway_headers(&mut headers);
+        headers.remove(header::HOST);
+        headers.remove("prefer");
+        StoredRequest {
+            method: parts.method.to_string(),
+            suffix: suffix.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.to_string(), value.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a stored request always serialises")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<StoredRequest, BackendError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| BackendError::Garbage(format!("stored request unreadable: {e}")))
+    }
+
+    fn request(&self) -> Result<Request<Body>, BackendError> {
+        use base64::Engine;
+        let bad = |e: &dyn std::fmt::Display| {
+            BackendError::Garbage(format!("stored request unusable: {e}"))
+        };
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .map_err(|e| bad(&e))?;
+        let path = match &self.query {
+            Some(query) => format!("/?{query}"),
+            None => "/".to_owned(),
+        };
+        let mut request = Request::builder()
+            .method(self.method.as_str())
+            .uri(path)
+            .body(Body::from(body))
+            .map_err(|e| bad(&e))?;
+        for (name, value) in &self.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                request.headers_mut().append(name, value);
+            }
+        }
+        Ok(request)
+    }
+}
+
+impl HttpBackend {
+    /// Sends a stored passthrough request and reads the whole answer.
+    pub async fn replay(
+        &self,
+        stored: &StoredRequest,
+        trace: &Trace,
+        deadline: tokio::time::Instant,
+    ) -> Result<StoredAnswer, BackendError> {
+        let response = self
+            .forward(stored.request()?, &stored.suffix, trace, deadline)
+            .await?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let limit = usize::try_from(self.max_result).unwrap_or(usize::MAX);
+        let read = Limited::new(response.into_body(), limit).collect();
+        let body = match tokio::time::timeout_at(deadline, read).await {
+            Err(_) => return Err(BackendError::Timeout),
+            Ok(Err(e)) => return Err(BackendError::Crashed(format!("reading the answer: {e}"))),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        Ok(StoredAnswer {
+            status,
+            content_type,
+            body,
+        })
+    }
+}
+
 fn forward_uri(base: &Uri, suffix: &str, query: Option<&str>) -> Result<Uri, BackendError> {
     let base_path = base.path().trim_end_matches('/');
     let mut path_and_query = format!("{base_path}{suffix}");

@@ -13,10 +13,11 @@ use super::AppState;
 use super::handlers::{json_response, result_response};
 use super::input;
 use super::problem::ApiError;
-use crate::calls::{SpawnError, SpawnOptions};
+use crate::backend::http::StoredRequest;
+use crate::calls::{SpawnError, SpawnInput, SpawnOptions};
 use crate::config::DEFAULT_TIMEOUT;
 use crate::invocation::Trace;
-use crate::registry::{Function, Lookup};
+use crate::registry::{Function, Lookup, Target};
 use crate::store::{CallRecord, CallState, Cancelled, FailureKind, Outcome};
 
 /// How long a client polling a pending call is asked to wait, in seconds.
@@ -25,9 +26,12 @@ const POLL_AFTER_SECONDS: u32 = 1;
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// Spawns a call. For a passthrough function, `suffix` is the path after
+/// `/{app}/{function}` to forward to when the call runs.
 pub async fn spawn(
     state: &Arc<AppState>,
     function: &Arc<Function>,
+    suffix: &str,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let headers = request.headers();
@@ -40,8 +44,34 @@ pub async fn spawn(
         Some(value) => Some(callback_url(state, value)?),
     };
     let base = external_base(&request);
-    let arguments = input::arguments(state, function, request).await?;
-    let idempotency = idempotency_key.map(|key| (key, digest(&arguments.args, &arguments.kwargs)));
+    let (spawned, digest) = match &function.target {
+        Target::Invoke(_) => {
+            let arguments = input::arguments(state, function, request).await?;
+            let digest = digest(&[arguments.args.as_bytes(), arguments.kwargs.as_bytes()]);
+            (SpawnInput::Arguments(arguments), digest)
+        }
+        Target::Passthrough(_) => {
+            let (parts, body) = request.into_parts();
+            let body = input::read_body(
+                parts.headers.get(header::CONTENT_LENGTH),
+                body,
+                state.max_body,
+            )
+            .await?;
+            let query = parts.uri.query().unwrap_or("");
+            let digest = digest(&[
+                parts.method.as_str().as_bytes(),
+                suffix.as_bytes(),
+                query.as_bytes(),
+                &body,
+            ]);
+            (
+                SpawnInput::Forward(StoredRequest::new(&parts, suffix, &body)),
+                digest,
+            )
+        }
+    };
+    let idempotency = idempotency_key.map(|key| (key, digest));
     let options = SpawnOptions {
         owner: None,
         idempotency,
@@ -49,7 +79,7 @@ pub async fn spawn(
     };
     let accepted = state
         .calls
-        .spawn(function, arguments, options)
+        .spawn(function, spawned, options)
         .await
         .map_err(|e| match e {
             SpawnError::BacklogFull => ApiError::Overloaded,
@@ -104,13 +134,14 @@ fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiErro
         .map_err(|why| ApiError::InvalidArguments(format!("Callback-Url refused: {why}")))
 }
 
-/// SHA-256 of the call's arguments: the same key with other arguments is a
+/// SHA-256 of what a call runs with: the same key with other input is a
 /// different request.
-fn digest(args: &str, kwargs: &str) -> Vec<u8> {
+fn digest(parts: &[&[u8]]) -> Vec<u8> {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(args.as_bytes());
-    context.update(b"\0");
-    context.update(kwargs.as_bytes());
+    for part in parts {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part);
+    }
     context.finish().as_ref().to_vec()
 }
 
@@ -253,6 +284,25 @@ fn render(state: &AppState, record: CallRecord) -> Result<Response<Body>, ApiErr
         Lookup::NoApp | Lookup::NoFunction => DEFAULT_TIMEOUT,
     };
     match (record.state, record.outcome) {
+        (
+            CallState::Succeeded,
+            Some(Outcome::Answered {
+                status,
+                content_type,
+                body,
+            }),
+        ) => {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(Ok(value)) = content_type.as_deref().map(HeaderValue::from_str) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&record.id) {
+                response.headers_mut().insert("x-call-id", value);
+            }
+            Ok(response)
+        }
         (CallState::Succeeded, Some(Outcome::Succeeded(body))) => {
             Ok(result_response(&record.id, body))
         }

@@ -167,6 +167,9 @@ async fn call(
                     allow: spec.allow_header(),
                 });
             }
+            if prefers_async(&request) {
+                return spawned(call_routes::spawn(state, function, suffix, request).await);
+            }
             let _slot = function
                 .limiter
                 .acquire()
@@ -184,7 +187,7 @@ async fn call(
                     allow: "POST".to_owned(),
                 });
             }
-            call_routes::spawn(state, function, request).await
+            call_routes::spawn(state, function, "", request).await
         }
         Target::Invoke(_) if !suffix.is_empty() => Err(ApiError::FunctionNotFound {
             app: spec.app.clone(),
@@ -194,12 +197,7 @@ async fn call(
             allow: spec.allow_header(),
         }),
         Target::Invoke(_) if request.method() == Method::POST && prefers_async(&request) => {
-            let mut response = call_routes::spawn(state, function, request).await?;
-            response.headers_mut().insert(
-                "preference-applied",
-                HeaderValue::from_static("respond-async"),
-            );
-            Ok(response)
+            spawned(call_routes::spawn(state, function, "", request).await)
         }
         Target::Invoke(backend) => {
             let arguments = input::arguments(state, function, request).await?;
@@ -223,6 +221,16 @@ async fn call(
             sync_call(state, function, backend.clone(), invocation, slot).await
         }
     }
+}
+
+/// A spawn answered to `Prefer: respond-async` says it honoured it.
+fn spawned(response: Result<Response<Body>, ApiError>) -> Result<Response<Body>, ApiError> {
+    let mut response = response?;
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
+    Ok(response)
 }
 
 /// Runs a sync call in its own task. It answers with the result when it

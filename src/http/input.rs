@@ -1,9 +1,10 @@
 //! Reading a call's input off an HTTP request: the body within its limit,
 //! then translation into arguments.
 
+use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
-use http::{Method, header};
+use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
@@ -26,7 +27,13 @@ pub async fn arguments(
     let body = if request.method() == Method::GET {
         Bytes::new()
     } else {
-        read_body(request, state.max_body).await?
+        let (parts, body) = request.into_parts();
+        read_body(
+            parts.headers.get(header::CONTENT_LENGTH),
+            body,
+            state.max_body,
+        )
+        .await?
     };
     let rules = InputRules {
         max_depth: state.max_json_depth,
@@ -43,19 +50,22 @@ pub async fn arguments(
     )?)
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(request: Request, limit: u64) -> Result<Bytes, ApiError> {
+/// Reads a body, refusing it as soon as it passes `limit` bytes (at once
+/// when its `Content-Length` says it will).
+pub async fn read_body(
+    content_length: Option<&HeaderValue>,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge { limit };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(request.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::InvalidJson(format!(

@@ -39,7 +39,10 @@ CREATE TABLE IF NOT EXISTS calls (
     error_kind TEXT,
     error_type TEXT,
     error_message TEXT,
-    from_sync INTEGER NOT NULL DEFAULT 0
+    from_sync INTEGER NOT NULL DEFAULT 0,
+    forward BLOB,
+    result_status INTEGER,
+    result_type TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -55,7 +58,8 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms);
 ";
 
 const COLUMNS: &str = "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
-     started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, from_sync";
+     started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, from_sync, \
+     forward, result_status, result_type";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -269,8 +273,8 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms, from_sync)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT DO NOTHING",
+             created_ms, started_ms, from_sync, forward)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING",
     )?;
     let added = statement.execute(params![
         call.id,
@@ -287,6 +291,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
         call.created_ms,
         started,
         call.state == CallState::Running,
+        call.forward,
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
@@ -305,7 +310,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
                  WHERE app = ?1 AND function = ?2 AND ifnull(owner, '') = ifnull(?3, '') AND idem_key = ?4"
             ),
             params![call.app, call.function, call.owner, key],
-            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(18)?)),
+            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(21)?)),
         )
         .optional()?;
     match existing {
@@ -347,6 +352,7 @@ fn finish(
     outcome: &Outcome,
     expires_ms: i64,
 ) -> Result<bool, rusqlite::Error> {
+    let mut answer: (Option<u16>, Option<&str>) = (None, None);
     let (state, result, kind, error_type, message) = match outcome {
         Outcome::Succeeded(body) => (
             CallState::Succeeded,
@@ -355,6 +361,20 @@ fn finish(
             None,
             None,
         ),
+        Outcome::Answered {
+            status,
+            content_type,
+            body,
+        } => {
+            answer = (Some(*status), content_type.as_deref());
+            (
+                CallState::Succeeded,
+                Some(body.as_slice()),
+                None,
+                None,
+                None,
+            )
+        }
         Outcome::Failed {
             kind,
             error_type,
@@ -371,10 +391,21 @@ fn finish(
     let now = now_ms();
     let changed = tx.prepare_cached(
         "UPDATE calls SET state = ?2, result = ?3, error_kind = ?4, error_type = ?5, error_message = ?6,
-             finished_ms = ?7, expires_ms = ?8
+             finished_ms = ?7, expires_ms = ?8, result_status = ?9, result_type = ?10
          WHERE id = ?1 AND state = 1",
     )?
-    .execute(params![id, state.code(), result, kind, error_type, message, now, expires_ms])?;
+    .execute(params![
+        id,
+        state.code(),
+        result,
+        kind,
+        error_type,
+        message,
+        now,
+        expires_ms,
+        answer.0,
+        answer.1
+    ])?;
     if changed == 1 {
         queue_delivery(tx, id, now)?;
     }
@@ -463,9 +494,17 @@ fn delivery_attempted(
 fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
     let state = CallState::from_code(row.get(7)?).unwrap_or(CallState::Failed);
     let outcome = match state {
-        CallState::Succeeded => Some(Outcome::Succeeded(
-            row.get::<_, Option<Vec<u8>>>(13)?.unwrap_or_default(),
-        )),
+        CallState::Succeeded => {
+            let body = row.get::<_, Option<Vec<u8>>>(13)?.unwrap_or_default();
+            Some(match row.get::<_, Option<u16>>(19)? {
+                Some(status) => Outcome::Answered {
+                    status,
+                    content_type: row.get(20)?,
+                    body,
+                },
+                None => Outcome::Succeeded(body),
+            })
+        }
         CallState::Failed => Some(Outcome::Failed {
             kind: FailureKind::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
             error_type: row.get::<_, Option<String>>(15)?.unwrap_or_default(),
@@ -490,6 +529,7 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
         expires_ms: row.get(12)?,
         outcome,
         from_sync: row.get(17)?,
+        forward: row.get(18)?,
     })
 }
 

@@ -91,6 +91,12 @@ impl FailureKind {
 pub enum Outcome {
     /// The function's JSON result.
     Succeeded(Vec<u8>),
+    /// A passthrough function's answer, kept as the backend gave it.
+    Answered {
+        status: u16,
+        content_type: Option<String>,
+        body: Vec<u8>,
+    },
     Failed {
         kind: FailureKind,
         error_type: String,
@@ -114,6 +120,8 @@ pub struct NewCall {
     pub callback_url: Option<String>,
     /// `Running` for a sync call that outlived the sync wait, else `Pending`.
     pub state: CallState,
+    /// A passthrough call: the request to forward, as stored bytes.
+    pub forward: Option<Vec<u8>>,
     pub created_ms: i64,
 }
 
@@ -138,6 +146,8 @@ pub struct CallRecord {
     /// A sync call that outlived the sync wait: its client was redirected
     /// here and waits for the result.
     pub from_sync: bool,
+    /// A passthrough call's request to forward.
+    pub forward: Option<Vec<u8>>,
 }
 
 impl CallRecord {

@@ -28,6 +28,16 @@ pub struct Arguments {
     pub kwargs: String,
 }
 
+impl Arguments {
+    /// No arguments at all.
+    pub fn none() -> Arguments {
+        Arguments {
+            args: "[]".to_owned(),
+            kwargs: "{}".to_owned(),
+        }
+    }
+}
+
 /// What translation needs to know about a function.
 pub struct InputRules<'a> {
     pub max_depth: usize,

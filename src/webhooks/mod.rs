@@ -108,6 +108,24 @@ pub fn payload(record: &CallRecord) -> Vec<u8> {
         }
         (
             _,
+            Some(Outcome::Answered {
+                status,
+                content_type,
+                body: answer,
+            }),
+        ) => {
+            // A passthrough answer: its status, type and body (as text).
+            let result = serde_json::json!({
+                "status": status,
+                "content_type": content_type,
+                "body": String::from_utf8_lossy(answer),
+            });
+            body.extend_from_slice(b",\"result\":");
+            body.extend(serde_json::to_vec(&result).expect("a JSON value always serializes"));
+            None
+        }
+        (
+            _,
             Some(Outcome::Failed {
                 kind,
                 error_type,

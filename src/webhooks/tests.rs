@@ -22,6 +22,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         expires_ms: Some(i64::MAX),
         outcome,
         from_sync: false,
+        forward: None,
     }
 }
 
@@ -297,6 +298,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             function: "square".to_owned(),
             args: "[]".to_owned(),
             kwargs: "{}".to_owned(),
+            forward: None,
             owner: None,
             idempotency: None,
             callback_url: Some(url),

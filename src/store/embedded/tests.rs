@@ -9,6 +9,7 @@ fn new_call(id: &str) -> NewCall {
         function: "square".to_owned(),
         args: "[]".to_owned(),
         kwargs: "{\"x\": 1e400}".to_owned(),
+        forward: None,
         owner: None,
         idempotency: None,
         callback_url: None,
@@ -186,4 +187,31 @@ async fn concurrent_inserts_share_transactions_and_all_land() {
         done.unwrap().unwrap();
     }
     assert_eq!(store.recover().await.unwrap()[0].1, 500);
+}
+
+#[tokio::test]
+async fn passthrough_calls_keep_their_request_and_answer() {
+    let (_dir, store) = open();
+    let mut call = new_call("fc-web");
+    call.forward = Some(b"{\"method\":\"PUT\"}".to_vec());
+    store.insert(call).await.unwrap();
+    let running = store.claim_next("demo", "square").await.unwrap().unwrap();
+    assert_eq!(
+        running.forward.as_deref(),
+        Some(&b"{\"method\":\"PUT\"}"[..])
+    );
+    let answer = Outcome::Answered {
+        status: 418,
+        content_type: Some("text/plain".into()),
+        body: b"teapot".to_vec(),
+    };
+    store
+        .finish("fc-web".into(), answer.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    let stored = store.get("fc-web").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.outcome),
+        (CallState::Succeeded, Some(answer))
+    );
 }
