@@ -7,31 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, assert_problem, eventually, exec_fn, process_alive};
+use common::{Gateway, WORK_PY, assert_problem, eventually, exec_fn, process_alive};
 use serde_json::{Value, json};
-
-/// An exec function driven by its kwargs: `count` appends its PID to that
-/// file (one line per run), `marker` writes its PID to that file, `seconds`
-/// sleeps, `fail` exits 1 with `ValueError: <fail>` on stderr; otherwise the
-/// result is `{"x", "square", "attempt"}`.
-const WORK_PY: &str = r#"
-import json, os, sys, time
-req = json.loads(sys.stdin.read())
-kw = req.get("kwargs") or {}
-if kw.get("count"):
-    with open(kw["count"], "a") as f:
-        f.write("%d\n" % os.getpid())
-if kw.get("marker"):
-    with open(kw["marker"] + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(kw["marker"] + ".tmp", kw["marker"])
-time.sleep(float(kw.get("seconds", 0)))
-if kw.get("fail"):
-    sys.stderr.write("ValueError: %s\n" % kw["fail"])
-    sys.exit(1)
-x = kw.get("x") or 0
-sys.stdout.write(json.dumps({"x": x, "square": x * x, "attempt": req.get("attempt")}))
-"#;
 
 /// A gateway with `sync_wait = "1s"`, `store` lines for `[store]`, and app
 /// `o` with function `work` (WORK_PY, timeout 10 s).

@@ -12,28 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, GatewayBuilder, eventually, exec_fn};
+use common::{Gateway, GatewayBuilder, WORK_PY, eventually, exec_fn};
 use serde_json::{Value, json};
-
-/// An exec function driven by its kwargs: `count` appends its PID to that
-/// file (one line per run), `marker` writes its PID to that file, `seconds`
-/// sleeps; the result is `{"x", "square", "attempt"}`, `attempt` as the
-/// invocation request gave it.
-const WORK_PY: &str = r#"
-import json, os, sys, time
-req = json.loads(sys.stdin.read())
-kw = req.get("kwargs") or {}
-if kw.get("count"):
-    with open(kw["count"], "a") as f:
-        f.write("%d\n" % os.getpid())
-if kw.get("marker"):
-    with open(kw["marker"] + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(kw["marker"] + ".tmp", kw["marker"])
-time.sleep(float(kw.get("seconds", 0)))
-x = kw.get("x") or 0
-sys.stdout.write(json.dumps({"x": x, "square": x * x, "attempt": req.get("attempt")}))
-"#;
 
 /// App `r`: `slow` (concurrency 16, so 12 slots for spawned calls) and
 /// `one` (concurrency 1); `server` lines for `[server]`.

@@ -57,6 +57,38 @@ time.sleep(s)
 sys.stdout.write(json.dumps({"slept": s}))
 "#;
 
+/// An exec function driven by its kwargs:
+/// `count` appends its PID to that file (one line per run), `child` starts
+/// a `sleep 60` in its process group first, `marker` then writes
+/// "PID [CHILD_PID]" to that file (atomically, by rename), `seconds` sleeps,
+/// `fail` exits 1 with `ValueError: <fail>` on stderr; otherwise the result
+/// is `{"x", "square", "attempt"}` plus `end` (its clock at the end) when
+/// `stamp` is set.
+pub const WORK_PY: &str = r#"
+import json, os, subprocess, sys, time
+req = json.loads(sys.stdin.read())
+kw = req.get("kwargs") or {}
+if kw.get("count"):
+    with open(kw["count"], "a") as f:
+        f.write("%d\n" % os.getpid())
+pids = [os.getpid()]
+if kw.get("child"):
+    pids.append(subprocess.Popen(["sleep", "60"]).pid)
+if kw.get("marker"):
+    with open(kw["marker"] + ".tmp", "w") as f:
+        f.write(" ".join(str(p) for p in pids))
+    os.rename(kw["marker"] + ".tmp", kw["marker"])
+time.sleep(float(kw.get("seconds", 0)))
+if kw.get("fail"):
+    sys.stderr.write("ValueError: %s\n" % kw["fail"])
+    sys.exit(1)
+x = kw.get("x") or 0
+out = {"x": x, "square": x * x, "attempt": req.get("attempt")}
+if kw.get("stamp"):
+    out["end"] = time.time()
+sys.stdout.write(json.dumps(out))
+"#;
+
 /// A TOML table for an exec function `[apps.APP.functions.NAME]` running
 /// `python3 SCRIPT` (a file the test writes into the config dir), plus
 /// `extra` lines.
