@@ -3,6 +3,7 @@
 //! validated runtime types the rest of the gateway is built from.
 
 mod raw;
+mod security;
 mod units;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ use std::time::Duration;
 use http::{Method, Uri};
 
 use raw::{RawConfig, RawFunction, RawServer, RawStore};
+
+pub use security::{AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, check_scope};
 pub use units::{parse_duration, parse_size};
 
 /// A configuration that cannot be used, with where and why.
@@ -42,6 +45,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub functions: Vec<FunctionSpec>,
     pub webhooks: Option<WebhooksConfig>,
+    pub auth: Option<AuthConfig>,
+    pub cors: CorsConfig,
+    pub rate_limit: Option<RateLimitConfig>,
     /// Sections that were checked but have no effect in this version; the
     /// gateway logs them at start-up.
     pub warnings: Vec<String>,
@@ -266,35 +272,24 @@ impl Context {
     }
 
     fn convert(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        if raw.auth.is_some() {
-            return Err(self.invalid(
-                "auth",
-                "authentication is not available in this version of fngate yet; \
-                 remove [auth] (every function is then public) or use a newer release",
-            ));
-        }
-        if raw.rate_limit.is_some() {
-            return Err(self.invalid(
-                "rate_limit",
-                "rate limits are not available in this version of fngate yet; remove [rate_limit]",
-            ));
-        }
         let server = self.server(&raw.server)?;
         let store = self.store(raw.store.as_ref())?;
-        let mut warnings = Vec::new();
-        if let Some(cors) = &raw.cors {
-            for (i, origin) in cors.allow_origins.iter().enumerate() {
-                if origin != "*" && origin.parse::<Uri>().map_or(true, |u| u.scheme().is_none()) {
-                    return Err(self.invalid(
-                        format!("cors.allow_origins[{i}]"),
-                        format!(
-                            "'{origin}' is not an origin like \"https://app.example.com\" or \"*\""
-                        ),
-                    ));
-                }
-            }
-            warnings.push("[cors] is not applied by this version of fngate yet".to_owned());
-        }
+        let warnings = Vec::new();
+        let auth = match &raw.auth {
+            Some(auth) => Some(self.auth(auth)?),
+            None => None,
+        };
+        let rate_limit = match &raw.rate_limit {
+            Some(limit) => Some(self.rate_limit(limit)?),
+            None => None,
+        };
+        let mut cors = CorsConfig {
+            default: match &raw.cors {
+                Some(cors) => Some(self.origins("cors.allow_origins", cors)?),
+                None => None,
+            },
+            apps: BTreeMap::new(),
+        };
         let webhooks = match &raw.webhooks {
             Some(webhooks) => Some(self.webhooks(webhooks)?),
             None => None,
@@ -313,6 +308,24 @@ impl Context {
                 check_name(name).map_err(|m| self.invalid(&key, m))?;
                 functions.push(self.function(&key, app, name, raw_fn)?);
             }
+            let key = format!("apps.{app}.cors.allow_origins");
+            let origins = match &raw_app.cors {
+                Some(raw_cors) => Some(self.origins(&key, raw_cors)?),
+                None => cors.default.clone(),
+            };
+            // "*" is for public functions only: a page on any origin could
+            // otherwise use a visitor's credentials.
+            let guarded = auth.is_some() && raw_app.functions.values().any(|f| f.public != Some(true));
+            if origins == Some(AllowedOrigins::Any) && guarded {
+                let key = if raw_app.cors.is_some() { key } else { "cors.allow_origins".to_owned() };
+                return Err(self.invalid(
+                    key,
+                    format!("\"*\" is only for public functions, and app '{app}' has functions that need credentials: list the origins"),
+                ));
+            }
+            if let Some(origins) = raw_app.cors.as_ref().and(origins) {
+                cors.apps.insert(app.clone(), origins);
+            }
         }
         Ok(Config {
             file: self.file.clone(),
@@ -321,6 +334,9 @@ impl Context {
             store,
             functions,
             webhooks,
+            auth,
+            cors,
+            rate_limit,
             warnings,
         })
     }

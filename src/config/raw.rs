@@ -52,9 +52,6 @@ pub struct RawStore {
     pub max_wait: Option<String>,
 }
 
-// The sections below are read so that their keys are checked; `[auth]` and
-// `[rate_limit]` are refused at start-up until they are enforced.
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
@@ -68,7 +65,6 @@ pub struct RawAuth {
     pub api_keys: Vec<RawApiKey>,
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApiKey {
@@ -78,7 +74,6 @@ pub struct RawApiKey {
     pub scopes: Vec<String>,
 }
 
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
@@ -108,6 +103,8 @@ pub struct RawWebhooks {
 pub struct RawApp {
     #[serde(default)]
     pub functions: BTreeMap<String, RawFunction>,
+    /// Overrides `[cors]` for this app.
+    pub cors: Option<RawCors>,
 }
 
 #[derive(Debug, Deserialize)]
