@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::BackendError;
 use crate::backend::http::StoredRequest;
 use crate::dispatch::Slot;
-use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, random_hex};
+use crate::invocation::{CallId, Invocation, Principal, Trace, deadline_ms_after, random_hex};
 use crate::registry::{Function, Registry, Target};
 use crate::store::{
     CallRecord, CallState, CallStore, Cancelled, FailureKind, Inserted, NewCall, Outcome,
@@ -54,7 +54,10 @@ pub struct Accepted {
 /// What a spawn carries besides its arguments.
 #[derive(Debug, Default)]
 pub struct SpawnOptions {
+    /// Who alone may read and cancel the call (`None`: anyone with its id).
     pub owner: Option<String>,
+    /// Who made it, for its backend.
+    pub principal: Option<Principal>,
     /// `Idempotency-Key` and a digest of the request.
     pub idempotency: Option<(String, Vec<u8>)>,
     pub callback_url: Option<String>,
@@ -146,6 +149,7 @@ impl Calls {
             kwargs: arguments.kwargs,
             forward,
             owner: options.owner,
+            principal: options.principal,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
             state: CallState::Pending,
@@ -242,6 +246,7 @@ impl Calls {
     pub async fn adopt(
         &self,
         invocation: &Invocation,
+        owner: Option<String>,
         stop: CancellationToken,
     ) -> Result<(), StoreError> {
         let call = NewCall {
@@ -250,7 +255,8 @@ impl Calls {
             function: invocation.function.to_string(),
             args: invocation.args.clone(),
             kwargs: invocation.kwargs.clone(),
-            owner: invocation.principal.as_ref().map(|p| p.subject.clone()),
+            owner,
+            principal: invocation.principal.clone(),
             idempotency: None,
             callback_url: None,
             state: CallState::Running,
@@ -405,13 +411,17 @@ impl Calls {
                         deadline,
                         attempt: record.attempt,
                         trace: trace.clone(),
-                        principal: None,
+                        principal: record.principal.clone(),
                     };
                     outcome_of(backend.invoke(&invocation).await)
                 }
                 (Target::Passthrough(backend), Some(stored)) => {
                     let answer = match StoredRequest::from_bytes(stored) {
-                        Ok(request) => backend.replay(&request, &trace, deadline).await,
+                        Ok(request) => {
+                            backend
+                                .replay(&request, &trace, record.principal.as_ref(), deadline)
+                                .await
+                        }
                         Err(e) => Err(e),
                     };
                     match answer {

@@ -33,9 +33,9 @@ impl fmt::Display for CallId {
     }
 }
 
-/// Who made a call, once authentication exists; passed to backends in
-/// headers the client cannot forge.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who made a call; passed to backends in headers (and exec functions in
+/// variables) the client cannot forge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     pub subject: String,
     pub issuer: Option<String>,

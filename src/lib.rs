@@ -5,6 +5,7 @@
 //! shutdown token fires, then drains.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend;
 pub mod calls;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod dispatch;
 pub mod http;
 pub mod invocation;
 pub mod listener;
+pub mod rate_limit;
 pub mod registry;
 pub mod store;
 pub mod tls;
@@ -26,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::backend::http::HttpClients;
 use crate::calls::{Calls, CallsConfig};
 use crate::config::{Config, StoreKind};
@@ -43,6 +46,8 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("[auth]: {0}")]
+    Auth(String),
     #[error("the redis call store is not available in this version of fngate yet")]
     RedisUnavailable,
     #[error("cannot listen on {addr}: {source}")]
@@ -108,8 +113,12 @@ impl Gateway {
             };
             Arc::new(Webhooks::new(settings, clients.client(), store.clone()))
         });
-        // 5. Router state.
-        let state = Arc::new(AppState::new(registry, calls, webhooks, &config.server));
+        // 5. Credentials, then the router state.
+        let auth = match &config.auth {
+            Some(auth) => Some(Authenticator::new(auth).map_err(ServeError::Auth)?),
+            None => None,
+        };
+        let state = Arc::new(AppState::new(registry, calls, webhooks, auth, &config));
         // 6. Listeners.
         let https = bind(config.server.listen).await?;
         let http = match config.server.http_listen {

@@ -31,6 +31,24 @@ enum Command {
     Serve,
     /// Validate the configuration and print every route.
     Check,
+    /// Mint an HS256 JWT with the configured secret (for development).
+    Token {
+        /// The token's subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. 'invoke:demo/*'.
+        #[arg(long)]
+        scope: String,
+        /// How long the token is valid, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print a new random API key and the [[auth.api_keys]] entry to paste.
+    Keygen {
+        /// The key's name (its principal).
+        #[arg(long, default_value = "my-service")]
+        name: String,
+    },
 }
 
 /// Exit status for an unusable configuration.
@@ -39,6 +57,10 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Keygen { name }) = &cli.command {
+        keygen(name);
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
@@ -54,6 +76,8 @@ fn main() -> ExitCode {
             check(&config);
             ExitCode::SUCCESS
         }
+        Command::Token { sub, scope, ttl } => token(&config, &sub, &scope, &ttl),
+        Command::Keygen { .. } => unreachable!("handled before the config is read"),
         Command::Serve => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -93,6 +117,60 @@ fn check(config: &Config) {
             function.name,
             function.describe()
         );
+    }
+}
+
+fn keygen(name: &str) {
+    let (key, sha256) = fngate::auth::new_api_key();
+    println!("API key (give it to the caller; it is not stored anywhere): {key}");
+    println!();
+    println!("[[auth.api_keys]]");
+    println!("name = {name:?}");
+    println!("sha256 = \"{sha256}\"");
+    println!("scopes = [\"invoke:*\"]");
+}
+
+fn token(config: &Config, subject: &str, scope: &str, ttl: &str) -> ExitCode {
+    let secret = match config.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+        Some(fngate::config::JwtKeys::Secret(secret)) => secret,
+        _ => {
+            eprintln!(
+                "fngate token: needs [auth] jwt_secret_env (an HS256 secret) in {}",
+                config.file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let ttl = match fngate::config::parse_duration(ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => {
+            eprintln!("fngate token: --ttl: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for part in scope.split_whitespace() {
+        if let Err(e) = fngate::config::check_scope(part) {
+            eprintln!("fngate token: --scope: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let auth = config.auth.as_ref().expect("checked above");
+    match fngate::auth::mint_hs256(
+        secret,
+        subject,
+        scope,
+        ttl,
+        auth.issuer.as_deref(),
+        auth.audience.as_deref(),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fngate token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -63,6 +63,12 @@ impl ExecBackend {
             .env("FNGATE_CALL_ID", invocation.call_id.as_str())
             .env("FNGATE_REQUEST_ID", &*invocation.trace.request_id)
             .env("TRACEPARENT", &invocation.trace.traceparent);
+        if let Some(principal) = &invocation.principal {
+            cmd.env("FNGATE_SUBJECT", &principal.subject);
+            if let Some(issuer) = &principal.issuer {
+                cmd.env("FNGATE_ISSUER", issuer);
+            }
+        }
         cmd
     }
 

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
-use crate::invocation::{Invocation, Trace};
+use crate::invocation::{Invocation, Principal, Trace};
 
 /// A pooled client that speaks HTTP/1.1, or h2 where TLS offers it.
 pub type Pool = Client<HttpsConnector<HttpConnector>, Body>;
@@ -195,12 +195,14 @@ impl HttpBackend {
         mut request: Request<Body>,
         suffix: &str,
         trace: &Trace,
+        principal: Option<&Principal>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, BackendError> {
         strip_hop_by_hop(request.headers_mut());
         strip_gateway_headers(request.headers_mut());
         request.headers_mut().remove(header::HOST);
         set_trace_headers(request.headers_mut(), trace);
+        set_principal_headers(request.headers_mut(), principal);
         let query = request.uri().query().map(str::to_owned);
         // A body can be sent only once, so only bodiless requests move on
         // to another replica when one cannot be reached.
@@ -331,10 +333,17 @@ impl HttpBackend {
         &self,
         stored: &StoredRequest,
         trace: &Trace,
+        principal: Option<&Principal>,
         deadline: tokio::time::Instant,
     ) -> Result<StoredAnswer, BackendError> {
         let response = self
-            .forward(stored.request()?, &stored.suffix, trace, deadline)
+            .forward(
+                stored.request()?,
+                &stored.suffix,
+                trace,
+                principal,
+                deadline,
+            )
             .await?;
         let status = response.status().as_u16();
         let content_type = response
@@ -432,13 +441,19 @@ fn add_call_headers(headers: &mut HeaderMap, invocation: &Invocation) {
     if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
         headers.insert("x-fngate-call-id", value);
     }
-    if let Some(principal) = &invocation.principal {
-        if let Ok(value) = HeaderValue::from_str(&principal.subject) {
-            headers.insert("x-fngate-subject", value);
-        }
-        if let Some(Ok(value)) = principal.issuer.as_deref().map(HeaderValue::from_str) {
-            headers.insert("x-fngate-issuer", value);
-        }
+    set_principal_headers(headers, invocation.principal.as_ref());
+}
+
+/// `X-Fngate-Subject` and `X-Fngate-Issuer` for an authenticated call.
+fn set_principal_headers(headers: &mut HeaderMap, principal: Option<&Principal>) {
+    let Some(principal) = principal else {
+        return;
+    };
+    if let Ok(value) = HeaderValue::from_str(&principal.subject) {
+        headers.insert("x-fngate-subject", value);
+    }
+    if let Some(Ok(value)) = principal.issuer.as_deref().map(HeaderValue::from_str) {
+        headers.insert("x-fngate-issuer", value);
     }
 }
 

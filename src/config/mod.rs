@@ -15,7 +15,9 @@ use http::{Method, Uri};
 
 use raw::{RawConfig, RawFunction, RawServer, RawStore};
 
-pub use security::{AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, check_scope};
+pub use security::{
+    AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, check_scope,
+};
 pub use units::{parse_duration, parse_size};
 
 /// A configuration that cannot be used, with where and why.
@@ -315,9 +317,14 @@ impl Context {
             };
             // "*" is for public functions only: a page on any origin could
             // otherwise use a visitor's credentials.
-            let guarded = auth.is_some() && raw_app.functions.values().any(|f| f.public != Some(true));
+            let guarded =
+                auth.is_some() && raw_app.functions.values().any(|f| f.public != Some(true));
             if origins == Some(AllowedOrigins::Any) && guarded {
-                let key = if raw_app.cors.is_some() { key } else { "cors.allow_origins".to_owned() };
+                let key = if raw_app.cors.is_some() {
+                    key
+                } else {
+                    "cors.allow_origins".to_owned()
+                };
                 return Err(self.invalid(
                     key,
                     format!("\"*\" is only for public functions, and app '{app}' has functions that need credentials: list the origins"),

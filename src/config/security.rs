@@ -87,7 +87,10 @@ impl Context {
             (None, None, None) => None,
             (Some(name), None, None) => {
                 let secret = std::env::var(name).map_err(|_| {
-                    self.invalid("auth.jwt_secret_env", format!("the environment variable {name} is not set"))
+                    self.invalid(
+                        "auth.jwt_secret_env",
+                        format!("the environment variable {name} is not set"),
+                    )
                 })?;
                 if secret.len() < 32 {
                     return Err(self.invalid(
@@ -97,8 +100,12 @@ impl Context {
                 }
                 Some(JwtKeys::Secret(secret.into_bytes()))
             }
-            (None, Some(path), None) => Some(JwtKeys::PublicKeyPem(self.read_file("auth.jwt_public_key", path)?)),
-            (None, None, Some(path)) => Some(JwtKeys::Jwks(self.read_file("auth.jwks_file", path)?)),
+            (None, Some(path), None) => Some(JwtKeys::PublicKeyPem(
+                self.read_file("auth.jwt_public_key", path)?,
+            )),
+            (None, None, Some(path)) => {
+                Some(JwtKeys::Jwks(self.read_file("auth.jwks_file", path)?))
+            }
             _ => {
                 return Err(self.invalid(
                     "auth",
@@ -115,10 +122,15 @@ impl Context {
             if api_keys.iter().any(|k: &ApiKeyConfig| k.name == key.name) {
                 return Err(self.invalid(at("name"), format!("'{}' names two keys", key.name)));
             }
-            let sha256 = parse_sha256(&key.sha256)
-                .ok_or_else(|| self.invalid(at("sha256"), "must be the 64 hex digits of the key's SHA-256"))?;
+            let sha256 = parse_sha256(&key.sha256).ok_or_else(|| {
+                self.invalid(
+                    at("sha256"),
+                    "must be the 64 hex digits of the key's SHA-256",
+                )
+            })?;
             for (j, scope) in key.scopes.iter().enumerate() {
-                check_scope(scope).map_err(|m| self.invalid(format!("auth.api_keys[{i}].scopes[{j}]"), m))?;
+                check_scope(scope)
+                    .map_err(|m| self.invalid(format!("auth.api_keys[{i}].scopes[{j}]"), m))?;
             }
             api_keys.push(ApiKeyConfig {
                 name: key.name.clone(),
@@ -136,14 +148,19 @@ impl Context {
             jwt,
             issuer: raw.issuer.clone(),
             audience: raw.audience.clone(),
-            leeway: self.duration("auth.leeway", raw.leeway.as_deref(), Duration::from_secs(60))?,
+            leeway: self.duration(
+                "auth.leeway",
+                raw.leeway.as_deref(),
+                Duration::from_secs(60),
+            )?,
             api_keys,
         })
     }
 
     fn read_file(&self, key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
         let path = self.resolve(path);
-        std::fs::read(&path).map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))
+        std::fs::read(&path)
+            .map_err(|e| self.invalid(key, format!("cannot read {}: {e}", path.display())))
     }
 
     pub(super) fn origins(&self, key: &str, raw: &RawCors) -> Result<AllowedOrigins, ConfigError> {
@@ -158,7 +175,8 @@ impl Context {
             let valid = origin.parse::<Uri>().is_ok_and(|u| {
                 matches!(u.scheme_str(), Some("http" | "https"))
                     && u.authority().is_some()
-                    && u.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
             });
             if !valid || origin.ends_with('/') {
                 return Err(self.invalid(
@@ -175,7 +193,9 @@ impl Context {
         if !(raw.requests_per_second > 0.0 && raw.requests_per_second.is_finite()) {
             return Err(self.invalid("rate_limit.requests_per_second", "must be a number above 0"));
         }
-        let burst = raw.burst.unwrap_or_else(|| (raw.requests_per_second * 2.0).ceil().max(1.0) as u32);
+        let burst = raw
+            .burst
+            .unwrap_or_else(|| (raw.requests_per_second * 2.0).ceil().max(1.0) as u32);
         if burst == 0 {
             return Err(self.invalid("rate_limit.burst", "must be at least 1"));
         }
@@ -200,7 +220,8 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
 
 /// Scopes are `invoke:*`, `invoke:{app}/*` or `invoke:{app}/{function}`.
 pub fn check_scope(scope: &str) -> Result<(), String> {
-    let bad = || format!("'{scope}' is not a scope: use invoke:*, invoke:APP/* or invoke:APP/FUNCTION");
+    let bad =
+        || format!("'{scope}' is not a scope: use invoke:*, invoke:APP/* or invoke:APP/FUNCTION");
     let Some(target) = scope.strip_prefix("invoke:") else {
         return Err(bad());
     };

@@ -257,13 +257,81 @@ fn passthrough_functions_forward_any_method_by_default() {
 }
 
 #[test]
-fn auth_and_rate_limits_are_refused_until_they_are_enforced() {
-    let text = format!("[auth]\njwt_secret_env = \"X\"\n{SQUARE}");
-    assert_eq!(rejected_key(&text), "auth");
-    let text = format!("[rate_limit]\nrequests_per_second = 5\n{SQUARE}");
-    assert_eq!(rejected_key(&text), "rate_limit");
+fn client_certificates_are_refused_until_they_are_enforced() {
     let text = format!("[server]\nclient_ca = \"ca.pem\"\n{SQUARE}");
     assert_eq!(rejected_key(&text), "server.client_ca");
+}
+
+const KEY_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+#[test]
+fn api_keys_and_rate_limits_are_read() {
+    let text = format!(
+        "[auth]\nissuer = \"https://issuer.example\"\n[[auth.api_keys]]\nname = \"reports\"\nsha256 = \"{KEY_HASH}\"\n\
+         scopes = [\"invoke:demo/*\"]\n[rate_limit]\nrequests_per_second = 50\nburst = 100\n{SQUARE}"
+    );
+    let config = load(&text).unwrap();
+    let auth = config.auth.unwrap();
+    assert_eq!(auth.api_keys[0].name, "reports");
+    assert_eq!(auth.api_keys[0].sha256[0], 0x9f);
+    assert_eq!(auth.leeway, Duration::from_secs(60));
+    assert_eq!(config.rate_limit.unwrap().burst, 100);
+}
+
+#[test]
+fn bad_auth_settings_are_rejected_with_their_key() {
+    let key = |sha: &str, scope: &str| {
+        format!(
+            "[auth]\n[[auth.api_keys]]\nname = \"k\"\nsha256 = \"{sha}\"\nscopes = [\"{scope}\"]\n{SQUARE}"
+        )
+    };
+    assert_eq!(
+        rejected_key(&key("abc", "invoke:*")),
+        "auth.api_keys[0].sha256"
+    );
+    assert_eq!(
+        rejected_key(&key(KEY_HASH, "read:demo")),
+        "auth.api_keys[0].scopes[0]"
+    );
+    assert_eq!(
+        rejected_key(&key(KEY_HASH, "invoke:demo")),
+        "auth.api_keys[0].scopes[0]"
+    );
+    let unset = format!("[auth]\njwt_secret_env = \"FNGATE_TEST_NO_SUCH_VARIABLE\"\n{SQUARE}");
+    assert_eq!(rejected_key(&unset), "auth.jwt_secret_env");
+    let nothing = format!("[auth]\nissuer = \"x\"\n{SQUARE}");
+    assert_eq!(rejected_key(&nothing), "auth");
+    let missing = format!("[auth]\njwt_public_key = \"keys/none.pem\"\n{SQUARE}");
+    assert_eq!(rejected_key(&missing), "auth.jwt_public_key");
+    let zero = format!("[rate_limit]\nrequests_per_second = 0\n{SQUARE}");
+    assert_eq!(rejected_key(&zero), "rate_limit.requests_per_second");
+}
+
+#[test]
+fn cors_origins_are_checked_and_star_is_for_public_functions() {
+    let config = load(&format!(
+        "[cors]\nallow_origins = [\"https://App.example.com\"]\n{SQUARE}"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.cors.default,
+        Some(AllowedOrigins::List(vec!["https://app.example.com".into()]))
+    );
+    let bad = format!("[cors]\nallow_origins = [\"app.example.com\"]\n{SQUARE}");
+    assert_eq!(rejected_key(&bad), "cors.allow_origins[0]");
+    let path = format!("[cors]\nallow_origins = [\"https://a.example/x\"]\n{SQUARE}");
+    assert_eq!(rejected_key(&path), "cors.allow_origins[0]");
+    let auth = format!("[auth]\n[[auth.api_keys]]\nname = \"k\"\nsha256 = \"{KEY_HASH}\"\n");
+    let star = format!("{auth}[cors]\nallow_origins = [\"*\"]\n{SQUARE}");
+    assert_eq!(rejected_key(&star), "cors.allow_origins");
+    let public = format!("{auth}[cors]\nallow_origins = [\"*\"]\n{SQUARE}public = true\n");
+    assert!(load(&public).is_ok());
+    let per_app = format!("{SQUARE}[apps.demo.cors]\nallow_origins = [\"https://b.example\"]\n");
+    let config = load(&per_app).unwrap();
+    assert_eq!(
+        config.cors.apps["demo"],
+        AllowedOrigins::List(vec!["https://b.example".into()])
+    );
 }
 
 #[test]

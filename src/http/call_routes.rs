@@ -10,6 +10,7 @@ use axum::extract::Request;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::AppState;
+use super::admission::{self, Caller};
 use super::handlers::{json_response, result_response};
 use super::input;
 use super::problem::ApiError;
@@ -31,6 +32,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub async fn spawn(
     state: &Arc<AppState>,
     function: &Arc<Function>,
+    caller: &Caller,
     suffix: &str,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -73,7 +75,12 @@ pub async fn spawn(
     };
     let idempotency = idempotency_key.map(|key| (key, digest));
     let options = SpawnOptions {
-        owner: None,
+        owner: if function.spec.public {
+            None
+        } else {
+            caller.owner()
+        },
+        principal: caller.principal(),
         idempotency,
         callback_url,
     };
@@ -204,20 +211,29 @@ pub async fn call(
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let not_found = || ApiError::CallNotFound { id: id.to_owned() };
+    let caller = admission::admit_reader(state, &request)?;
+    let caller_owner = &caller.owner();
+    // Someone else's call is answered exactly as one that does not exist.
+    let read = |wait| async move {
+        let record = state.calls.status(id, wait).await.map_err(|e| {
+            tracing::error!(request_id = %trace.request_id, error = %e, "cannot read a call");
+            ApiError::Internal
+        })?;
+        match record {
+            Some(record) if record.owner.is_none() || record.owner == *caller_owner => Ok(record),
+            _ => Err(not_found()),
+        }
+    };
     match *request.method() {
         Method::GET | Method::HEAD => {
             let wait = wait_param(request.uri().query())?;
             if !plausible_call_id(id) {
                 return Err(not_found());
             }
-            let read = |wait| async move {
-                let record = state.calls.status(id, wait).await.map_err(|e| {
-                    tracing::error!(request_id = %trace.request_id, error = %e, "cannot read a call");
-                    ApiError::Internal
-                })?;
-                record.ok_or_else(not_found)
-            };
-            let record = read(wait.unwrap_or(Duration::ZERO)).await?;
+            let mut record = read(Duration::ZERO).await?;
+            if let Some(wait) = wait.filter(|w| !w.is_zero() && !record.state.is_finished()) {
+                record = read(wait).await?;
+            }
             if wait.is_none() && record.from_sync && !record.state.is_finished() {
                 // A client sent here by a sync call's 303 (curl -L, fetch)
                 // waits for the result, and is sent round again while the
@@ -234,6 +250,7 @@ pub async fn call(
             if !plausible_call_id(id) {
                 return Err(not_found());
             }
+            read(Duration::ZERO).await?;
             let answer = state.calls.cancel(id).await.map_err(|e| {
                 tracing::error!(request_id = %trace.request_id, error = %e, "cannot cancel a call");
                 ApiError::Internal

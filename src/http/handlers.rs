@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::admission;
 use super::call_routes;
 use super::context::RouteLabel;
 use super::input;
@@ -160,6 +161,7 @@ async fn call(
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let spec = &function.spec;
+    let caller = admission::admit_call(state, function, &request)?;
     match &function.target {
         Target::Passthrough(backend) => {
             if !spec.allows(request.method()) {
@@ -168,7 +170,9 @@ async fn call(
                 });
             }
             if prefers_async(&request) {
-                return spawned(call_routes::spawn(state, function, suffix, request).await);
+                return spawned(
+                    call_routes::spawn(state, function, &caller, suffix, request).await,
+                );
             }
             let _slot = function
                 .limiter
@@ -177,7 +181,13 @@ async fn call(
                 .map_err(|_| ApiError::Overloaded)?;
             let deadline = tokio::time::Instant::now() + spec.timeout;
             backend
-                .forward(request, suffix, trace, deadline)
+                .forward(
+                    request,
+                    suffix,
+                    trace,
+                    caller.principal().as_ref(),
+                    deadline,
+                )
                 .await
                 .map_err(|e| backend_failure(function, trace, e))
         }
@@ -187,7 +197,7 @@ async fn call(
                     allow: "POST".to_owned(),
                 });
             }
-            call_routes::spawn(state, function, "", request).await
+            call_routes::spawn(state, function, &caller, "", request).await
         }
         Target::Invoke(_) if !suffix.is_empty() => Err(ApiError::FunctionNotFound {
             app: spec.app.clone(),
@@ -197,7 +207,7 @@ async fn call(
             allow: spec.allow_header(),
         }),
         Target::Invoke(_) if request.method() == Method::POST && prefers_async(&request) => {
-            spawned(call_routes::spawn(state, function, "", request).await)
+            spawned(call_routes::spawn(state, function, &caller, "", request).await)
         }
         Target::Invoke(backend) => {
             let arguments = input::arguments(state, function, request).await?;
@@ -216,9 +226,10 @@ async fn call(
                 deadline: tokio::time::Instant::now() + spec.timeout,
                 attempt: 1,
                 trace: trace.clone(),
-                principal: None,
+                principal: caller.principal(),
             });
-            sync_call(state, function, backend.clone(), invocation, slot).await
+            let owner = if spec.public { None } else { caller.owner() };
+            sync_call(state, function, backend.clone(), invocation, owner, slot).await
         }
     }
 }
@@ -242,6 +253,7 @@ async fn sync_call(
     function: &Arc<Function>,
     backend: Arc<dyn Backend>,
     invocation: Arc<Invocation>,
+    owner: Option<String>,
     slot: crate::dispatch::Slot,
 ) -> Result<Response<Body>, ApiError> {
     let stop = CancellationToken::new();
@@ -267,7 +279,7 @@ async fn sync_call(
         outcome = &mut result => outcome,
         () = tokio::time::sleep(state.sync_wait) => {
             let stop = abandon.disarm();
-            if let Err(e) = state.calls.adopt(&invocation, stop.clone()).await {
+            if let Err(e) = state.calls.adopt(&invocation, owner, stop.clone()).await {
                 tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
                 stop.cancel();
                 return Err(ApiError::Internal);
@@ -337,10 +349,7 @@ mod tests {
         // The store's file may go with the folder: these tests read no calls back.
         drop(dir);
         super::super::router(Arc::new(AppState::new(
-            registry,
-            calls,
-            None,
-            &config.server,
+            registry, calls, None, None, &config,
         )))
     }
 

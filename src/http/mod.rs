@@ -2,11 +2,15 @@
 //! middleware every request passes through. Below this module nothing
 //! knows about HTTP framing (passthrough forwarding aside).
 
+mod admission;
 mod call_routes;
 pub mod context;
+mod cors;
 mod handlers;
 mod input;
 pub mod problem;
+
+pub use admission::PeerAddr;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +19,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::middleware;
 
+use crate::auth::Authenticator;
 use crate::calls::Calls;
-use crate::config::ServerConfig;
+use crate::config::{Config, CorsConfig};
+use crate::rate_limit::RateLimiter;
 use crate::registry::Registry;
 use crate::webhooks::Webhooks;
 
@@ -25,6 +31,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub calls: Arc<Calls>,
     pub webhooks: Option<Arc<Webhooks>>,
+    pub auth: Option<Authenticator>,
+    pub rate_limiter: Option<RateLimiter>,
+    pub cors: CorsConfig,
     pub max_body: u64,
     pub max_json_depth: usize,
     pub sync_wait: Duration,
@@ -36,15 +45,19 @@ impl AppState {
         registry: Arc<Registry>,
         calls: Arc<Calls>,
         webhooks: Option<Arc<Webhooks>>,
-        server: &ServerConfig,
+        auth: Option<Authenticator>,
+        config: &Config,
     ) -> AppState {
         AppState {
             registry,
             calls,
             webhooks,
-            max_body: server.max_body,
-            max_json_depth: server.max_json_depth,
-            sync_wait: server.sync_wait,
+            auth,
+            rate_limiter: config.rate_limit.as_ref().map(RateLimiter::new),
+            cors: config.cors.clone(),
+            max_body: config.server.max_body,
+            max_json_depth: config.server.max_json_depth,
+            sync_wait: config.server.sync_wait,
             draining: AtomicBool::new(false),
         }
     }
@@ -63,8 +76,10 @@ impl AppState {
 /// undecoded, so an encoded name (`%2F`, `%2e`) never reaches a function
 /// other than the one named.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(handlers::route)
-        .with_state(state)
-        .layer(middleware::from_fn(context::request_context))
+    let cors = cors::layer(&state.cors);
+    let mut router = Router::new().fallback(handlers::route).with_state(state);
+    if let Some(cors) = cors {
+        router = router.layer(cors);
+    }
+    router.layer(middleware::from_fn(context::request_context))
 }

@@ -24,6 +24,12 @@ pub enum ApiError {
     CallFinished { state: &'static str },
     #[error("this Idempotency-Key was already used with another request")]
     IdempotencyMismatch,
+    #[error("{}", .description.as_deref().unwrap_or("credentials are required: Authorization: Bearer <token or API key>"))]
+    Unauthorized { description: Option<String> },
+    #[error("the credentials do not grant {scope}")]
+    Forbidden { scope: String },
+    #[error("too many requests; retry in {} s", retry_after_seconds(*.retry_after))]
+    RateLimited { retry_after: Duration },
     #[error("this route allows only {allow}")]
     MethodNotAllowed { allow: String },
     #[error("{0}")]
@@ -70,6 +76,11 @@ struct ReportedError<'a> {
     message: &'a str,
 }
 
+/// A wait in whole seconds for `Retry-After`, never 0.
+fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// How long an overloaded caller is told to wait, in seconds.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
@@ -84,6 +95,9 @@ impl ApiError {
             ApiError::IdempotencyMismatch => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
             }
+            ApiError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
@@ -132,6 +146,32 @@ impl ApiError {
                 if let Ok(value) = HeaderValue::from_str(allow) {
                     headers.insert(header::ALLOW, value);
                 }
+            }
+            ApiError::Unauthorized { description } => {
+                let challenge = match description {
+                    None => "Bearer realm=\"fngate\"".to_owned(),
+                    Some(why) => format!(
+                        "Bearer realm=\"fngate\", error=\"invalid_token\", error_description=\"{}\"",
+                        why.replace(['"', '\\'], "'")
+                    ),
+                };
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::Forbidden { scope } => {
+                let challenge = format!(
+                    "Bearer realm=\"fngate\", error=\"insufficient_scope\", scope=\"{scope}\""
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds(*retry_after)),
+                );
             }
             ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use crate::http::PeerAddr;
 use activity::{Activity, RequestGuard, Tracked};
 
 /// Connection-level limits shared by every listener.
@@ -115,13 +116,14 @@ pub async fn serve(
                     {
                         Ok(Ok(stream)) => {
                             let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-                            serve_connection(&builder, &limits, watcher, stream, app, http1).await
+                            serve_connection(&builder, &limits, watcher, stream, app, peer, http1)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(&builder, &limits, watcher, stream, app, true).await,
+                None => serve_connection(&builder, &limits, watcher, stream, app, peer, true).await,
             }
         });
     }
@@ -143,21 +145,24 @@ async fn serve_connection<IO>(
     watcher: hyper_util::server::graceful::Watcher,
     stream: IO,
     app: Router,
+    peer: std::net::SocketAddr,
     http1: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
-    let service = hyper::service::service_fn(move |request| {
-        let guard = RequestGuard::new(requests.clone());
-        let app = app.clone();
-        async move {
-            let response = app.oneshot(request).await;
-            drop(guard);
-            response
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            let guard = RequestGuard::new(requests.clone());
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await;
+                drop(guard);
+                response
+            }
+        });
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::select! {

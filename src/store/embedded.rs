@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS calls (
     from_sync INTEGER NOT NULL DEFAULT 0,
     forward BLOB,
     result_status INTEGER,
-    result_type TEXT
+    result_type TEXT,
+    principal TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -59,11 +60,13 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms);
 
 const COLUMNS: &str = "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
      started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, from_sync, \
-     forward, result_status, result_type";
+     forward, result_status, result_type, principal";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// A write for the writer thread.
+/// A write for the writer thread. (Moved once through a channel; boxing
+/// the large variant would cost an allocation per spawn for nothing.)
+#[allow(clippy::large_enum_variant)]
 enum Write {
     Insert(NewCall, Reply<Inserted>),
     Claim(String, String, Reply<Option<CallRecord>>),
@@ -273,8 +276,8 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms, from_sync, forward)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) ON CONFLICT DO NOTHING",
+             created_ms, started_ms, from_sync, forward, principal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT DO NOTHING",
     )?;
     let added = statement.execute(params![
         call.id,
@@ -292,6 +295,9 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
         started,
         call.state == CallState::Running,
         call.forward,
+        call.principal
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("a principal always serialises")),
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
@@ -310,7 +316,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
                  WHERE app = ?1 AND function = ?2 AND ifnull(owner, '') = ifnull(?3, '') AND idem_key = ?4"
             ),
             params![call.app, call.function, call.owner, key],
-            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(21)?)),
+            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(22)?)),
         )
         .optional()?;
     match existing {
@@ -530,6 +536,9 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
         outcome,
         from_sync: row.get(17)?,
         forward: row.get(18)?,
+        principal: row
+            .get::<_, Option<String>>(21)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 

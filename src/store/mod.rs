@@ -4,6 +4,8 @@
 
 pub mod embedded;
 
+use crate::invocation::Principal;
+
 use std::future::Future;
 use std::pin::Pin;
 
@@ -122,6 +124,8 @@ pub struct NewCall {
     pub state: CallState,
     /// A passthrough call: the request to forward, as stored bytes.
     pub forward: Option<Vec<u8>>,
+    /// Who made it, passed to its backend when it runs.
+    pub principal: Option<Principal>,
     pub created_ms: i64,
 }
 
@@ -148,6 +152,7 @@ pub struct CallRecord {
     pub from_sync: bool,
     /// A passthrough call's request to forward.
     pub forward: Option<Vec<u8>>,
+    pub principal: Option<Principal>,
 }
 
 impl CallRecord {

@@ -23,6 +23,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         outcome,
         from_sync: false,
         forward: None,
+        principal: None,
     }
 }
 
@@ -299,6 +300,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             args: "[]".to_owned(),
             kwargs: "{}".to_owned(),
             forward: None,
+            principal: None,
             owner: None,
             idempotency: None,
             callback_url: Some(url),

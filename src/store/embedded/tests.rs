@@ -10,6 +10,7 @@ fn new_call(id: &str) -> NewCall {
         args: "[]".to_owned(),
         kwargs: "{\"x\": 1e400}".to_owned(),
         forward: None,
+        principal: None,
         owner: None,
         idempotency: None,
         callback_url: None,

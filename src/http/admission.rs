@@ -1,0 +1,97 @@
+//! Who may call: credentials checked against a function's `public` flag
+//! and scopes, and the caller's rate limit, before any work is done.
+
+use std::net::SocketAddr;
+
+use axum::extract::Request;
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::auth::{AuthError, Credentials};
+use crate::invocation::Principal;
+use crate::registry::Function;
+
+/// The client's address, set by the listener on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// An admitted caller.
+pub struct Caller {
+    pub credentials: Option<Credentials>,
+}
+
+impl Caller {
+    /// Who owns what this caller spawns; `None` without credentials.
+    pub fn owner(&self) -> Option<String> {
+        self.credentials.as_ref().map(Credentials::owner)
+    }
+
+    pub fn principal(&self) -> Option<Principal> {
+        self.credentials.as_ref().map(|c| c.principal.clone())
+    }
+}
+
+fn unauthorized(error: AuthError) -> ApiError {
+    match error {
+        AuthError::Missing => ApiError::Unauthorized { description: None },
+        AuthError::Invalid(why) => ApiError::Unauthorized {
+            description: Some(why),
+        },
+    }
+}
+
+/// Admits a call of `function`: a function that is not public needs valid
+/// credentials with its scope; a public one takes any caller (credentials
+/// that check out still name the principal).
+pub fn admit_call(
+    state: &AppState,
+    function: &Function,
+    request: &Request,
+) -> Result<Caller, ApiError> {
+    let credentials = match &state.auth {
+        None => None,
+        Some(auth) if function.spec.public => auth.authenticate(request.headers()).ok(),
+        Some(auth) => {
+            let credentials = auth.authenticate(request.headers()).map_err(unauthorized)?;
+            if !credentials.may_invoke(&function.app, &function.name) {
+                return Err(ApiError::Forbidden {
+                    scope: format!("invoke:{}/{}", function.app, function.name),
+                });
+            }
+            Some(credentials)
+        }
+    };
+    limit(state, request, Caller { credentials })
+}
+
+/// Admits a reader or canceller of a call: credentials are optional, but
+/// bad ones are refused; the call's owner is checked by the caller.
+pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+    let credentials = match &state.auth {
+        None => None,
+        Some(auth) => match auth.authenticate(request.headers()) {
+            Ok(credentials) => Some(credentials),
+            Err(AuthError::Missing) => None,
+            Err(error) => return Err(unauthorized(error)),
+        },
+    };
+    limit(state, request, Caller { credentials })
+}
+
+/// Applies the rate limit: per principal, or per client IP without one.
+fn limit(state: &AppState, request: &Request, caller: Caller) -> Result<Caller, ApiError> {
+    let Some(limiter) = &state.rate_limiter else {
+        return Ok(caller);
+    };
+    let key = match caller.owner() {
+        Some(owner) => owner,
+        None => match request.extensions().get::<PeerAddr>() {
+            Some(PeerAddr(addr)) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    };
+    limiter
+        .check(&key)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    Ok(caller)
+}
