@@ -648,10 +648,20 @@ impl Context {
                 ));
             }
         };
+        let env = raw.env.clone().unwrap_or_default();
+        if let Some(name) = env
+            .keys()
+            .find(|k| k.starts_with("FNGATE_") || k.as_str() == "TRACEPARENT")
+        {
+            return Err(self.invalid(
+                format!("{key}.env"),
+                format!("{name} is set by fngate for each call (who called, which call): it cannot be configured"),
+            ));
+        }
         Ok(BackendSpec::Exec {
             command,
             cwd: self.base_dir.clone(),
-            env: raw.env.clone().unwrap_or_default(),
+            env,
         })
     }
 

@@ -369,3 +369,9 @@ fn webhooks_need_a_usable_secret_and_hosts() {
     );
     assert_eq!(rejected_key(&text), "webhooks.allow_hosts");
 }
+
+#[test]
+fn exec_env_cannot_forge_what_fngate_sets() {
+    let text = format!("{SQUARE}env = {{ FNGATE_SUBJECT = \"admin\" }}\n");
+    assert_eq!(rejected_key(&text), "apps.demo.functions.square.env");
+}
