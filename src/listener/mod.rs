@@ -61,6 +61,10 @@ impl ConnectionLimits {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.h2_max_streams)
+            // Rapid reset (CVE-2023-44487): a client that opens and resets
+            // streams faster than they can be served is cut off.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(256)
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         builder
     }
