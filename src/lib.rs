@@ -76,7 +76,8 @@ impl Gateway {
     /// Builds every part from `config` and binds the listeners.
     pub async fn bind(config: Config) -> Result<Gateway, ServeError> {
         // 1. TLS: configured files, or the dev CA and certificate.
-        let (tls, dev_ca) = tls::server_config(&config.server.tls)?;
+        let (tls, dev_ca) =
+            tls::server_config(&config.server.tls, config.server.client_ca.as_deref())?;
         if let Some(ca) = dev_ca {
             tracing::info!(
                 "using the dev certificate; its CA is {} (curl --cacert {} ...)",

@@ -15,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsSource;
+use crate::invocation::Principal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -30,8 +31,12 @@ pub enum TlsError {
 const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Builds the server's TLS configuration, generating the dev certificate
-/// when none is configured. Returns the dev CA's path when one is in use.
-pub fn server_config(source: &TlsSource) -> Result<(Arc<ServerConfig>, Option<PathBuf>), TlsError> {
+/// when none is configured, and requiring client certificates signed by
+/// `client_ca` when given. Returns the dev CA's path when one is in use.
+pub fn server_config(
+    source: &TlsSource,
+    client_ca: Option<&Path>,
+) -> Result<(Arc<ServerConfig>, Option<PathBuf>), TlsError> {
     let (cert, key, dev_ca) = match source {
         TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
         TlsSource::Dev { dir } => {
@@ -42,13 +47,40 @@ pub fn server_config(source: &TlsSource) -> Result<(Arc<ServerConfig>, Option<Pa
     let chain = load_chain(&cert)?;
     let key = load_key(&key)?;
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_chain(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| file_error(path, format!("cannot verify clients with it: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = aws_lc_rs::Ticketer::new()?;
     Ok((Arc::new(config), dev_ca))
+}
+
+/// The principal a verified client certificate stands for: its subject
+/// (e.g. `CN=reports, O=Acme`) and its issuer.
+pub fn client_principal(certificates: &[CertificateDer<'_>]) -> Option<Principal> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(certificates.first()?).ok()?;
+    Some(Principal {
+        subject: certificate.subject().to_string(),
+        issuer: Some(certificate.issuer().to_string()),
+    })
 }
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub http_listen: Option<SocketAddr>,
     pub tls: TlsSource,
+    /// CA whose client certificates are required (mTLS).
+    pub client_ca: Option<PathBuf>,
     pub max_body: u64,
     pub max_result: u64,
     pub sync_wait: Duration,
@@ -388,11 +390,14 @@ impl Context {
                 ));
             }
         };
-        if raw.client_ca.is_some() {
-            return Err(self.invalid(
-                "server.client_ca",
-                "client certificates (mTLS) are not available in this version of fngate yet",
-            ));
+        let client_ca = raw.client_ca.as_deref().map(|path| self.resolve(path));
+        if let Some(path) = &client_ca {
+            if !path.is_file() {
+                return Err(self.invalid(
+                    "server.client_ca",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
         }
         let max_header_bytes = self.size(
             "server.max_header_bytes",
@@ -416,6 +421,7 @@ impl Context {
             listen,
             http_listen,
             tls,
+            client_ca,
             max_body: self.size("server.max_body", raw.max_body.as_deref(), 16 << 20)?,
             max_result: self.size("server.max_result", raw.max_result.as_deref(), 64 << 20)?,
             sync_wait: self.duration(

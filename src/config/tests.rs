@@ -257,7 +257,7 @@ fn passthrough_functions_forward_any_method_by_default() {
 }
 
 #[test]
-fn client_certificates_are_refused_until_they_are_enforced() {
+fn a_missing_client_ca_is_rejected() {
     let text = format!("[server]\nclient_ca = \"ca.pem\"\n{SQUARE}");
     assert_eq!(rejected_key(&text), "server.client_ca");
 }

@@ -15,20 +15,40 @@ use crate::registry::Function;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// An admitted caller.
+/// The principal of the connection's verified client certificate (mTLS).
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Principal);
+
+/// An admitted caller: Bearer credentials when given, else the client
+/// certificate's principal when the connection has one.
 pub struct Caller {
     pub credentials: Option<Credentials>,
+    pub client: Option<Principal>,
 }
 
 impl Caller {
-    /// Who owns what this caller spawns; `None` without credentials.
+    /// Who owns what this caller spawns; `None` for an anonymous caller.
     pub fn owner(&self) -> Option<String> {
-        self.credentials.as_ref().map(Credentials::owner)
+        match (&self.credentials, &self.client) {
+            (Some(credentials), _) => Some(credentials.owner()),
+            (None, Some(client)) => Some(format!("cert:{}", client.subject)),
+            (None, None) => None,
+        }
     }
 
     pub fn principal(&self) -> Option<Principal> {
-        self.credentials.as_ref().map(|c| c.principal.clone())
+        match (&self.credentials, &self.client) {
+            (Some(credentials), _) => Some(credentials.principal.clone()),
+            (None, client) => client.clone(),
+        }
     }
+}
+
+fn client_certificate(request: &Request) -> Option<Principal> {
+    request
+        .extensions()
+        .get::<ClientCertificate>()
+        .map(|c| c.0.clone())
 }
 
 fn unauthorized(error: AuthError) -> ApiError {
@@ -61,7 +81,15 @@ pub fn admit_call(
             Some(credentials)
         }
     };
-    limit(state, request, Caller { credentials })
+    let client = client_certificate(request);
+    limit(
+        state,
+        request,
+        Caller {
+            credentials,
+            client,
+        },
+    )
 }
 
 /// Admits a reader or canceller of a call: credentials are optional, but
@@ -75,7 +103,15 @@ pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiEr
             Err(error) => return Err(unauthorized(error)),
         },
     };
-    limit(state, request, Caller { credentials })
+    let client = client_certificate(request);
+    limit(
+        state,
+        request,
+        Caller {
+            credentials,
+            client,
+        },
+    )
 }
 
 /// Applies the rate limit: per principal, or per client IP without one.

@@ -10,7 +10,7 @@ mod handlers;
 mod input;
 pub mod problem;
 
-pub use admission::PeerAddr;
+pub use admission::{ClientCertificate, PeerAddr};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

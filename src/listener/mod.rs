@@ -20,7 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
-use crate::http::PeerAddr;
+use crate::http::{ClientCertificate, PeerAddr};
+use crate::tls;
+
+/// Who is on the other end of a connection.
+#[derive(Clone)]
+struct Peer {
+    addr: std::net::SocketAddr,
+    /// The principal of a verified client certificate (mTLS).
+    client: Option<crate::invocation::Principal>,
+}
 use activity::{Activity, RequestGuard, Tracked};
 
 /// Connection-level limits shared by every listener.
@@ -119,15 +128,25 @@ pub async fn serve(
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            let http1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
-                            serve_connection(&builder, &limits, watcher, stream, app, peer, http1)
+                            let session = stream.get_ref().1;
+                            let http1 = session.alpn_protocol() != Some(b"h2");
+                            let client =
+                                session.peer_certificates().and_then(tls::client_principal);
+                            let who = Peer { addr: peer, client };
+                            serve_connection(&builder, &limits, watcher, stream, app, who, http1)
                                 .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(&builder, &limits, watcher, stream, app, peer, true).await,
+                None => {
+                    let who = Peer {
+                        addr: peer,
+                        client: None,
+                    };
+                    serve_connection(&builder, &limits, watcher, stream, app, who, true).await
+                }
             }
         });
     }
@@ -149,7 +168,7 @@ async fn serve_connection<IO>(
     watcher: hyper_util::server::graceful::Watcher,
     stream: IO,
     app: Router,
-    peer: std::net::SocketAddr,
+    peer: Peer,
     http1: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -158,7 +177,12 @@ async fn serve_connection<IO>(
     let requests = activity.clone();
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(PeerAddr(peer));
+            request.extensions_mut().insert(PeerAddr(peer.addr));
+            if let Some(client) = &peer.client {
+                request
+                    .extensions_mut()
+                    .insert(ClientCertificate(client.clone()));
+            }
             let guard = RequestGuard::new(requests.clone());
             let app = app.clone();
             async move {
