@@ -72,7 +72,9 @@ pub fn admit_call(
         None => None,
         Some(auth) if function.spec.public => auth.authenticate(request.headers()).ok(),
         Some(auth) => {
-            let credentials = auth.authenticate(request.headers()).map_err(unauthorized)?;
+            let credentials = auth
+                .authenticate(request.headers())
+                .map_err(|error| refuse(state, request, error))?;
             if !credentials.may_invoke(&function.app, &function.name) {
                 return Err(ApiError::Forbidden {
                     scope: format!("invoke:{}/{}", function.app, function.name),
@@ -100,7 +102,7 @@ pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiEr
         Some(auth) => match auth.authenticate(request.headers()) {
             Ok(credentials) => Some(credentials),
             Err(AuthError::Missing) => None,
-            Err(error) => return Err(unauthorized(error)),
+            Err(error) => return Err(refuse(state, request, error)),
         },
     };
     let client = client_certificate(request);
@@ -112,6 +114,19 @@ pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiEr
             client,
         },
     )
+}
+
+/// A refused credential costs its client IP's rate limit, so guessing keys
+/// (and making the gateway check signatures) is limited like any call.
+fn refuse(state: &AppState, request: &Request, error: AuthError) -> ApiError {
+    let anonymous = Caller {
+        credentials: None,
+        client: None,
+    };
+    match limit(state, request, anonymous) {
+        Ok(_) => unauthorized(error),
+        Err(limited) => limited,
+    }
 }
 
 /// Applies the rate limit: per principal, or per client IP without one.

@@ -697,3 +697,37 @@ pub async fn read_until_closed<R: AsyncRead + Unpin>(
         }
     }
 }
+
+/// Like [`run_bin`], with extra environment variables for the child.
+pub async fn run_bin_env(
+    args: &[&str],
+    cwd: &Path,
+    envs: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("fngate {args:?} did not exit within 20 s"))
+        .expect("run fngate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of header `name` as text, if present and visible ASCII.
+pub fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
