@@ -26,6 +26,17 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
         .get::<Trace>()
         .cloned()
         .expect("the request context middleware runs first");
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > state.max_header_bytes {
+        let error = ApiError::HeadersTooLarge {
+            limit: state.max_header_bytes,
+        };
+        return error.into_problem(&trace.request_id);
+    }
     let path = request.uri().path().to_owned();
     let (label, result) = match path.as_str() {
         "/_/health" => ("/_/health".to_owned(), health(&request)),

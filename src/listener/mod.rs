@@ -65,7 +65,9 @@ impl ConnectionLimits {
             // Header-read and idle timeouts are kept by `Activity`: hyper's
             // own header timer also runs while a connection idles.
             .header_read_timeout(None)
-            .max_buf_size(self.max_header_bytes.max(8192));
+            // hyper's own limit is a backstop (a bare 431); the configured
+            // limit is checked per request, answered as a problem.
+            .max_buf_size(hyper_header_cap(self.max_header_bytes));
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -74,9 +76,17 @@ impl ConnectionLimits {
             // streams faster than they can be served is cut off.
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(256)
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(
+                u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
+            );
         builder
     }
+}
+
+/// The header size hyper refuses on its own: well above the configured
+/// limit, so that requests over it get the gateway's 431 problem instead.
+fn hyper_header_cap(max_header_bytes: usize) -> usize {
+    (max_header_bytes * 4).max(64 << 10)
 }
 
 /// Accepts connections on `listener` until `shutdown`, then drains: open
