@@ -33,6 +33,8 @@ pub enum ApiError {
     #[error("this route allows only {allow}")]
     MethodNotAllowed { allow: String },
     #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
     InvalidJson(String),
     #[error("{0}")]
     InvalidArguments(String),
@@ -103,6 +105,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidArguments(_) => (StatusCode::BAD_REQUEST, "invalid_arguments"),
             ApiError::UnsupportedMediaType(_) => {

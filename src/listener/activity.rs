@@ -5,7 +5,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ pub struct Activity {
     reading_since: AtomicU64,
     /// Woken when a request starts to arrive, to start its header timer.
     reading_started: Notify,
+    /// The request head just read framed its body two ways.
+    ambiguous: AtomicBool,
+    /// A request started: the next head is to be scanned afresh.
+    new_head: AtomicBool,
 }
 
 impl Activity {
@@ -41,6 +45,8 @@ impl Activity {
             active: AtomicUsize::new(0),
             reading_since: AtomicU64::new(0),
             reading_started: Notify::new(),
+            ambiguous: AtomicBool::new(false),
+            new_head: AtomicBool::new(false),
         }
     }
 
@@ -98,6 +104,15 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// True (once) when the request about to be served came with both
+    /// `Content-Length` and `Transfer-Encoding` (HTTP/1 only: hyper keeps
+    /// one of them and never shows both).
+    pub fn take_ambiguous(&self) -> bool {
+        self.ambiguous.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// Counts a request as in flight for as long as it lives.
 pub struct RequestGuard(Arc<Activity>);
 
@@ -105,6 +120,7 @@ impl RequestGuard {
     pub fn new(activity: Arc<Activity>) -> RequestGuard {
         activity.active.fetch_add(1, Ordering::AcqRel);
         activity.reading_since.store(0, Ordering::Release);
+        activity.new_head.store(true, Ordering::Release);
         RequestGuard(activity)
     }
 }
@@ -120,11 +136,52 @@ impl Drop for RequestGuard {
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// HTTP/1: the head of the request being read, until it is complete.
+    head: Option<Vec<u8>>,
 }
 
+/// Most bytes of a request head kept for the framing check.
+const HEAD_SCAN_LIMIT: usize = 256 << 10;
+
 impl<S> Tracked<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
-        Tracked { inner, activity }
+    /// `http1` turns on the scan of request heads for ambiguous framing.
+    pub fn new(inner: S, activity: Arc<Activity>, http1: bool) -> Tracked<S> {
+        Tracked {
+            inner,
+            activity,
+            head: http1.then(Vec::new),
+        }
+    }
+
+    /// Looks at bytes read while no request is in flight: the head of the
+    /// next one.
+    fn scan(&mut self, bytes: &[u8]) {
+        let Some(head) = self.head.as_mut() else {
+            return;
+        };
+        if self.activity.new_head.swap(false, Ordering::AcqRel) {
+            head.clear();
+        }
+        if self.activity.active.load(Ordering::Acquire) > 0 || head.len() >= HEAD_SCAN_LIMIT {
+            return;
+        }
+        let old = head.len();
+        head.extend_from_slice(&bytes[..bytes.len().min(HEAD_SCAN_LIMIT - old)]);
+        let from = old.saturating_sub(3);
+        if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = &head[..from + end];
+            let has = |name: &[u8]| {
+                text.split(|b| *b == b'\n').any(|line| {
+                    line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+                })
+            };
+            if has(b"content-length:") && has(b"transfer-encoding:") {
+                self.activity.ambiguous.store(true, Ordering::Release);
+            }
+            head.clear();
+            // Whatever follows is this request's body, until it starts.
+            head.resize(HEAD_SCAN_LIMIT, 0);
+        }
     }
 }
 
@@ -138,6 +195,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.read();
+            let this = &mut *self;
+            this.scan(&buf.filled()[before..]);
         }
         polled
     }

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use crate::http::problem::ApiError;
 use crate::http::{ClientCertificate, PeerAddr};
 use crate::tls;
 
@@ -81,6 +82,27 @@ impl ConnectionLimits {
             );
         builder
     }
+}
+
+/// The answer to a request with both `Content-Length` and
+/// `Transfer-Encoding`: two ways to frame one body, the shape of a request
+/// smuggling attempt. Refused, and the connection is closed after it.
+fn refuse_ambiguous_framing() -> http::Response<axum::body::Body> {
+    let request_id = crate::invocation::random_hex::<16>();
+    tracing::info!(status = 400, request_id = %request_id, "request with Content-Length and Transfer-Encoding refused");
+    let error = ApiError::BadRequest(
+        "Content-Length and Transfer-Encoding together are refused".to_owned(),
+    );
+    let mut response = error.into_problem(&request_id);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
+    response
 }
 
 /// The header size hyper refuses on its own: well above the configured
@@ -193,15 +215,19 @@ async fn serve_connection<IO>(
                     .extensions_mut()
                     .insert(ClientCertificate(client.clone()));
             }
+            let ambiguous = requests.take_ambiguous();
             let guard = RequestGuard::new(requests.clone());
             let app = app.clone();
             async move {
+                if ambiguous {
+                    return Ok(refuse_ambiguous_framing());
+                }
                 let response = app.oneshot(request).await;
                 drop(guard);
                 response
             }
         });
-    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let io = TokioIo::new(Tracked::new(stream, activity.clone(), http1));
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::select! {
         ended = watcher.watch(connection.into_owned()) => {
