@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub h2_max_streams: u32,
+    /// Streams a client may open and reset before they are served, at once
+    /// (rapid-reset protection).
+    pub h2_max_pending_resets: u32,
     pub shutdown_grace: Duration,
     pub max_json_depth: usize,
 }
@@ -448,6 +451,11 @@ impl Context {
             max_connections: positive("server.max_connections", raw.max_connections, 10_000)?
                 as usize,
             h2_max_streams: positive("server.h2_max_streams", raw.h2_max_streams, 128)?,
+            h2_max_pending_resets: positive(
+                "server.h2_max_pending_resets",
+                raw.h2_max_pending_resets,
+                20,
+            )?,
             shutdown_grace: self.duration(
                 "server.shutdown_grace",
                 raw.shutdown_grace.as_deref(),

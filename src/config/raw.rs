@@ -36,6 +36,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<String>,
     pub max_connections: Option<u32>,
     pub h2_max_streams: Option<u32>,
+    pub h2_max_pending_resets: Option<u32>,
     pub shutdown_grace: Option<String>,
     pub max_json_depth: Option<u32>,
     pub max_result: Option<String>,

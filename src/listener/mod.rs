@@ -40,6 +40,7 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub h2_max_streams: u32,
+    pub h2_max_pending_resets: u32,
     pub shutdown_grace: Duration,
     /// Open connections across all listeners.
     pub slots: Arc<Semaphore>,
@@ -53,6 +54,7 @@ impl ConnectionLimits {
             idle_timeout: server.idle_timeout,
             max_header_bytes: server.max_header_bytes,
             h2_max_streams: server.h2_max_streams,
+            h2_max_pending_resets: server.h2_max_pending_resets,
             shutdown_grace: server.shutdown_grace,
             slots: Arc::new(Semaphore::new(server.max_connections)),
         }
@@ -75,7 +77,7 @@ impl ConnectionLimits {
             .max_concurrent_streams(self.h2_max_streams)
             // Rapid reset (CVE-2023-44487): a client that opens and resets
             // streams faster than they can be served is cut off.
-            .max_pending_accept_reset_streams(20)
+            .max_pending_accept_reset_streams(self.h2_max_pending_resets as usize)
             .max_local_error_reset_streams(256)
             .max_header_list_size(
                 u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
