@@ -44,11 +44,24 @@ impl Caller {
     }
 }
 
-fn client_certificate(request: &Request) -> Option<Principal> {
-    request
+/// The caller, with the connection's client certificate, past the rate limit.
+fn admitted(
+    state: &AppState,
+    request: &Request,
+    credentials: Option<Credentials>,
+) -> Result<Caller, ApiError> {
+    let client = request
         .extensions()
         .get::<ClientCertificate>()
-        .map(|c| c.0.clone())
+        .map(|c| c.0.clone());
+    limit(
+        state,
+        request,
+        Caller {
+            credentials,
+            client,
+        },
+    )
 }
 
 fn unauthorized(error: AuthError) -> ApiError {
@@ -83,15 +96,7 @@ pub fn admit_call(
             Some(credentials)
         }
     };
-    let client = client_certificate(request);
-    limit(
-        state,
-        request,
-        Caller {
-            credentials,
-            client,
-        },
-    )
+    admitted(state, request, credentials)
 }
 
 /// Admits a reader or canceller of a call: credentials are optional, but
@@ -105,15 +110,7 @@ pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiEr
             Err(error) => return Err(refuse(state, request, error)),
         },
     };
-    let client = client_certificate(request);
-    limit(
-        state,
-        request,
-        Caller {
-            credentials,
-            client,
-        },
-    )
+    admitted(state, request, credentials)
 }
 
 /// A refused credential costs its client IP's rate limit, so guessing keys
