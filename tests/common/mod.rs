@@ -660,6 +660,14 @@ pub async fn run_bin(args: &[&str], cwd: &Path) -> (Option<i32>, String, String)
 /// A raw TLS connection to the gateway (ALPN `http/1.1`), trusting only its
 /// dev CA, for tests that need byte-level control of the request.
 pub async fn raw_tls(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_alpn(gw, b"http/1.1").await
+}
+
+/// A raw TLS connection offering only the ALPN protocol `alpn`.
+pub async fn raw_tls_alpn(
+    gw: &Gateway,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.ca_pem()) {
@@ -671,7 +679,7 @@ pub async fn raw_tls(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio::net
         .expect("TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(gw.addr)
         .await
