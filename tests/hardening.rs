@@ -7,21 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, exec_fn, json_ok};
+use common::{COUNT_PY, Gateway, exec_fn, json_ok, runs};
 use tokio::io::AsyncWriteExt;
-
-/// An exec function that appends one line per run to `runs` next to it.
-const COUNT_PY: &str = r#"
-import os, sys
-sys.stdin.read()
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), "a") as f:
-    f.write("run\n")
-sys.stdout.write("1")
-"#;
-
-fn runs(gw: &Gateway) -> usize {
-    std::fs::read_to_string(gw.dir.join("runs")).map_or(0, |text| text.lines().count())
-}
 
 async fn counting_gateway() -> Gateway {
     Gateway::builder()

@@ -7,21 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gateway, HttpBackend, assert_problem, exec_fn, header_str, http_fn};
+use common::{COUNT_PY, Gateway, HttpBackend, assert_problem, exec_fn, header_str, http_fn, runs};
 use futures_util::future::join_all;
 
 /// API keys `a` and `b`, both with scope `invoke:*`.
 const KEY_A: &str = "fgk_rate_limit_key_a_0123456789abcdef";
 const KEY_B: &str = "fgk_rate_limit_key_b_0123456789abcdef";
-
-/// An exec function that appends a line to `runs` (next to itself) per run.
-const COUNT_PY: &str = r#"
-import os, sys
-sys.stdin.read()
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), "a") as f:
-    f.write("run\n")
-sys.stdout.write("1")
-"#;
 
 fn sha256_hex(data: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -51,12 +42,6 @@ async fn gateway(backend: Option<&HttpBackend>) -> Gateway {
         .toml(&exec_fn("demo", "open", "count.py", "public = true"))
         .start()
         .await
-}
-
-fn runs(gw: &Gateway) -> usize {
-    std::fs::read_to_string(gw.dir.join("runs"))
-        .map(|text| text.lines().count())
-        .unwrap_or(0)
 }
 
 async fn post(

@@ -89,6 +89,20 @@ if kw.get("stamp"):
 sys.stdout.write(json.dumps(out))
 "#;
 
+/// An exec function that appends one line per run to `runs` next to it.
+pub const COUNT_PY: &str = r#"
+import os, sys
+sys.stdin.read()
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"), "a") as f:
+    f.write("run\n")
+sys.stdout.write("1")
+"#;
+
+/// How many times COUNT_PY ran in `gw`'s folder.
+pub fn runs(gw: &Gateway) -> usize {
+    std::fs::read_to_string(gw.dir.join("runs")).map_or(0, |text| text.lines().count())
+}
+
 /// A TOML table for an exec function `[apps.APP.functions.NAME]` running
 /// `python3 SCRIPT` (a file the test writes into the config dir), plus
 /// `extra` lines.
