@@ -16,27 +16,10 @@ THREADS=${THREADS:-2}
 BACKLOG=${BACKLOG:-1000000}
 RUN=${RUN:-$(mktemp -d)}
 
-for tool in nginx wrk curl python3; do
-  command -v "$tool" >/dev/null || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk curl python3 >/dev/null
-    break
-  }
-done
-
-STARTED=()
-cleanup() {
-  for pid in "${STARTED[@]:-}"; do
-    [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT
-
-(cd "$ROOT" && cargo build --release --quiet)
-
-mkdir -p "$RUN/backend/tmp"
-sed "s|\$RUN|$RUN|g" "$HERE/conf/backend.nginx.conf" > "$RUN/backend/nginx.conf"
-nginx -p "$RUN/backend/" -e "$RUN/backend/error.log" -c "$RUN/backend/nginx.conf" -g 'daemon off; worker_processes 1;' &
-STARTED+=($!)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+need nginx wrk curl python3
+start_backend
 
 cat > "$RUN/hold.py" <<'PY'
 import sys, time
@@ -67,18 +50,7 @@ timeout = "2h"
 backend = "exec"
 command = ["sh", "-c", "cat > /dev/null; sleep 0.5; date +%s.%N"]
 TOML
-# Start-up lines, not the per-request access log (it would be the bottleneck).
-RUST_LOG=info,fngate::http::context=warn "$ROOT/target/release/fngate" serve --config "$RUN/gateway.toml" 2> "$RUN/fngate.log" &
-GW=$!
-STARTED+=($GW)
-for _ in $(seq 100); do
-  ADDR=$(grep -o 'listening on https://[0-9.:]*' "$RUN/fngate.log" | head -1 | sed 's|listening on https://||') || true
-  [[ -n ${ADDR:-} ]] && break
-  sleep 0.1
-done
-[[ -n ${ADDR:-} ]] || { echo "fngate did not start" >&2; cat "$RUN/fngate.log" >&2; exit 1; }
-PORT=${ADDR##*:}
-GWURL="https://localhost:$PORT"
+start_fngate
 C=(curl -sS --cacert "$RUN/certs/dev-ca.pem")
 
 echo "== durable spawns (POST /bench/hold/spawn), $CONNS connections, ${DUR}s"
