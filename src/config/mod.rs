@@ -16,7 +16,8 @@ use http::{Method, Uri};
 use raw::{RawConfig, RawFunction, RawServer, RawStore};
 
 pub use security::{
-    AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, check_scope,
+    AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,
+    check_scope,
 };
 pub use units::{parse_duration, parse_size};
 
@@ -85,24 +86,6 @@ pub enum TlsSource {
     Files { cert: PathBuf, key: PathBuf },
     /// Generated dev CA and leaf in this folder (`certs/` next to the config).
     Dev { dir: PathBuf },
-}
-
-/// Completion webhooks: the signing secret (decoded) and where they may go.
-#[derive(Clone)]
-pub struct WebhooksConfig {
-    pub secret: Vec<u8>,
-    pub allow_hosts: Vec<String>,
-    pub max_attempts: u32,
-}
-
-impl std::fmt::Debug for WebhooksConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhooksConfig")
-            .field("secret", &"(hidden)")
-            .field("allow_hosts", &self.allow_hosts)
-            .field("max_attempts", &self.max_attempts)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,75 +445,6 @@ impl Context {
                 Duration::from_secs(30),
             )?,
             max_json_depth: max_json_depth as usize,
-        })
-    }
-
-    fn webhooks(&self, raw: &raw::RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
-        let text = match (&raw.secret_env, &raw.secret_file) {
-            (Some(name), None) => std::env::var(name).map_err(|_| {
-                self.invalid(
-                    "webhooks.secret_env",
-                    format!("the environment variable {name} is not set"),
-                )
-            })?,
-            (None, Some(path)) => {
-                let path = self.resolve(path);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    self.invalid(
-                        "webhooks.secret_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?
-            }
-            (Some(_), Some(_)) => {
-                return Err(self.invalid(
-                    "webhooks.secret_file",
-                    "give secret_env or secret_file, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(self.invalid(
-                    "webhooks.secret_env",
-                    "webhooks are signed: name the environment variable holding the secret",
-                ));
-            }
-        };
-        let key = if raw.secret_env.is_some() {
-            "webhooks.secret_env"
-        } else {
-            "webhooks.secret_file"
-        };
-        let secret = crate::webhooks::decode_secret(text.trim())
-            .map_err(|why| self.invalid(key, format!("the secret is not usable: {why}")))?;
-        if raw.allow_hosts.is_empty() {
-            return Err(self.invalid(
-                "webhooks.allow_hosts",
-                "list the hosts that Callback-Url may name, like [\"hooks.example.com\"]",
-            ));
-        }
-        let mut allow_hosts = Vec::new();
-        for (i, host) in raw.allow_hosts.iter().enumerate() {
-            let host = host
-                .trim()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase();
-            if host.is_empty() || host.contains(['/', ' ', '@']) {
-                return Err(self.invalid(
-                    format!("webhooks.allow_hosts[{i}]"),
-                    "write a host name or IP address, without scheme or port",
-                ));
-            }
-            allow_hosts.push(host);
-        }
-        let max_attempts = raw.max_attempts.unwrap_or(8);
-        if max_attempts == 0 {
-            return Err(self.invalid("webhooks.max_attempts", "must be at least 1"));
-        }
-        Ok(WebhooksConfig {
-            secret,
-            allow_hosts,
-            max_attempts,
         })
     }
 

@@ -1,13 +1,32 @@
 //! The security sections of the configuration: `[auth]` (JWT keys and API
-//! keys), `[cors]` (with per-app overrides) and `[rate_limit]`.
+//! keys), `[cors]` (with per-app overrides), `[rate_limit]` and the
+//! signing of `[webhooks]`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::Uri;
 
-use super::raw::{RawAuth, RawCors, RawRateLimit};
+use super::raw::{RawAuth, RawCors, RawRateLimit, RawWebhooks};
 use super::{ConfigError, Context};
+
+/// Completion webhooks: the signing secret (decoded) and where they may go.
+#[derive(Clone)]
+pub struct WebhooksConfig {
+    pub secret: Vec<u8>,
+    pub allow_hosts: Vec<String>,
+    pub max_attempts: u32,
+}
+
+impl std::fmt::Debug for WebhooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("secret", &"(hidden)")
+            .field("allow_hosts", &self.allow_hosts)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
 
 /// Who may call, and how their credentials are checked.
 #[derive(Clone)]
@@ -154,6 +173,75 @@ impl Context {
                 Duration::from_secs(60),
             )?,
             api_keys,
+        })
+    }
+
+    pub(super) fn webhooks(&self, raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
+        let text = match (&raw.secret_env, &raw.secret_file) {
+            (Some(name), None) => std::env::var(name).map_err(|_| {
+                self.invalid(
+                    "webhooks.secret_env",
+                    format!("the environment variable {name} is not set"),
+                )
+            })?,
+            (None, Some(path)) => {
+                let path = self.resolve(path);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(
+                        "webhooks.secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "webhooks.secret_file",
+                    "give secret_env or secret_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    "webhooks.secret_env",
+                    "webhooks are signed: name the environment variable holding the secret",
+                ));
+            }
+        };
+        let key = if raw.secret_env.is_some() {
+            "webhooks.secret_env"
+        } else {
+            "webhooks.secret_file"
+        };
+        let secret = crate::webhooks::decode_secret(text.trim())
+            .map_err(|why| self.invalid(key, format!("the secret is not usable: {why}")))?;
+        if raw.allow_hosts.is_empty() {
+            return Err(self.invalid(
+                "webhooks.allow_hosts",
+                "list the hosts that Callback-Url may name, like [\"hooks.example.com\"]",
+            ));
+        }
+        let mut allow_hosts = Vec::new();
+        for (i, host) in raw.allow_hosts.iter().enumerate() {
+            let host = host
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                return Err(self.invalid(
+                    format!("webhooks.allow_hosts[{i}]"),
+                    "write a host name or IP address, without scheme or port",
+                ));
+            }
+            allow_hosts.push(host);
+        }
+        let max_attempts = raw.max_attempts.unwrap_or(8);
+        if max_attempts == 0 {
+            return Err(self.invalid("webhooks.max_attempts", "must be at least 1"));
+        }
+        Ok(WebhooksConfig {
+            secret,
+            allow_hosts,
+            max_attempts,
         })
     }
 
