@@ -17,6 +17,9 @@ use super::{
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// The layout `SCHEMA` describes, recorded in the file's `user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
     seq INTEGER PRIMARY KEY,
@@ -136,7 +139,22 @@ impl EmbeddedStore {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.busy_timeout(std::time::Duration::from_secs(10))?;
-        writer.execute_batch(SCHEMA)?;
+        // A file written by another layout fails here, at start-up, with
+        // what to do, instead of failing every spawn later.
+        let layout = writer.execute_batch(SCHEMA).and_then(|()| {
+            writer
+                .prepare(&format!(
+                    "SELECT {COLUMNS}, idem_key, idem_hash FROM calls LIMIT 0"
+                ))
+                .map(drop)
+        });
+        if let Err(e) = layout {
+            return Err(StoreError::Io(format!(
+                "{} was written by another version of fngate's store ({e}); move it away to start afresh",
+                path.display()
+            )));
+        }
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
         std::thread::Builder::new()
             .name("fngate-store-writer".into())

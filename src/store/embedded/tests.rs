@@ -216,3 +216,17 @@ async fn passthrough_calls_keep_their_request_and_answer() {
         (CallState::Succeeded, Some(answer))
     );
 }
+
+#[test]
+fn a_file_of_another_layout_is_refused_at_open_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch("CREATE TABLE calls (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);")
+        .unwrap();
+    drop(old);
+    let error = EmbeddedStore::open(&path)
+        .err()
+        .expect("an old layout was accepted");
+    assert!(error.to_string().contains("move it away"), "{error}");
+}
