@@ -136,6 +136,20 @@ async fn progress(resp: reqwest::Response) -> Value {
     body
 }
 
+/// Spawns a call that holds `t/one`'s only slot for `seconds`, and waits
+/// until it runs; returns its id.
+async fn occupy_one(gw: &Gateway, client: &reqwest::Client, seconds: f64) -> String {
+    let id = spawn(
+        gw,
+        client,
+        "/t/one/spawn",
+        &json!({"seconds": seconds, "marker": "blocker.m"}),
+    )
+    .await;
+    pids_in(&gw.dir.join("blocker.m"), Duration::from_secs(10)).await;
+    id
+}
+
 async fn pids_in(path: &Path, within: Duration) -> Vec<i32> {
     assert!(
         eventually(within, || path.exists()).await,
@@ -458,14 +472,7 @@ async fn cancelled_pending_call_never_runs() {
     let gw = gateway("").await;
     let client = gw.client();
     // `one` has concurrency 1: the blocker holds the only slot.
-    let blocker = spawn(
-        &gw,
-        &client,
-        "/t/one/spawn",
-        &json!({"seconds": 1.5, "marker": "blocker.m"}),
-    )
-    .await;
-    pids_in(&gw.dir.join("blocker.m"), Duration::from_secs(10)).await;
+    let blocker = occupy_one(&gw, &client, 1.5).await;
     let id = spawn(
         &gw,
         &client,
@@ -663,14 +670,7 @@ async fn idempotency_key_returns_the_same_call_for_the_same_body() {
 async fn backlog_over_max_pending_is_503() {
     let gw = gateway("max_pending = 3").await;
     let client = gw.client();
-    let blocker = spawn(
-        &gw,
-        &client,
-        "/t/one/spawn",
-        &json!({"seconds": 3, "marker": "blocker.m"}),
-    )
-    .await;
-    pids_in(&gw.dir.join("blocker.m"), Duration::from_secs(10)).await;
+    let blocker = occupy_one(&gw, &client, 3.0).await;
     let mut pending = Vec::new();
     for i in 0..3 {
         pending.push(spawn(&gw, &client, "/t/one/spawn", &json!({"x": i})).await);
@@ -800,14 +800,7 @@ async fn idempotency_key_expires_with_its_call() {
 async fn long_poll_answers_when_the_call_is_cancelled() {
     let gw = gateway("").await;
     let client = gw.client();
-    spawn(
-        &gw,
-        &client,
-        "/t/one/spawn",
-        &json!({"seconds": 3, "marker": "blocker.m"}),
-    )
-    .await;
-    pids_in(&gw.dir.join("blocker.m"), Duration::from_secs(10)).await;
+    occupy_one(&gw, &client, 3.0).await;
     let running = spawn(&gw, &client, "/t/work/spawn", &json!({"seconds": 30})).await;
     let pending = spawn(&gw, &client, "/t/one/spawn", &json!({})).await;
     for id in [running, pending] {
