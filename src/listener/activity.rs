@@ -136,8 +136,22 @@ impl Drop for RequestGuard {
 pub struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
-    /// HTTP/1: the head of the request being read, until it is complete.
-    head: Option<Vec<u8>>,
+    scan: HeadScan,
+    /// HTTP/1: the bytes of the request head read so far (the buffer is
+    /// kept from one request to the next).
+    head: Vec<u8>,
+}
+
+/// HTTP/1: where the scan of the next request head stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadScan {
+    /// HTTP/2: nothing to scan.
+    Off,
+    /// Collecting a request head.
+    Reading,
+    /// The head is complete (or too large to keep); what follows is its
+    /// body, until the next request starts.
+    Done,
 }
 
 /// Most bytes of a request head kept for the framing check.
@@ -149,22 +163,29 @@ impl<S> Tracked<S> {
         Tracked {
             inner,
             activity,
-            head: http1.then(Vec::new),
+            scan: if http1 {
+                HeadScan::Reading
+            } else {
+                HeadScan::Off
+            },
+            head: Vec::new(),
         }
     }
 
     /// Looks at bytes read while no request is in flight: the head of the
     /// next one.
     fn scan(&mut self, bytes: &[u8]) {
-        let Some(head) = self.head.as_mut() else {
+        if self.scan == HeadScan::Off {
             return;
-        };
+        }
         if self.activity.new_head.swap(false, Ordering::AcqRel) {
-            head.clear();
+            self.head.clear();
+            self.scan = HeadScan::Reading;
         }
-        if self.activity.active.load(Ordering::Acquire) > 0 || head.len() >= HEAD_SCAN_LIMIT {
+        if self.scan == HeadScan::Done || self.activity.active.load(Ordering::Acquire) > 0 {
             return;
         }
+        let head = &mut self.head;
         let old = head.len();
         head.extend_from_slice(&bytes[..bytes.len().min(HEAD_SCAN_LIMIT - old)]);
         let from = old.saturating_sub(3);
@@ -178,9 +199,10 @@ impl<S> Tracked<S> {
             if has(b"content-length:") && has(b"transfer-encoding:") {
                 self.activity.ambiguous.store(true, Ordering::Release);
             }
-            head.clear();
-            // Whatever follows is this request's body, until it starts.
-            head.resize(HEAD_SCAN_LIMIT, 0);
+            self.scan = HeadScan::Done;
+        } else if head.len() >= HEAD_SCAN_LIMIT {
+            // hyper refuses a head this large itself.
+            self.scan = HeadScan::Done;
         }
     }
 }
