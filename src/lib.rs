@@ -23,7 +23,6 @@ pub mod webhooks;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +58,11 @@ pub enum ServeError {
 
 /// A gateway with its listeners bound, ready to run.
 pub struct Gateway {
-    https: TcpListener,
-    http: Option<TcpListener>,
+    /// One HTTPS listener per worker, all on the same address
+    /// (`SO_REUSEPORT`: the kernel spreads connections over them).
+    https: Vec<std::net::TcpListener>,
+    /// The plain-HTTP listeners, one per worker, when configured.
+    http: Vec<std::net::TcpListener>,
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
     limits: Arc<ConnectionLimits>,
@@ -76,8 +78,11 @@ impl Gateway {
     /// Builds every part from `config` and binds the listeners.
     pub async fn bind(config: Config) -> Result<Gateway, ServeError> {
         // 1. TLS: configured files, or the dev CA and certificate.
-        let (tls, dev_ca) =
-            tls::server_config(&config.server.tls, config.server.client_ca.as_deref())?;
+        let (tls, dev_ca) = tls::server_config(
+            &config.server.tls,
+            config.server.client_ca.as_deref(),
+            config.server.session_resumption,
+        )?;
         if let Some(ca) = dev_ca {
             tracing::info!(
                 "using the dev certificate; its CA is {} (curl --cacert {} ...)",
@@ -120,11 +125,12 @@ impl Gateway {
             None => None,
         };
         let state = Arc::new(AppState::new(registry, calls, webhooks, auth, &config));
-        // 6. Listeners.
-        let https = bind(config.server.listen).await?;
+        // 6. Listeners, one per worker.
+        let workers = config.server.workers;
+        let https = bind(config.server.listen, workers)?;
         let http = match config.server.http_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
+            Some(addr) => bind(addr, workers)?,
+            None => Vec::new(),
         };
         Ok(Gateway {
             https,
@@ -138,14 +144,14 @@ impl Gateway {
 
     /// The bound HTTPS address (useful with port 0).
     pub fn https_addr(&self) -> SocketAddr {
-        self.https
+        self.https[0]
             .local_addr()
             .expect("a bound listener has an address")
     }
 
     /// The bound plain-HTTP address, when configured.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.http.first().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests
@@ -153,25 +159,51 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) {
         let router = http::router(self.state.clone());
         let mut tasks = JoinSet::new();
-        tracing::info!("listening on https://{}", self.https_addr());
-        if let Some(addr) = self.http_addr() {
-            tracing::info!("listening on http://{addr}");
-        }
-        tasks.spawn(listener::serve(
-            self.https,
-            Some(self.acceptor),
-            router.clone(),
-            self.limits.clone(),
-            shutdown.clone(),
-        ));
-        if let Some(http) = self.http {
-            tasks.spawn(listener::serve(
-                http,
-                None,
-                router,
+        // Worker 0 serves on this runtime; each other worker on a thread
+        // with a single-threaded runtime of its own, as nginx runs one
+        // process per core: a connection stays on one thread, no work is
+        // stolen, and no task is woken across cores.
+        let https_addr = self.https_addr();
+        let http_addr = self.http_addr();
+        let mut http_listeners = self.http.into_iter();
+        for (index, https) in self.https.into_iter().enumerate() {
+            let work = listener::worker(
+                https,
+                http_listeners.next(),
+                self.acceptor.clone(),
+                router.clone(),
                 self.limits.clone(),
                 shutdown.clone(),
-            ));
+            );
+            if index == 0 {
+                tasks.spawn(work);
+                continue;
+            }
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("fngate-worker-{index}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(work),
+                        Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+                    }
+                    let _ = done.send(());
+                });
+            if let Err(e) = thread {
+                tracing::error!(error = %e, "cannot start a worker thread");
+                shutdown.cancel();
+            }
+            // A worker that ends (or panics, dropping `done`) stops the rest.
+            tasks.spawn(async move {
+                let _ = ended.await;
+            });
+        }
+        tracing::info!("listening on https://{https_addr}");
+        if let Some(addr) = http_addr {
+            tracing::info!("listening on http://{addr}");
         }
         let calls = self.state.calls.clone();
         let stop = shutdown.clone();
@@ -202,10 +234,8 @@ impl Gateway {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
+    listener::bind(addr, count).map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Runs the gateway described by `config` until `shutdown` is cancelled.

@@ -1,6 +1,7 @@
 //! TLS for the listener: the configured PEM chain and key, or a dev CA and
 //! leaf certificate generated on first run and reused afterwards. TLS 1.2
-//! and 1.3 only, ALPN `h2` and `http/1.1`, session resumption on.
+//! and 1.3 only, ALPN `h2` and `http/1.1`, session resumption on unless
+//! turned off.
 
 use std::fs;
 use std::io::Write;
@@ -32,10 +33,13 @@ const DEV_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Builds the server's TLS configuration, generating the dev certificate
 /// when none is configured, and requiring client certificates signed by
-/// `client_ca` when given. Returns the dev CA's path when one is in use.
+/// `client_ca` when given. With `session_resumption` off every handshake
+/// is a full one (no tickets, no session cache). Returns the dev CA's path
+/// when one is in use.
 pub fn server_config(
     source: &TlsSource,
     client_ca: Option<&Path>,
+    session_resumption: bool,
 ) -> Result<(Arc<ServerConfig>, Option<PathBuf>), TlsError> {
     let (cert, key, dev_ca) = match source {
         TlsSource::Files { cert, key } => (cert.clone(), key.clone(), None),
@@ -69,7 +73,15 @@ pub fn server_config(
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.ticketer = aws_lc_rs::Ticketer::new()?;
+    if session_resumption {
+        // TLS 1.3 resumes with tickets; TLS 1.2 clients without ticket
+        // support use the session cache.
+        config.ticketer = aws_lc_rs::Ticketer::new()?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok((Arc::new(config), dev_ca))
 }
 

@@ -133,6 +133,11 @@ async fn bad_configs_exit_2_naming_the_key() {
             vec!["server.listen"],
         ),
         (
+            "no workers",
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 0\n".into(),
+            vec!["server.workers"],
+        ),
+        (
             "reserved app name calls",
             format!("[apps.calls.functions.f]\n{exec}"),
             vec!["calls"],
@@ -373,6 +378,110 @@ async fn tls_1_2_and_1_3_are_both_served() {
             assert_eq!(r.status(), 200, "TLS {name}");
         }
     }
+}
+
+/// How the second of two TLS connections from one client (sharing its
+/// session cache) was set up, after a request on the first one brought
+/// the server's session ticket.
+async fn second_handshake(
+    gw: &Gateway,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::HandshakeKind {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.ca_pem()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind().unwrap());
+        tls.write_all(b"GET /_/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(kinds[0], rustls::HandshakeKind::Full);
+    kinds[1]
+}
+
+#[tokio::test]
+async fn returning_clients_resume_their_tls_session() {
+    let gw = Gateway::builder().start().await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(
+            second_handshake(&gw, version).await,
+            rustls::HandshakeKind::Resumed,
+            "{version:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_session_resumption_every_handshake_is_full() {
+    let gw = Gateway::builder()
+        .server("session_resumption = false")
+        .start()
+        .await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        assert_eq!(
+            second_handshake(&gw, version).await,
+            rustls::HandshakeKind::Full,
+            "{version:?}"
+        );
+    }
+}
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_worker_serves_connections_on_its_own_thread() {
+    let gw = Gateway::builder().server("workers = 3").start().await;
+    let names = thread_names(gw.pid);
+    for worker in ["fngate-worker-1", "fngate-worker-2"] {
+        assert!(names.iter().any(|n| n == worker), "{worker} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "fngate-worker-3"), "{names:?}");
+    // Many connections, spread by the kernel over the three listeners, are
+    // all served.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..48 {
+        let client = gw.client_h1();
+        let url = gw.url("/_/health");
+        requests.spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap().unwrap(), 200);
+    }
+    let single = Gateway::builder().server("workers = 1").start().await;
+    let names = thread_names(single.pid);
+    assert!(
+        !names.iter().any(|n| n.starts_with("fngate-worker")),
+        "{names:?}"
+    );
 }
 
 /// Runs `openssl s_client` with `flags` against `addr`; None when openssl is

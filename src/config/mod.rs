@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub h2_max_pending_resets: u32,
     pub shutdown_grace: Duration,
     pub max_json_depth: usize,
+    /// Threads serving connections, each with its own runtime and its own
+    /// `SO_REUSEPORT` listener (default: one per CPU).
+    pub workers: usize,
+    /// TLS session tickets and the session cache: resumed handshakes.
+    pub session_resumption: bool,
 }
 
 /// Where the server certificate comes from.
@@ -445,6 +450,12 @@ impl Context {
                 Duration::from_secs(30),
             )?,
             max_json_depth: max_json_depth as usize,
+            workers: match raw.workers {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n @ 1..=1024) => n as usize,
+                Some(_) => return Err(self.invalid("server.workers", "must be between 1 and 1024")),
+            },
+            session_resumption: raw.session_resumption.unwrap_or(true),
         })
     }
 

@@ -40,6 +40,8 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub max_json_depth: Option<u32>,
     pub max_result: Option<String>,
+    pub workers: Option<u32>,
+    pub session_resumption: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

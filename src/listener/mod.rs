@@ -5,6 +5,8 @@
 
 mod activity;
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +29,7 @@ use crate::tls;
 /// Who is on the other end of a connection.
 #[derive(Clone)]
 struct Peer {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     /// The principal of a verified client certificate (mTLS).
     client: Option<crate::invocation::Principal>,
 }
@@ -111,6 +113,77 @@ fn refuse_ambiguous_framing() -> http::Response<axum::body::Body> {
 /// limit, so that requests over it get the gateway's 431 problem instead.
 fn hyper_header_cap(max_header_bytes: usize) -> usize {
     (max_header_bytes * 4).max(64 << 10)
+}
+
+/// Binds `count` listeners on `addr` with `SO_REUSEPORT`, one per worker:
+/// the kernel spreads new connections over them. With port 0 the first
+/// one picks the port and the others join it. Call within a runtime.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if count > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?.into_std()?;
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Connections the kernel queues before they are accepted (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// One worker: serves its HTTPS listener (and its plain-HTTP one, when
+/// configured) on the runtime it is polled on, until `shutdown`.
+pub async fn worker(
+    https: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+    tls: TlsAcceptor,
+    app: Router,
+    limits: Arc<ConnectionLimits>,
+    shutdown: CancellationToken,
+) {
+    let https = match TcpListener::from_std(https) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the HTTPS listener");
+            return;
+        }
+    };
+    let plain = async {
+        match http.map(TcpListener::from_std) {
+            Some(Ok(listener)) => {
+                serve(
+                    listener,
+                    None,
+                    app.clone(),
+                    limits.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+            }
+            Some(Err(e)) => tracing::error!(error = %e, "cannot serve the HTTP listener"),
+            None => {}
+        }
+    };
+    let secure = serve(
+        https,
+        Some(tls),
+        app.clone(),
+        limits.clone(),
+        shutdown.clone(),
+    );
+    tokio::join!(secure, plain);
 }
 
 /// Accepts connections on `listener` until `shutdown`, then drains: open
