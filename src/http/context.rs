@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::Next;
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Response};
 
@@ -63,9 +62,13 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     valid.then_some((trace_id, flags))
 }
 
-/// Middleware: sets up the `Trace`, echoes `X-Request-Id`, turns panics
-/// into a 500 problem, and logs one line per request.
-pub async fn request_context(mut request: Request, next: Next) -> Response<Body> {
+/// Around every request: sets up the `Trace`, echoes `X-Request-Id`, turns
+/// panics of `next` into a 500 problem, and logs one line per request.
+pub async fn request_context<F, Fut>(mut request: Request, next: F) -> Response<Body>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response<Body>>,
+{
     let started = std::time::Instant::now();
     let trace = Trace {
         request_id: sane_request_id(request.headers())
@@ -75,7 +78,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response<Body>
     let request_id = trace.request_id.clone();
     let method = request.method().clone();
     request.extensions_mut().insert(trace);
-    let mut response = match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+    let mut response = match AssertUnwindSafe(next(request)).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let message = panic
@@ -108,35 +111,29 @@ pub async fn request_context(mut request: Request, next: Next) -> Response<Body>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::Router;
-    use axum::routing::get;
     use http_body_util::BodyExt;
-    use tower::ServiceExt;
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_with_the_request_id() {
-        async fn boom() -> &'static str {
+        async fn boom(_: Request) -> Response<Body> {
             panic!("handler bug")
         }
-        let app = Router::new()
-            .route("/boom", get(boom))
-            .route("/fine", get(|| async { "fine" }))
-            .layer(axum::middleware::from_fn(request_context));
+        async fn fine(_: Request) -> Response<Body> {
+            Response::new(Body::from("fine"))
+        }
         let request = http::Request::get("/boom")
             .header("x-request-id", "req-42")
             .body(Body::empty())
             .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
+        let response = request_context(request, boom).await;
         assert_eq!(response.status(), 500);
         assert_eq!(response.headers()["x-request-id"], "req-42");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(problem["code"], "internal_error");
         assert_eq!(problem["request_id"], "req-42");
-        let fine = app
-            .oneshot(http::Request::get("/fine").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let request = http::Request::get("/fine").body(Body::empty()).unwrap();
+        let fine = request_context(request, fine).await;
         assert_eq!(fine.status(), 200);
         assert_eq!(fine.headers()["x-request-id"].len(), 32);
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after};
 use crate::registry::{Function, Lookup, Target};
 
 /// Every request lands here; the path decides what it is.
-pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Response<Body> {
+pub async fn route(state: &Arc<AppState>, request: Request) -> Response<Body> {
     let trace = request
         .extensions()
         .get::<Trace>()
@@ -40,13 +40,13 @@ pub async fn route(State(state): State<Arc<AppState>>, request: Request) -> Resp
     let path = request.uri().path().to_owned();
     let (label, result) = match path.as_str() {
         "/_/health" => ("/_/health".to_owned(), health(&request)),
-        "/_/ready" => ("/_/ready".to_owned(), ready(&state, &request)),
+        "/_/ready" => ("/_/ready".to_owned(), ready(state, &request)),
         _ => match path.strip_prefix("/calls/") {
             Some(id) => (
                 "/calls/{id}".to_owned(),
-                call_routes::call(&state, id, &trace, request).await,
+                call_routes::call(state, id, &trace, request).await,
             ),
-            None => function_route(&state, &path, &trace, request).await,
+            None => function_route(state, &path, &trace, request).await,
         },
     };
     let mut response = result.unwrap_or_else(|error| error.into_problem(&trace.request_id));
@@ -340,7 +340,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    fn app() -> axum::Router {
+    fn app() -> super::super::App {
         let text = r#"
             [apps.demo.functions.square]
             backend = "exec"

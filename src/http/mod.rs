@@ -16,8 +16,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::middleware;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
+use http::Response;
+use tower_http::cors::Cors;
 
 use crate::auth::Authenticator;
 use crate::calls::Calls;
@@ -74,14 +81,79 @@ impl AppState {
     }
 }
 
-/// The gateway's router. Paths are matched by the handler itself, raw and
-/// undecoded, so an encoded name (`%2F`, `%2e`) never reaches a function
-/// other than the one named.
-pub fn router(state: Arc<AppState>) -> Router {
-    let cors = cors::layer(&state.cors);
-    let mut router = Router::new().fallback(handlers::route).with_state(state);
-    if let Some(cors) = cors {
-        router = router.layer(cors);
+/// The gateway's request handling: the request context (id, trace, panic
+/// guard, access log) around CORS (when configured) around the handlers.
+/// Paths are matched by the handler itself, raw and undecoded, so an
+/// encoded name (`%2F`, `%2e`) never reaches a function other than the
+/// one named. Listeners call [`App::serve`] directly: no router, boxed
+/// service or boxed future stands between a request and its handler.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+    cors: Option<Cors<Handlers>>,
+}
+
+/// The handlers as a tower service, for the CORS layer to wrap.
+#[derive(Clone)]
+pub struct Handlers(Arc<AppState>);
+
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl tower::Service<Request> for Handlers {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxedResponse;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    router.layer(middleware::from_fn(context::request_context))
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { Ok(handlers::route(&state, request).await) })
+    }
+}
+
+impl App {
+    /// Answers one request.
+    pub async fn serve(&self, request: Request) -> Response<Body> {
+        context::request_context(request, |request| async move {
+            match &self.cors {
+                None => handlers::route(&self.state, request).await,
+                Some(cors) => {
+                    use tower::Service;
+                    match cors.clone().call(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Lets tests and benches drive the app with `tower::ServiceExt::oneshot`.
+impl tower::Service<Request> for App {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxedResponse;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.serve(request).await) })
+    }
+}
+
+/// The gateway's request handling over `state`.
+pub fn router(state: Arc<AppState>) -> App {
+    let cors = cors::layer(&state.cors).map(|layer| {
+        use tower::Layer;
+        layer.layer(Handlers(state.clone()))
+    });
+    App { state, cors }
 }

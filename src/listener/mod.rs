@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,11 +18,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 use crate::http::problem::ApiError;
-use crate::http::{ClientCertificate, PeerAddr};
+use crate::http::{App, ClientCertificate, PeerAddr};
 use crate::tls;
 
 /// Who is on the other end of a connection.
@@ -149,7 +147,7 @@ pub async fn worker(
     https: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
     tls: TlsAcceptor,
-    app: Router,
+    app: App,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
@@ -193,7 +191,7 @@ pub async fn worker(
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Router,
+    app: App,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
@@ -274,7 +272,7 @@ async fn serve_connection<IO>(
     limits: &ConnectionLimits,
     watcher: hyper_util::server::graceful::Watcher,
     stream: IO,
-    app: Router,
+    app: App,
     peer: Peer,
     http1: bool,
 ) where
@@ -295,11 +293,11 @@ async fn serve_connection<IO>(
             let app = app.clone();
             async move {
                 if ambiguous {
-                    return Ok(refuse_ambiguous_framing());
+                    return Ok::<_, std::convert::Infallible>(refuse_ambiguous_framing());
                 }
-                let response = app.oneshot(request).await;
+                let response = app.serve(request.map(axum::body::Body::new)).await;
                 drop(guard);
-                response
+                Ok(response)
             }
         });
     let io = TokioIo::new(Tracked::new(stream, activity.clone(), http1));
