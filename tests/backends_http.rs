@@ -521,3 +521,90 @@ async fn http2_backend_is_called_over_h2c() {
     }
     server.abort();
 }
+
+/// A raw HTTP/1.1 backend on loopback answering every request with `1`:
+/// counts the connections it accepts, and with `close` answers
+/// `Connection: close` and closes each one after its answer.
+async fn counting_backend(close: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/invoke", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: its head, then Content-Length bytes of body.
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buffer.len() < end + 4 + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..end + 4 + length);
+                    let connection = if close { "close" } else { "keep-alive" };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1\r\nconnection: {connection}\r\n\r\n1"
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn invocations_reuse_keep_alive_connections_to_a_backend() {
+    use std::sync::atomic::Ordering;
+    let (url, connections) = counting_backend(false).await;
+    let gw = Gateway::builder()
+        .server("workers = 1")
+        .toml(&http_fn("h", "one", &[url], ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..20 {
+        let r = gw.post_json(&client, "/h/one", "{}").await;
+        assert_eq!(json_ok(r).await, json!(1));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_backend_closing_each_connection_still_answers_every_call() {
+    use std::sync::atomic::Ordering;
+    let (url, connections) = counting_backend(true).await;
+    let gw = Gateway::builder()
+        .toml(&http_fn("h", "one", &[url], ""))
+        .start()
+        .await;
+    let client = gw.client();
+    for _ in 0..20 {
+        let r = gw.post_json(&client, "/h/one", "{}").await;
+        assert_eq!(json_ok(r).await, json!(1));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 20);
+}

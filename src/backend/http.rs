@@ -10,12 +10,13 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::{Lease, PoolError, Replica};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::{Invocation, Principal, Trace};
 
@@ -95,8 +96,18 @@ fn tls_client_config() -> rustls::ClientConfig {
 pub struct HttpBackend {
     client: Pool,
     urls: Vec<Uri>,
+    /// For each URL, its keep-alive connections when it is a plain
+    /// `http://` replica spoken to in HTTP/1.1 (the invocation fast path).
+    replicas: Vec<Option<Replica>>,
     next: AtomicUsize,
     max_result: u64,
+}
+
+/// Why one replica gave no answer.
+enum SendError {
+    /// Nothing reached it: the next replica may take the call.
+    Connect(String),
+    Failed(String),
 }
 
 impl HttpBackend {
@@ -105,56 +116,89 @@ impl HttpBackend {
             !urls.is_empty(),
             "config validation guarantees at least one url"
         );
+        let replicas = urls
+            .iter()
+            .map(|url| if http2 { None } else { Replica::for_url(url) })
+            .collect();
         HttpBackend {
             client: if http2 {
                 clients.h2c.clone()
             } else {
                 clients.negotiated.clone()
             },
+            replicas,
             urls,
             next: AtomicUsize::new(0),
             max_result,
         }
     }
 
-    /// The replicas in the order this call tries them.
-    fn rotation(&self) -> impl Iterator<Item = &Uri> {
+    /// The replicas (their index) in the order this call tries them.
+    fn rotation(&self) -> impl Iterator<Item = usize> + use<> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.urls.len()).map(move |i| &self.urls[(start + i) % self.urls.len()])
+        let count = self.urls.len();
+        (0..count).map(move |i| (start + i) % count)
     }
 
     async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
         let body = Bytes::from(invocation.to_json());
         let mut last_error = None;
-        for url in self.rotation() {
-            let mut request = Request::post(url.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.clone()))
-                .map_err(|e| BackendError::Unreachable(format!("building the request: {e}")))?;
-            add_call_headers(request.headers_mut(), invocation);
-            let sent =
-                tokio::time::timeout_at(invocation.deadline, self.client.request(request)).await;
-            let response = match sent {
+        for index in self.rotation() {
+            let url = &self.urls[index];
+            let sent = match &self.replicas[index] {
+                Some(replica) => {
+                    let send = send_pooled(replica, invocation, body.clone());
+                    tokio::time::timeout_at(invocation.deadline, send).await
+                }
+                None => {
+                    let send = self.send_shared(url, invocation, body.clone());
+                    tokio::time::timeout_at(invocation.deadline, send).await
+                }
+            };
+            let (response, lease) = match sent {
                 Err(_) => return Err(BackendError::Timeout),
-                Ok(Ok(response)) => response,
-                // Nothing reached this replica: the next one may take it.
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(SendError::Connect(e))) => {
                     tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
                     last_error = Some(e);
                     continue;
                 }
-                Ok(Err(e)) => {
-                    return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e))));
+                Ok(Err(SendError::Failed(e))) => {
+                    return Err(BackendError::Crashed(format!("{url}: {e}")));
                 }
             };
             let read =
                 tokio::time::timeout_at(invocation.deadline, self.read_answer(response)).await;
+            // The answer was read to its end (or the connection is dropped):
+            // the connection may serve the next call.
+            drop(lease);
             return read.unwrap_or(Err(BackendError::Timeout));
         }
-        let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
         Err(BackendError::Unreachable(format!(
-            "no replica reachable: {detail}"
+            "no replica reachable: {}",
+            last_error.unwrap_or_default()
         )))
+    }
+
+    /// Sends an invocation request through the shared hyper-util client
+    /// (`https://` and h2c replicas).
+    async fn send_shared(
+        &self,
+        url: &Uri,
+        invocation: &Invocation,
+        body: Bytes,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError> {
+        let mut request = Request::post(url.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .map_err(|e| SendError::Failed(format!("building the request: {e}")))?;
+        add_call_headers(request.headers_mut(), invocation);
+        match self.client.request(request).await {
+            Ok(response) => Ok((response, None)),
+            // Nothing reached this replica: the next one may take it.
+            Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
+            Err(e) => Err(SendError::Failed(error_chain(&e))),
+        }
     }
 
     async fn read_answer(
@@ -210,7 +254,8 @@ impl HttpBackend {
         let (parts, body) = request.into_parts();
         let mut body = Some(body);
         let mut last_error = None;
-        for url in self.rotation() {
+        for index in self.rotation() {
+            let url = &self.urls[index];
             let target = forward_uri(url, suffix, query.as_deref())?;
             let mut outgoing =
                 Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
@@ -245,6 +290,28 @@ impl HttpBackend {
         )))
     }
 }
+
+/// Sends an invocation request on one of the replica's keep-alive
+/// connections.
+async fn send_pooled(
+    replica: &Replica,
+    invocation: &Invocation,
+    body: Bytes,
+) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = Method::POST;
+    request
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    add_call_headers(request.headers_mut(), invocation);
+    match replica.send(request).await {
+        Ok((response, lease)) => Ok((response, Some(lease))),
+        Err(e @ PoolError::Connect { .. }) => Err(SendError::Connect(e.to_string())),
+        Err(PoolError::Request(e)) => Err(SendError::Failed(error_chain(&e))),
+    }
+}
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A passthrough request kept in the store until it runs: what `forward`
 /// needs to send it, minus hop-by-hop, `X-Fngate-*` and `Prefer` headers

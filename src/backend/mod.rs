@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod http;
+mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
