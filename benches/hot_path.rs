@@ -7,7 +7,7 @@
 //!   (`Invocation::to_json`) for those arguments, and a call id;
 //! - `routing`: `Registry::lookup` in a registry of 1 app x 3 functions and
 //!   of 50 apps x 20 functions (built from TOML by `Config::from_toml`), and
-//!   the whole axum router (middleware, path split, lookup, answer) for
+//!   the whole `App` (request context, path split, lookup, answer) for
 //!   requests that end before any backend runs;
 //! - `problem`: rendering an `ApiError` as an `application/problem+json`
 //!   response.
