@@ -308,6 +308,13 @@ impl Calls {
         self.tasks.spawn(work);
     }
 
+    /// Waits, up to `grace`, until the work given to `spawn_task` has
+    /// ended after shutdown. A worker runtime outlives its listener this
+    /// long, so the sync calls it adopted get their grace period too.
+    pub async fn settled(&self, grace: Duration) {
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+
     /// Recovers calls a previous process left behind, then runs one
     /// dispatcher per function and the sweeper until `shutdown`; then
     /// gives running spawned calls `grace` to finish.

@@ -180,6 +180,8 @@ impl Gateway {
                 continue;
             }
             let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            let calls = self.state.calls.clone();
+            let grace = self.grace;
             let thread = std::thread::Builder::new()
                 .name(format!("fngate-worker-{index}"))
                 .spawn(move || {
@@ -187,7 +189,10 @@ impl Gateway {
                         .enable_all()
                         .build()
                     {
-                        Ok(runtime) => runtime.block_on(work),
+                        Ok(runtime) => runtime.block_on(async {
+                            work.await;
+                            calls.settled(grace).await;
+                        }),
                         Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                     }
                     let _ = done.send(());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use http::{HeaderValue, Method, Response, StatusCode, header};
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
@@ -255,10 +256,12 @@ fn spawned(response: Result<Response<Body>, ApiError>) -> Result<Response<Body>,
     Ok(response)
 }
 
-/// Runs a sync call in its own task. It answers with the result when it
-/// comes within the sync wait; past that the call is adopted as a spawned
-/// call and the client is sent to `/calls/{id}` with a 303, while the work
-/// goes on. A client that leaves before then stops the work.
+/// Runs a sync call in the request's own task. It answers with the
+/// result when it comes within the sync wait; past that the call is
+/// adopted as a spawned call, its work moves to a task of its own, and the
+/// client is sent to `/calls/{id}` with a 303. A client that leaves before
+/// then stops the work (the request's future, and the work in it, is
+/// dropped).
 async fn sync_call(
     state: &Arc<AppState>,
     function: &Arc<Function>,
@@ -267,46 +270,43 @@ async fn sync_call(
     owner: Option<String>,
     slot: crate::dispatch::Slot,
 ) -> Result<Response<Body>, ApiError> {
-    let stop = CancellationToken::new();
-    let abandon = stop.clone().drop_guard();
-    let (answer, mut result) = tokio::sync::oneshot::channel();
-    {
+    let mut work = {
         let invocation = invocation.clone();
-        let calls = state.calls.clone();
-        state.calls.spawn_task(async move {
-            let _slot = slot;
-            let outcome = tokio::select! {
-                outcome = backend.invoke(&invocation) => outcome,
-                () = stop.cancelled() => return,
-            };
-            if let Err(outcome) = answer.send(outcome) {
-                // The caller was sent to /calls/{id}: the result goes to the store.
-                calls.finish(invocation.call_id.as_str(), outcome).await;
-            }
-        });
-    }
+        Box::pin(async move {
+            let outcome = backend.invoke(&invocation).await;
+            drop(slot);
+            outcome
+        })
+    };
     let call_id = invocation.call_id.as_str();
     let outcome = tokio::select! {
-        outcome = &mut result => outcome,
+        outcome = &mut work => outcome,
         () = tokio::time::sleep(state.sync_wait) => {
-            let stop = abandon.disarm();
+            let stop = CancellationToken::new();
             if let Err(e) = state.calls.adopt(&invocation, owner, stop.clone()).await {
                 tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
-                stop.cancel();
                 return Err(ApiError::Internal);
             }
-            result.close();
-            match result.try_recv() {
-                Ok(outcome) => {
-                    // It ended while being adopted: record it, answer directly.
-                    state.calls.finish(call_id, outcome.clone()).await;
-                    Ok(outcome)
-                }
-                Err(_) => return Ok(call_routes::see_other(call_id)),
+            if let Some(outcome) = (&mut work).now_or_never() {
+                // It ended while being adopted: record it, answer directly.
+                state.calls.finish(call_id, outcome.clone()).await;
+                outcome
+            } else {
+                let calls = state.calls.clone();
+                let adopted = invocation.clone();
+                state.calls.spawn_task(async move {
+                    tokio::select! {
+                        outcome = work => {
+                            calls.finish(adopted.call_id.as_str(), outcome).await;
+                        }
+                        // Cancelled through DELETE /calls/{id}.
+                        () = stop.cancelled() => {}
+                    }
+                });
+                return Ok(call_routes::see_other(call_id));
             }
         }
     };
-    let outcome = outcome.map_err(|_| ApiError::Internal)?;
     match outcome {
         Ok(body) => Ok(result_response(call_id, body)),
         Err(e) => Err(backend_failure(function, &invocation.trace, e)),
