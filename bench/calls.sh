@@ -19,6 +19,7 @@ RUN=${RUN:-$(mktemp -d)}
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 need nginx wrk curl python3
+# shellcheck disable=SC2119   # unpinned: no taskset prefix
 start_backend
 
 cat > "$RUN/hold.py" <<'PY'
@@ -50,6 +51,7 @@ timeout = "2h"
 backend = "exec"
 command = ["sh", "-c", "cat > /dev/null; sleep 0.5; date +%s.%N"]
 TOML
+# shellcheck disable=SC2119
 start_fngate
 C=(curl -sS --cacert "$RUN/certs/dev-ca.pem")
 
