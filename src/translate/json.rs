@@ -18,6 +18,45 @@ pub enum Kind {
     Scalar,
 }
 
+/// The keys of one object read so far, for finding duplicates. Most
+/// objects have a few keys: a list scanned in order costs less than
+/// hashing each key, and allocates nothing until the first key. Past
+/// `SeenKeys::LIST_MAX` keys a hash set takes over.
+enum SeenKeys<'a> {
+    List(Vec<Cow<'a, str>>),
+    Set(HashSet<Cow<'a, str>>),
+}
+
+impl Default for SeenKeys<'_> {
+    fn default() -> Self {
+        SeenKeys::List(Vec::new())
+    }
+}
+
+impl<'a> SeenKeys<'a> {
+    const LIST_MAX: usize = 16;
+
+    /// False when `key` was seen before.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        match self {
+            SeenKeys::List(list) => {
+                if list.contains(&key) {
+                    return false;
+                }
+                if list.len() < Self::LIST_MAX {
+                    list.push(key);
+                } else {
+                    let mut set: HashSet<Cow<'a, str>> = list.drain(..).collect();
+                    set.insert(key);
+                    *self = SeenKeys::Set(set);
+                }
+                true
+            }
+            SeenKeys::Set(set) => set.insert(key),
+        }
+    }
+}
+
 /// A checked JSON document.
 #[derive(Debug)]
 pub struct Document {
@@ -160,7 +199,7 @@ impl<'a> Reader<'a> {
     fn object(&mut self) -> Result<(), JsonError> {
         self.enter()?;
         let top = self.depth == 1;
-        let mut seen: HashSet<Cow<'a, str>> = HashSet::new();
+        let mut seen = SeenKeys::default();
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
@@ -486,6 +525,22 @@ mod tests {
         assert!(e.message.contains("UTF-8"));
         // An overlong encoding of '/' is not UTF-8 either.
         err(b"\"\xc0\xaf\"");
+    }
+
+    #[test]
+    fn finds_duplicates_among_many_keys() {
+        // Past the short list the keys move to a set: a duplicate of an
+        // early key, of a key at the switch, and of a late one.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        ok(&format!("{{{}}}", keys.join(",")));
+        for again in [0, 15, 16, 39] {
+            let doc = format!("{{{}, \"k{again}\": 0}}", keys.join(","));
+            assert_eq!(
+                err(doc.as_bytes()).message,
+                "duplicate object key",
+                "k{again}"
+            );
+        }
     }
 
     #[test]
