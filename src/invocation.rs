@@ -6,7 +6,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::HeaderName;
 use rand::RngCore;
+
+/// Header names the gateway writes on every call, parsed once.
+pub mod names {
+    use super::HeaderName;
+
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
+    pub const X_FNGATE_CALL_ID: HeaderName = HeaderName::from_static("x-fngate-call-id");
+    pub const X_FNGATE_SUBJECT: HeaderName = HeaderName::from_static("x-fngate-subject");
+    pub const X_FNGATE_ISSUER: HeaderName = HeaderName::from_static("x-fngate-issuer");
+}
 
 /// A call id: `fc-` followed by 128 random bits in lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -14,7 +27,10 @@ pub struct CallId(String);
 
 impl CallId {
     pub fn generate() -> CallId {
-        CallId(format!("fc-{}", random_hex::<16>()))
+        let mut id = String::with_capacity(35);
+        id.push_str("fc-");
+        push_random_hex::<16>(&mut id);
+        CallId(id)
     }
 
     /// A call id read back from the store.
@@ -80,39 +96,69 @@ impl Invocation {
         out.extend_from_slice(b"{\"call_id\":\"");
         out.extend_from_slice(self.call_id.as_str().as_bytes());
         out.extend_from_slice(b"\",\"app\":");
-        out.extend_from_slice(quote(&self.app).as_bytes());
+        push_quoted(&mut out, &self.app);
         out.extend_from_slice(b",\"function\":");
-        out.extend_from_slice(quote(&self.function).as_bytes());
+        push_quoted(&mut out, &self.function);
         out.extend_from_slice(b",\"args\":");
         out.extend_from_slice(self.args.as_bytes());
         out.extend_from_slice(b",\"kwargs\":");
         out.extend_from_slice(self.kwargs.as_bytes());
-        out.extend_from_slice(
-            format!(
-                ",\"deadline_ms\":{},\"attempt\":{}}}",
-                self.deadline_ms, self.attempt
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(b",\"deadline_ms\":");
+        push_decimal(&mut out, self.deadline_ms);
+        out.extend_from_slice(b",\"attempt\":");
+        push_decimal(&mut out, u64::from(self.attempt));
+        out.push(b'}');
         out
     }
 }
 
 /// `N` random bytes as lowercase hex.
 pub fn random_hex<const N: usize>() -> String {
+    let mut out = String::with_capacity(N * 2);
+    push_random_hex::<N>(&mut out);
+    out
+}
+
+/// Appends `N` random bytes as lowercase hex to `out`.
+pub fn push_random_hex<const N: usize>(out: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
-    let mut out = String::with_capacity(N * 2);
     for byte in bytes {
         out.push(DIGITS[usize::from(byte >> 4)] as char);
         out.push(DIGITS[usize::from(byte & 0xf)] as char);
     }
-    out
 }
 
-fn quote(text: &str) -> String {
-    serde_json::to_string(text).expect("a string always serialises")
+/// Appends `text` as a JSON string. App and function names need no
+/// escapes (`[a-z0-9_-]`); anything else goes through serde_json.
+fn push_quoted(out: &mut Vec<u8>, text: &str) {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Milliseconds since the Unix epoch, `timeout` from now.
@@ -161,5 +207,20 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&text.replace("1e400", "1")).unwrap();
         assert_eq!(parsed["function"], "square");
+    }
+
+    #[test]
+    fn numbers_and_names_are_written_as_json() {
+        for n in [0, 7, 10, 1764000000000, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        for name in ["demo", "f-1_x", "with \"quote\"", "caf\u{e9}"] {
+            let mut out = Vec::new();
+            push_quoted(&mut out, name);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, name);
+        }
     }
 }

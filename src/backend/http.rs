@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::{Lease, PoolError, Replica};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
-use crate::invocation::{Invocation, Principal, Trace};
+use crate::invocation::{Invocation, Principal, Trace, names};
 
 /// A pooled client that speaks HTTP/1.1, or h2 where TLS offers it.
 pub type Pool = Client<HttpsConnector<HttpConnector>, Body>;
@@ -140,39 +140,39 @@ impl HttpBackend {
         (0..count).map(move |i| (start + i) % count)
     }
 
+    /// Runs `invocation` on the first replica that can be reached, within
+    /// its deadline (one timer for the whole call).
     async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        tokio::time::timeout_at(invocation.deadline, self.try_replicas(invocation))
+            .await
+            .unwrap_or(Err(BackendError::Timeout))
+    }
+
+    async fn try_replicas(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
         let body = Bytes::from(invocation.to_json());
         let mut last_error = None;
         for index in self.rotation() {
             let url = &self.urls[index];
             let sent = match &self.replicas[index] {
-                Some(replica) => {
-                    let send = send_pooled(replica, invocation, body.clone());
-                    tokio::time::timeout_at(invocation.deadline, send).await
-                }
-                None => {
-                    let send = self.send_shared(url, invocation, body.clone());
-                    tokio::time::timeout_at(invocation.deadline, send).await
-                }
+                Some(replica) => send_pooled(replica, invocation, body.clone()).await,
+                None => self.send_shared(url, invocation, body.clone()).await,
             };
             let (response, lease) = match sent {
-                Err(_) => return Err(BackendError::Timeout),
-                Ok(Ok(answer)) => answer,
-                Ok(Err(SendError::Connect(e))) => {
+                Ok(answer) => answer,
+                Err(SendError::Connect(e)) => {
                     tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
                     last_error = Some(e);
                     continue;
                 }
-                Ok(Err(SendError::Failed(e))) => {
+                Err(SendError::Failed(e)) => {
                     return Err(BackendError::Crashed(format!("{url}: {e}")));
                 }
             };
-            let read =
-                tokio::time::timeout_at(invocation.deadline, self.read_answer(response)).await;
-            // The answer was read to its end (or the connection is dropped):
+            let answer = self.read_answer(response).await;
+            // The answer was read to its end (or its connection closes):
             // the connection may serve the next call.
             drop(lease);
-            return read.unwrap_or(Err(BackendError::Timeout));
+            return answer;
         }
         Err(BackendError::Unreachable(format!(
             "no replica reachable: {}",
@@ -496,17 +496,17 @@ pub fn strip_gateway_headers(headers: &mut HeaderMap) {
 
 fn set_trace_headers(headers: &mut HeaderMap, trace: &Trace) {
     if let Ok(value) = HeaderValue::from_str(&trace.request_id) {
-        headers.insert("x-request-id", value);
+        headers.insert(names::X_REQUEST_ID, value);
     }
     if let Ok(value) = HeaderValue::from_str(&trace.traceparent) {
-        headers.insert("traceparent", value);
+        headers.insert(names::TRACEPARENT, value);
     }
 }
 
 fn add_call_headers(headers: &mut HeaderMap, invocation: &Invocation) {
     set_trace_headers(headers, &invocation.trace);
     if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
-        headers.insert("x-fngate-call-id", value);
+        headers.insert(names::X_FNGATE_CALL_ID, value);
     }
     set_principal_headers(headers, invocation.principal.as_ref());
 }
@@ -517,10 +517,10 @@ fn set_principal_headers(headers: &mut HeaderMap, principal: Option<&Principal>)
         return;
     };
     if let Ok(value) = HeaderValue::from_str(&principal.subject) {
-        headers.insert("x-fngate-subject", value);
+        headers.insert(names::X_FNGATE_SUBJECT, value);
     }
     if let Some(Ok(value)) = principal.issuer.as_deref().map(HeaderValue::from_str) {
-        headers.insert("x-fngate-issuer", value);
+        headers.insert(names::X_FNGATE_ISSUER, value);
     }
 }
 

@@ -11,17 +11,31 @@ use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Response};
 
 use super::problem::ApiError;
-use crate::invocation::{Trace, random_hex};
+use crate::invocation::{Trace, names, push_random_hex, random_hex};
 
 /// The route a response belongs to, for the access log (names only: no
 /// path suffix, no query).
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
+/// Written only when the access log is on.
+#[derive(Clone)]
+pub enum RouteLabel {
+    Fixed(&'static str),
+    /// `/{app}/{function}` of a deployed function.
+    Function(Arc<str>, Arc<str>),
+}
+
+impl std::fmt::Display for RouteLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteLabel::Fixed(label) => f.write_str(label),
+            RouteLabel::Function(app, function) => write!(f, "/{app}/{function}"),
+        }
+    }
+}
 
 /// Accepts a client's request id of 1 to 128 characters from
 /// `[A-Za-z0-9._:-]`; anything else is replaced.
 fn sane_request_id(headers: &HeaderMap) -> Option<Arc<str>> {
-    let value = headers.get("x-request-id")?.to_str().ok()?;
+    let value = headers.get(names::X_REQUEST_ID)?.to_str().ok()?;
     let sane = !value.is_empty()
         && value.len() <= 128
         && value
@@ -33,15 +47,21 @@ fn sane_request_id(headers: &HeaderMap) -> Option<Arc<str>> {
 /// The `traceparent` for the backend: the client's trace continued with a
 /// new span id, or a new trace.
 fn child_traceparent(headers: &HeaderMap) -> String {
-    let span = random_hex::<8>();
-    if let Some((trace_id, flags)) = headers
-        .get("traceparent")
+    let incoming = headers
+        .get(names::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-    {
-        return format!("00-{trace_id}-{span}-{flags}");
+        .and_then(parse_traceparent);
+    let mut value = String::with_capacity(55);
+    value.push_str("00-");
+    match incoming {
+        Some((trace_id, _)) => value.push_str(trace_id),
+        None => push_random_hex::<16>(&mut value),
     }
-    format!("00-{}-{span}-01", random_hex::<16>())
+    value.push('-');
+    push_random_hex::<8>(&mut value);
+    value.push('-');
+    value.push_str(incoming.map_or("01", |(_, flags)| flags));
+    value
 }
 
 /// The trace id and flags of a valid version-00 `traceparent`.
@@ -91,15 +111,12 @@ where
         }
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(names::X_REQUEST_ID, value);
     }
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map_or("-", |r| r.0.as_str());
+    let route = response.extensions().get::<RouteLabel>();
     tracing::info!(
         method = %method,
-        route,
+        route = %route.unwrap_or(&RouteLabel::Fixed("-")),
         status = response.status().as_u16(),
         latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         request_id = %request_id,

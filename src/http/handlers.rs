@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use http::{HeaderValue, Method, Response, StatusCode, header};
 use futures_util::FutureExt;
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
@@ -17,7 +17,7 @@ use super::context::RouteLabel;
 use super::input;
 use super::problem::ApiError;
 use crate::backend::Backend;
-use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after};
+use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, names};
 use crate::registry::{Function, Lookup, Target};
 
 /// Every request lands here; the path decides what it is.
@@ -38,20 +38,22 @@ pub async fn route(state: &Arc<AppState>, request: Request) -> Response<Body> {
         };
         return error.into_problem(&trace.request_id);
     }
-    let path = request.uri().path().to_owned();
-    let (label, result) = match path.as_str() {
-        "/_/health" => ("/_/health".to_owned(), health(&request)),
-        "/_/ready" => ("/_/ready".to_owned(), ready(state, &request)),
+    // A clone of the URI shares its bytes: the path outlives the request.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let (label, result) = match path {
+        "/_/health" => (RouteLabel::Fixed("/_/health"), health(&request)),
+        "/_/ready" => (RouteLabel::Fixed("/_/ready"), ready(state, &request)),
         _ => match path.strip_prefix("/calls/") {
             Some(id) => (
-                "/calls/{id}".to_owned(),
+                RouteLabel::Fixed("/calls/{id}"),
                 call_routes::call(state, id, &trace, request).await,
             ),
-            None => function_route(state, &path, &trace, request).await,
+            None => function_route(state, path, &trace, request).await,
         },
     };
     let mut response = result.unwrap_or_else(|error| error.into_problem(&trace.request_id));
-    response.extensions_mut().insert(RouteLabel(label));
+    response.extensions_mut().insert(label);
     response
 }
 
@@ -60,7 +62,7 @@ async fn function_route(
     path: &str,
     trace: &Trace,
     request: Request,
-) -> (String, Result<Response<Body>, ApiError>) {
+) -> (RouteLabel, Result<Response<Body>, ApiError>) {
     let Some((app, function, suffix)) = split_path(path) else {
         let app = path
             .trim_start_matches('/')
@@ -77,22 +79,22 @@ async fn function_route(
                 app: app.to_owned(),
             }
         };
-        return ("-".to_owned(), Err(error));
+        return (RouteLabel::Fixed("-"), Err(error));
     };
     match state.registry.lookup(app, function) {
         Lookup::Found(found) => {
             let found = found.clone();
-            let label = format!("/{app}/{function}");
+            let label = RouteLabel::Function(found.app.clone(), found.name.clone());
             (label, call(state, &found, suffix, trace, request).await)
         }
         Lookup::NoApp => (
-            "-".to_owned(),
+            RouteLabel::Fixed("-"),
             Err(ApiError::AppNotFound {
                 app: app.to_owned(),
             }),
         ),
         Lookup::NoFunction => (
-            "-".to_owned(),
+            RouteLabel::Fixed("-"),
             Err(ApiError::FunctionNotFound {
                 app: app.to_owned(),
                 function: function.to_owned(),
@@ -126,7 +128,7 @@ pub(super) fn json_response(status: StatusCode, body: impl Into<Body>) -> Respon
 pub(super) fn result_response(call_id: &str, result: impl Into<Body>) -> Response<Body> {
     let mut response = json_response(StatusCode::OK, result);
     if let Ok(value) = HeaderValue::from_str(call_id) {
-        response.headers_mut().insert("x-call-id", value);
+        response.headers_mut().insert(names::X_CALL_ID, value);
     }
     response
 }
