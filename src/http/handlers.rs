@@ -47,7 +47,7 @@ pub async fn route(state: &Arc<AppState>, request: Request) -> Response<Body> {
         _ => match path.strip_prefix("/calls/") {
             Some(id) => (
                 RouteLabel::Fixed("/calls/{id}"),
-                call_routes::call(state, id, &trace, request).await,
+                Box::pin(call_routes::call(state, id, &trace, request)).await,
             ),
             None => function_route(state, path, &trace, request).await,
         },
@@ -185,7 +185,10 @@ async fn call(
             }
             if prefers_async(&request) {
                 return spawned(
-                    call_routes::spawn(state, function, &caller, suffix, request).await,
+                    Box::pin(call_routes::spawn(
+                        state, function, &caller, suffix, request,
+                    ))
+                    .await,
                 );
             }
             let _slot = function
@@ -194,14 +197,11 @@ async fn call(
                 .await
                 .map_err(|_| ApiError::Overloaded)?;
             let deadline = tokio::time::Instant::now() + spec.timeout;
-            backend
-                .forward(
-                    request,
-                    suffix,
-                    trace,
-                    caller.principal().as_ref(),
-                    deadline,
-                )
+            let principal = caller.principal();
+            let forward = backend.forward(request, suffix, trace, principal.as_ref(), deadline);
+            // Boxed, like the other rarer routes: the sync-call path's
+            // future (moved into each HTTP/2 stream's task) stays small.
+            Box::pin(forward)
                 .await
                 .map_err(|e| backend_failure(function, trace, e))
         }
@@ -211,7 +211,7 @@ async fn call(
                     allow: "POST".to_owned(),
                 });
             }
-            call_routes::spawn(state, function, &caller, "", request).await
+            Box::pin(call_routes::spawn(state, function, &caller, "", request)).await
         }
         Target::Invoke(_) if !suffix.is_empty() => Err(ApiError::FunctionNotFound {
             app: spec.app.clone(),
@@ -221,7 +221,7 @@ async fn call(
             allow: spec.allow_header(),
         }),
         Target::Invoke(_) if request.method() == Method::POST && prefers_async(&request) => {
-            spawned(call_routes::spawn(state, function, &caller, "", request).await)
+            spawned(Box::pin(call_routes::spawn(state, function, &caller, "", request)).await)
         }
         Target::Invoke(backend) => {
             let arguments = input::arguments(state, function, request).await?;
@@ -272,7 +272,7 @@ async fn sync_call(
     owner: Option<String>,
     slot: crate::dispatch::Slot,
 ) -> Result<Response<Body>, ApiError> {
-    let mut work = {
+    let mut work: SyncWork = {
         let invocation = invocation.clone();
         Box::pin(async move {
             let outcome = backend.invoke(&invocation).await;
@@ -284,28 +284,11 @@ async fn sync_call(
     let outcome = tokio::select! {
         outcome = &mut work => outcome,
         () = tokio::time::sleep(state.sync_wait) => {
-            let stop = CancellationToken::new();
-            if let Err(e) = state.calls.adopt(&invocation, owner, stop.clone()).await {
-                tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
-                return Err(ApiError::Internal);
-            }
-            if let Some(outcome) = (&mut work).now_or_never() {
-                // It ended while being adopted: record it, answer directly.
-                state.calls.finish(call_id, outcome.clone()).await;
-                outcome
-            } else {
-                let calls = state.calls.clone();
-                let adopted = invocation.clone();
-                state.calls.spawn_task(async move {
-                    tokio::select! {
-                        outcome = work => {
-                            calls.finish(adopted.call_id.as_str(), outcome).await;
-                        }
-                        // Cancelled through DELETE /calls/{id}.
-                        () = stop.cancelled() => {}
-                    }
-                });
-                return Ok(call_routes::see_other(call_id));
+            // Boxed: the rare path's futures stay out of every request's.
+            let adopted = Box::pin(adopt(state, &invocation, owner, work)).await?;
+            match adopted {
+                Some(outcome) => outcome,
+                None => return Ok(call_routes::see_other(call_id)),
             }
         }
     };
@@ -313,6 +296,42 @@ async fn sync_call(
         Ok(body) => Ok(result_response(call_id, body)),
         Err(e) => Err(backend_failure(function, &invocation.trace, e)),
     }
+}
+
+/// A sync call's work, running inline in its request's task.
+type SyncWork = std::pin::Pin<
+    Box<dyn Future<Output = Result<bytes::Bytes, crate::backend::BackendError>> + Send>,
+>;
+
+/// Past the sync wait: the call becomes a spawned call and its work goes
+/// on in a task of its own (None), unless it ended meanwhile (its outcome).
+async fn adopt(
+    state: &Arc<AppState>,
+    invocation: &Arc<Invocation>,
+    owner: Option<String>,
+    mut work: SyncWork,
+) -> Result<Option<Result<bytes::Bytes, crate::backend::BackendError>>, ApiError> {
+    let call_id = invocation.call_id.as_str();
+    let stop = CancellationToken::new();
+    if let Err(e) = state.calls.adopt(invocation, owner, stop.clone()).await {
+        tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
+        return Err(ApiError::Internal);
+    }
+    if let Some(outcome) = (&mut work).now_or_never() {
+        // It ended while being adopted: record it, answer directly.
+        state.calls.finish(call_id, outcome.clone()).await;
+        return Ok(Some(outcome));
+    }
+    let calls = state.calls.clone();
+    let adopted = invocation.clone();
+    state.calls.spawn_task(async move {
+        tokio::select! {
+            outcome = work => calls.finish(adopted.call_id.as_str(), outcome).await,
+            // Cancelled through DELETE /calls/{id}.
+            () = stop.cancelled() => {}
+        }
+    });
+    Ok(None)
 }
 
 /// Logs a backend failure with its details and turns it into the client's error.
