@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Gateway, SLEEP_PY, client_builder_with_ca, exec_fn, json_ok, run_bin};
+use common::{Gateway, SLEEP_PY, client_builder_with_ca, eventually, exec_fn, json_ok, run_bin};
 use serde_json::json;
 
 const OK_PY: &str = "import sys\nsys.stdin.read()\nprint('\"ok\"')\n";
@@ -460,10 +460,15 @@ fn thread_names(pid: u32) -> Vec<String> {
 #[tokio::test]
 async fn each_worker_serves_connections_on_its_own_thread() {
     let gw = Gateway::builder().server("workers = 3").start().await;
+    // A new thread takes its name once it runs: wait for both.
+    let named = |names: &[String]| {
+        ["fngate-worker-1", "fngate-worker-2"]
+            .iter()
+            .all(|worker| names.iter().any(|n| n == worker))
+    };
+    let started = eventually(Duration::from_secs(5), || named(&thread_names(gw.pid))).await;
     let names = thread_names(gw.pid);
-    for worker in ["fngate-worker-1", "fngate-worker-2"] {
-        assert!(names.iter().any(|n| n == worker), "{worker} in {names:?}");
-    }
+    assert!(started, "{names:?}");
     assert!(!names.iter().any(|n| n == "fngate-worker-3"), "{names:?}");
     // Many connections, spread by the kernel over the three listeners, are
     // all served.

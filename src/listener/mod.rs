@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
@@ -60,10 +61,12 @@ impl ConnectionLimits {
         }
     }
 
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+    fn builders(&self) -> Builders {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        self.configure_http1(&mut auto.http1());
+        self.configure_http2(&mut auto.http2());
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // Header-read and idle timeouts are kept by `Activity`: hyper's
             // own header timer also runs while a connection idles.
@@ -71,8 +74,8 @@ impl ConnectionLimits {
             // hyper's own limit is a backstop (a bare 431); the configured
             // limit is checked per request, answered as a problem.
             .max_buf_size(hyper_header_cap(self.max_header_bytes));
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.h2_max_streams)
             // Rapid reset (CVE-2023-44487): a client that opens and resets
@@ -82,8 +85,43 @@ impl ConnectionLimits {
             .max_header_list_size(
                 u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
             );
-        builder
+        Builders { auto, http1, http2 }
     }
+
+    fn configure_http1(&self, builder: &mut auto::Http1Builder<'_, TokioExecutor>) {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(hyper_header_cap(self.max_header_bytes));
+    }
+
+    fn configure_http2(&self, builder: &mut auto::Http2Builder<'_, TokioExecutor>) {
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.h2_max_streams)
+            .max_pending_accept_reset_streams(self.h2_max_pending_resets as usize)
+            .max_local_error_reset_streams(256)
+            .max_header_list_size(
+                u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
+            );
+    }
+}
+
+/// How connections are served: by ALPN over TLS (HTTP/1.1 or HTTP/2, no
+/// sniffing), or by looking at the first bytes on plain HTTP (HTTP/1.1 or
+/// h2c with prior knowledge).
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// The protocol of a connection, when known before its first byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    Sniff,
 }
 
 /// The answer to a request with both `Content-Length` and
@@ -195,7 +233,7 @@ pub async fn serve(
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(limits.builder());
+    let builders = Arc::new(limits.builders());
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -221,7 +259,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let app = app.clone();
         let tls = tls.clone();
         let limits = limits.clone();
@@ -234,12 +272,18 @@ pub async fn serve(
                     {
                         Ok(Ok(stream)) => {
                             let session = stream.get_ref().1;
-                            let http1 = session.alpn_protocol() != Some(b"h2");
+                            let protocol = if session.alpn_protocol() == Some(b"h2") {
+                                Protocol::Http2
+                            } else {
+                                Protocol::Http1
+                            };
                             let client =
                                 session.peer_certificates().and_then(tls::client_principal);
                             let who = Peer { addr: peer, client };
-                            serve_connection(&builder, &limits, watcher, stream, app, who, http1)
-                                .await
+                            serve_connection(
+                                &builders, &limits, watcher, stream, app, who, protocol,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -250,7 +294,16 @@ pub async fn serve(
                         addr: peer,
                         client: None,
                     };
-                    serve_connection(&builder, &limits, watcher, stream, app, who, true).await
+                    serve_connection(
+                        &builders,
+                        &limits,
+                        watcher,
+                        stream,
+                        app,
+                        who,
+                        Protocol::Sniff,
+                    )
+                    .await
                 }
             }
         });
@@ -268,16 +321,17 @@ pub async fn serve(
 /// HTTP/1) takes longer than `header_read_timeout` to send a request's
 /// headers.
 async fn serve_connection<IO>(
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
     limits: &ConnectionLimits,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
     stream: IO,
     app: App,
     peer: Peer,
-    http1: bool,
+    protocol: Protocol,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let http1 = protocol != Protocol::Http2;
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
     let service =
@@ -301,15 +355,38 @@ async fn serve_connection<IO>(
             }
         });
     let io = TokioIo::new(Tracked::new(stream, activity.clone(), http1));
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::select! {
-        ended = watcher.watch(connection.into_owned()) => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+    let expired = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1);
+    // Each protocol's connection is its own type (and size): an HTTP/1.1
+    // connection carries no HTTP/2 state.
+    let ended = match protocol {
+        Protocol::Http1 => {
+            let connection = builders.http1.serve_connection(io, service);
+            until_expired(watcher.watch(connection), expired).await
         }
-        why = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1) => {
+        Protocol::Http2 => {
+            let connection = builders.http2.serve_connection(io, service);
+            until_expired(watcher.watch(connection), expired).await
+        }
+        Protocol::Sniff => {
+            let connection = builders.auto.serve_connection(io, service);
+            until_expired(watcher.watch(connection.into_owned()), expired).await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs a connection until it ends or `expired` says it is to be closed.
+async fn until_expired<E: std::fmt::Display>(
+    connection: impl std::future::Future<Output = Result<(), E>>,
+    expired: impl std::future::Future<Output = activity::Expiry>,
+) -> Result<(), String> {
+    tokio::select! {
+        ended = connection => ended.map_err(|e| e.to_string()),
+        why = expired => {
             tracing::debug!(reason = ?why, "closing connection");
+            Ok(())
         }
     }
 }
