@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Spawned calls: durable spawns per second (202s/s), GET /calls/{id} reads
-# per second, long-poll wake-up latency, and fngate's RSS with a large
-# backlog of pending calls. Loopback only; time-bounded; stops only what
-# it started.
+# Spawned calls: durable spawns per second (202s/s), how many spawned calls
+# per second get run while spawns keep coming (and how long the backlog
+# takes to drain), GET /calls/{id} reads per second, long-poll wake-up
+# latency, and fngate's RSS with a large backlog of pending calls.
+# Loopback only; time-bounded; stops only what it started.
 #
 #   bench/calls.sh                    # 10 s runs, 64 connections, backlog check to 1,000,000
 #   BACKLOG=100000 bench/calls.sh     # a smaller backlog
+#   DRAIN=60 bench/calls.sh           # wait up to 60 s (default 30) for spawned calls to drain
+#   FNGATE=/tmp/fngate bench/calls.sh # measure another build of fngate (no cargo build)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,10 +17,15 @@ DUR=${DUR:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 BACKLOG=${BACKLOG:-1000000}
+DRAIN=${DRAIN:-30}
 RUN=${RUN:-$(mktemp -d)}
 
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+if [[ -n ${FNGATE:-} ]]; then   # FNGATE=/path/to/fngate: measure that build, do not build
+  FNGATE_BIN=$FNGATE
+  FNGATE_BUILT=1
+fi
 need nginx wrk curl python3
 # shellcheck disable=SC2119   # unpinned: no taskset prefix
 start_backend
@@ -26,6 +34,41 @@ cat > "$RUN/hold.py" <<'PY'
 import sys, time
 sys.stdin.read()
 time.sleep(3600)
+PY
+# Samples the store once a second while spawns of bench/sink come in and
+# until they have all run (or DRAIN seconds after wrk ended): accepted,
+# pending, running and succeeded calls, then the rates. Counts only rows
+# after row SEQ0 (seq is the row id, SEQ0 the last before wrk started).
+cat > "$RUN/runrate.py" <<'PY'
+import sqlite3, sys, time
+path, spawn_secs, drain_secs = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+seq0 = int(sys.argv[4])
+db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def sample():
+    return db.execute(
+        "select count(*), ifnull(sum(state = 2), 0), ifnull(sum(state = 0), 0), "
+        "ifnull(sum(state = 1), 0) from calls "
+        "where seq > ? and app = 'bench' and function = 'sink'", (seq0,)).fetchone()
+start = time.monotonic()
+samples = []  # (seconds, accepted, succeeded)
+while True:
+    time.sleep(1)
+    now = time.monotonic() - start
+    accepted, succeeded, pending, running = sample()
+    print(f"  {now:5.1f} s: {accepted:8d} accepted {pending:8d} pending {running:6d} running "
+          f"{succeeded:8d} succeeded", flush=True)
+    stable = bool(samples) and samples[-1][1] == accepted  # wrk has stopped
+    samples.append((now, accepted, succeeded))
+    if now >= spawn_secs and stable and (pending + running == 0 or now - spawn_secs >= drain_secs):
+        break
+# wrk spawned for spawn_secs; the last sample within them shows what had run by then.
+t, _, ran = [s for s in samples if s[0] <= spawn_secs + 0.5][-1]
+print(f"  while spawning: {accepted / spawn_secs:,.0f} accepted/s, {ran / t:,.0f} run (succeeded)/s")
+if pending + running == 0:
+    print(f"  all run {now - spawn_secs:.1f} s after the spawns stopped: {succeeded:,} succeeded of {accepted:,}")
+else:
+    print(f"  {pending:,} still pending {now - spawn_secs:.1f} s after the spawns stopped "
+          f"({(succeeded - ran) / (now - t):,.0f} run/s since)")
 PY
 cat > "$RUN/gateway.toml" <<TOML
 [server]
@@ -40,6 +83,11 @@ max_wait = "60s"
 backend = "http"
 urls = ["http://127.0.0.1:9001/square"]
 concurrency = 256
+
+[apps.bench.functions.sink]            # spawned calls, answered at once (nginx)
+backend = "http"
+urls = ["http://127.0.0.1:9001/square"]
+concurrency = 4096
 
 [apps.bench.functions.hold]            # one call runs for an hour; the rest stay pending
 backend = "exec"
@@ -57,6 +105,15 @@ C=(curl -sS --cacert "$RUN/certs/dev-ca.pem")
 
 echo "== durable spawns (POST /bench/hold/spawn), $CONNS connections, ${DUR}s"
 wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" --latency -s "$HERE/spawn.lua" "$GWURL/bench/hold/spawn" | grep -E "Requests/sec|99%|non-202|requests in"
+
+echo "== spawned calls run (POST /bench/sink/spawn, nginx backend, concurrency 4096), $CONNS connections, ${DUR}s"
+SEQ0=$(python3 -c 'import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+print(db.execute("select ifnull(max(seq), 0) from calls").fetchone()[0])' "$RUN/calls.db")
+wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" -s "$HERE/spawn.lua" "$GWURL/bench/sink/spawn" > "$RUN/sink.wrk" &
+python3 "$RUN/runrate.py" "$RUN/calls.db" "$DUR" "$DRAIN" "$SEQ0"
+wait $!
+grep -E "non-202" "$RUN/sink.wrk"
 
 echo "== GET /calls/{id} of a finished call, $CONNS connections, ${DUR}s"
 ID=$("${C[@]}" -H 'content-type: application/json' -d '{"x":42}' "$GWURL/bench/square/spawn" | python3 -c 'import json,sys; print(json.load(sys.stdin)["call_id"])')

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -63,6 +62,13 @@ pub struct SpawnOptions {
     pub callback_url: Option<String>,
 }
 
+/// Most pending calls a dispatcher takes from the store in one write.
+const CLAIM_BATCH: usize = 128;
+
+/// How often an idle dispatcher looks in the store anyway, in case a
+/// wake-up went missing.
+const RECHECK: Duration = Duration::from_secs(5);
+
 pub struct CallsConfig {
     pub result_ttl: Duration,
     pub max_pending: u64,
@@ -73,14 +79,12 @@ pub struct Calls {
     store: Arc<dyn CallStore>,
     registry: Arc<Registry>,
     config: CallsConfig,
-    /// Pending calls in the store (an estimate kept in step with writes).
-    pending: AtomicU64,
     /// Long-poll waiters by call id.
     waiters: DashMap<String, Arc<Notify>>,
     /// Calls running in this process, to stop them on cancel.
     running: DashMap<String, CancellationToken>,
-    /// Per function: its pending calls, and its dispatcher's wake-up.
-    queues: HashMap<(String, String), Arc<Queue>>,
+    /// Per function: its dispatcher's wake-up, given when a call is stored.
+    wakes: HashMap<(String, String), Arc<Notify>>,
     /// Wakes the webhook sender when a call ends.
     pub ended: Arc<Notify>,
     tasks: TaskTracker,
@@ -90,13 +94,13 @@ pub struct Calls {
 
 impl Calls {
     pub fn new(store: Arc<dyn CallStore>, registry: Arc<Registry>, config: CallsConfig) -> Calls {
-        let queues = registry
+        let wakes = registry
             .functions()
             .into_iter()
             .map(|f| {
                 (
                     (f.app.to_string(), f.name.to_string()),
-                    Arc::new(Queue::default()),
+                    Arc::new(Notify::new()),
                 )
             })
             .collect();
@@ -104,10 +108,9 @@ impl Calls {
             store,
             registry,
             config,
-            pending: AtomicU64::new(0),
             waiters: DashMap::new(),
             running: DashMap::new(),
-            queues,
+            wakes,
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -133,7 +136,7 @@ impl Calls {
         input: SpawnInput,
         options: SpawnOptions,
     ) -> Result<Accepted, SpawnError> {
-        if self.pending.load(Ordering::Acquire) >= self.config.max_pending {
+        if self.store.pending() >= self.config.max_pending {
             return Err(SpawnError::BacklogFull);
         }
         let id = CallId::generate().to_string();
@@ -155,18 +158,11 @@ impl Calls {
             state: CallState::Pending,
             created_ms: now_ms(),
         };
-        match self.store.insert(call).await? {
-            Inserted::Created => {
-                self.pending.fetch_add(1, Ordering::AcqRel);
-                if let Some(queue) = self.queue(&function.app, &function.name) {
-                    queue.pending.fetch_add(1, Ordering::AcqRel);
-                    queue.wake.notify_one();
-                }
-                Ok(Accepted {
-                    id,
-                    state: CallState::Pending,
-                })
-            }
+        match self.insert_and_wake(call).await? {
+            Inserted::Created => Ok(Accepted {
+                id,
+                state: CallState::Pending,
+            }),
             Inserted::Existing {
                 record,
                 same_request: true,
@@ -178,8 +174,25 @@ impl Calls {
         }
     }
 
-    fn queue(&self, app: &str, function: &str) -> Option<&Arc<Queue>> {
-        self.queues.get(&(app.to_owned(), function.to_owned()))
+    /// Stores a new call, then wakes its function's dispatcher, in a task
+    /// of its own: a client that goes away mid-spawn drops the spawn's
+    /// future, yet the write it started may still commit, and a call
+    /// stored without its wake-up could wait for the next one.
+    async fn insert_and_wake(&self, call: NewCall) -> Result<Inserted, StoreError> {
+        let store = self.store.clone();
+        let wake = self
+            .wakes
+            .get(&(call.app.clone(), call.function.clone()))
+            .cloned();
+        tokio::spawn(async move {
+            let inserted = store.insert(call).await;
+            if let (Ok(Inserted::Created), Some(wake)) = (&inserted, wake) {
+                wake.notify_one();
+            }
+            inserted
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("storing a call: {e}")))?
     }
 
     /// The call's record, waiting up to `wait` for it to end. `None` for
@@ -226,10 +239,6 @@ impl Calls {
             .cancel(id.to_owned(), now_ms(), self.expires_ms())
             .await?;
         match answer {
-            Cancelled::Now(CallState::Pending) => {
-                decrement(&self.pending);
-                self.announce_end(id);
-            }
             Cancelled::Now(_) => {
                 if let Some((_, running)) = self.running.remove(id) {
                     running.cancel();
@@ -324,14 +333,7 @@ impl Calls {
         grace: Duration,
     ) -> Result<(), StoreError> {
         let counts = self.store.recover().await?;
-        let mut pending = 0;
-        for (function, count) in counts {
-            pending += count;
-            if let Some(queue) = self.queues.get(&function) {
-                queue.pending.store(count, Ordering::Release);
-            }
-        }
-        self.pending.store(pending, Ordering::Release);
+        let pending: u64 = counts.iter().map(|(_, count)| count).sum();
         if pending > 0 {
             tracing::info!(pending, "pending calls found in the store");
         }
@@ -354,40 +356,48 @@ impl Calls {
         Ok(())
     }
 
-    /// Runs one function's pending calls as slots allow. A slot is taken
-    /// only when the function has pending calls, so an idle dispatcher
-    /// never holds one that a sync caller could use.
+    /// Runs one function's pending calls as slots allow. It takes calls
+    /// until the store has none left for the function, then waits for a
+    /// spawn's wake-up (`notify_one` keeps a wake-up given while nobody
+    /// waits, so a call stored meanwhile is not missed). Woken, it looks in
+    /// the store (a read) before it takes slots, and holds them only while
+    /// it takes calls for them, so an idle dispatcher never holds a slot
+    /// that a sync caller could use.
     async fn dispatch(self: Arc<Self>, function: Arc<Function>, shutdown: CancellationToken) {
         let key = (function.app.to_string(), function.name.to_string());
-        let Some(queue) = self.queues.get(&key).cloned() else {
+        let Some(wake) = self.wakes.get(&key).cloned() else {
             return;
         };
+        // Calls left by a previous process may be waiting: look at once.
+        let mut idle = false;
+        // Slots to ask for: twice what the last round found, so a trickle
+        // of calls does not tie up many slots and a backlog soon gets many.
+        let mut want = 1;
         loop {
-            let woken = queue.wake.notified();
-            if queue.pending.load(Ordering::Acquire) == 0 {
+            if idle {
                 tokio::select! {
-                    () = woken => continue,
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(RECHECK) => {}
                     () = shutdown.cancelled() => return,
                 }
+                // The wake-up may be for a call the last round took already.
+                let look = self.store.has_pending(&function.app, &function.name);
+                idle = !look.await.unwrap_or(true);
+                continue;
             }
-            let slot = tokio::select! {
-                slot = function.limiter.acquire_background() => slot,
+            let slots = tokio::select! {
+                slots = function.limiter.acquire_background_many(want) => slots,
                 () = shutdown.cancelled() => return,
             };
-            match self.store.claim_next(&function.app, &function.name).await {
-                Ok(Some(record)) => {
-                    decrement(&self.pending);
-                    decrement(&queue.pending);
-                    self.tasks
-                        .spawn(self.clone().run_spawned(function.clone(), record, slot));
-                }
-                Ok(None) => {
-                    // Cancelled meanwhile: the count was only a hint.
-                    queue.pending.store(0, Ordering::Release);
+            let asked = slots.len();
+            match self.claim_into(&function, slots).await {
+                Ok(claimed) => {
+                    // Fewer than asked: the store had no more for this function.
+                    idle = claimed < asked;
+                    want = (claimed * 2).clamp(1, CLAIM_BATCH);
                 }
                 Err(e) => {
-                    drop(slot);
-                    tracing::error!(app = %function.app, function = %function.name, error = %e, "cannot take a pending call");
+                    tracing::error!(app = %function.app, function = %function.name, error = %e, "cannot take pending calls");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                         () = shutdown.cancelled() => return,
@@ -395,6 +405,26 @@ impl Calls {
                 }
             }
         }
+    }
+
+    /// Takes up to one pending call per slot from the store, in one write,
+    /// and runs each in its slot; the slots left over are freed. Returns
+    /// how many calls it took.
+    async fn claim_into(
+        self: &Arc<Self>,
+        function: &Arc<Function>,
+        slots: Vec<Slot>,
+    ) -> Result<usize, StoreError> {
+        let records = self
+            .store
+            .claim_batch(&function.app, &function.name, slots.len())
+            .await?;
+        let claimed = records.len();
+        for (record, slot) in records.into_iter().zip(slots) {
+            self.tasks
+                .spawn(self.clone().run_spawned(function.clone(), record, slot));
+        }
+        Ok(claimed)
     }
 
     async fn run_spawned(self: Arc<Self>, function: Arc<Function>, record: CallRecord, slot: Slot) {
@@ -474,18 +504,6 @@ impl Calls {
     }
 }
 
-/// A function's backlog as this process knows it.
-#[derive(Default)]
-struct Queue {
-    /// Pending calls in the store (a hint: cancels do not lower it).
-    pending: AtomicU64,
-    wake: Notify,
-}
-
-fn decrement(counter: &AtomicU64) {
-    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-}
-
 /// How a backend's answer is stored.
 pub fn outcome_of(result: Result<bytes::Bytes, BackendError>) -> Outcome {
     match result {
@@ -507,5 +525,85 @@ pub fn outcome_of(result: Result<bytes::Bytes, BackendError>) -> Outcome {
                 message: String::new(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::http::HttpClients;
+    use crate::config::Config;
+    use crate::registry::Lookup;
+    use crate::store::embedded::EmbeddedStore;
+    use futures_util::FutureExt;
+
+    /// `Calls` of one exec function `t/echo`, with its store in `dir`.
+    fn calls(dir: &std::path::Path) -> (Arc<Calls>, Arc<Function>) {
+        let text = r#"
+            [apps.t.functions.echo]
+            backend = "exec"
+            command = ["sh", "-c", "cat > /dev/null; echo 1"]
+        "#;
+        let config = Config::from_toml(&dir.join("gateway.toml"), text).unwrap();
+        let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
+        let Lookup::Found(function) = registry.lookup("t", "echo") else {
+            panic!("t/echo is deployed");
+        };
+        let function = function.clone();
+        let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
+        let settings = CallsConfig {
+            result_ttl: Duration::from_secs(60),
+            max_pending: 1000,
+            max_wait: Duration::from_secs(30),
+        };
+        (Arc::new(Calls::new(store, registry, settings)), function)
+    }
+
+    fn no_arguments() -> SpawnInput {
+        SpawnInput::Arguments(Arguments::none())
+    }
+
+    #[tokio::test]
+    async fn a_spawn_whose_client_left_mid_write_still_runs_and_so_do_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let shutdown = CancellationToken::new();
+        let dispatching = tokio::spawn(calls.clone().run(shutdown.clone(), Duration::ZERO));
+        // A first call that ran: the dispatcher is at work.
+        let first = calls
+            .spawn(&function, no_arguments(), SpawnOptions::default())
+            .await
+            .unwrap();
+        let record = calls.status(&first.id, Duration::from_secs(20)).await;
+        assert_eq!(record.unwrap().unwrap().state, CallState::Succeeded);
+        // Polled once, the spawn has handed its call to the store; then its
+        // client goes away and the spawn's future is dropped, as a server
+        // drops a request's future when its connection closes.
+        let left = calls
+            .spawn(&function, no_arguments(), SpawnOptions::default())
+            .now_or_never();
+        assert!(left.is_none(), "the spawn was still storing its call");
+        let later = calls
+            .spawn(&function, no_arguments(), SpawnOptions::default())
+            .await
+            .unwrap();
+        let record = calls
+            .status(&later.id, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .expect("the call is stored");
+        assert_eq!(record.state, CallState::Succeeded, "{record:?}");
+        // The call whose client left ran as well: nothing is left pending.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while calls.store.has_pending("t", "echo").await.unwrap() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a call stays pending"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(calls.store.pending(), 0);
+        shutdown.cancel();
+        dispatching.await.unwrap().unwrap();
     }
 }

@@ -83,15 +83,35 @@ impl Limiter {
     pub async fn acquire_background(&self) -> Slot {
         loop {
             let changed = self.changed.notified();
-            if self.waiting.load(Ordering::Acquire) == 0
-                && self.slots.available_permits() > self.reserved
-            {
-                if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                    return self.slot(permit);
-                }
+            if let Some(slot) = self.try_acquire_background() {
+                return slot;
             }
             changed.await;
         }
+    }
+
+    /// Slots for up to `most` spawned calls, so that they can be taken from
+    /// the store in one write: waits for the first as `acquire_background`
+    /// does, then adds only slots that are free at once, by the same rule.
+    pub async fn acquire_background_many(&self, most: usize) -> Vec<Slot> {
+        let mut slots = vec![self.acquire_background().await];
+        while slots.len() < most {
+            match self.try_acquire_background() {
+                Some(slot) => slots.push(slot),
+                None => break,
+            }
+        }
+        slots
+    }
+
+    fn try_acquire_background(&self) -> Option<Slot> {
+        if self.waiting.load(Ordering::Acquire) > 0
+            || self.slots.available_permits() <= self.reserved
+        {
+            return None;
+        }
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(self.slot(permit))
     }
 }
 
@@ -168,5 +188,18 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_background_slots_takes_only_free_unreserved_ones() {
+        let limiter = Limiter::new(8, 8);
+        let _sync = limiter.acquire().await.unwrap();
+        // 7 free, 2 of them reserved: 5 for spawned calls, however many are asked.
+        let batch = limiter.acquire_background_many(64).await;
+        assert_eq!(batch.len(), 5);
+        assert!(limiter.try_acquire_background().is_none());
+        drop(batch);
+        // Freed slots can be taken again, no more than asked for.
+        assert_eq!(limiter.acquire_background_many(3).await.len(), 3);
     }
 }

@@ -1,14 +1,18 @@
 //! Spawned calls end to end over real TLS: spawn, poll, long-poll, cancel,
-//! expiry, idempotency, the backlog bound and fair sharing of a function's
-//! concurrency between spawned and sync callers.
+//! expiry, idempotency, the backlog bound, fair sharing of a function's
+//! concurrency between spawned and sync callers, and dispatch: every
+//! accepted call runs, taken from the store in batches that a crash does
+//! not lose.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Gateway, WORK_PY, assert_problem, closed_port, eventually, exec_fn, http_fn, process_alive,
+    Gateway, HttpBackend, WORK_PY, assert_problem, closed_port, eventually, exec_fn, http_fn,
+    process_alive,
 };
 use serde_json::{Value, json};
 
@@ -859,4 +863,177 @@ async fn every_long_poller_of_a_call_wakes_when_it_ends() {
         assert_eq!(body["square"], 64);
         assert!(took < Duration::from_secs(4), "woke after {took:?}");
     }
+}
+
+/// How many calls `gw`'s store (`calls.db` in its folder) holds, by state
+/// code (0 pending, 1 running, 2 succeeded, 3 failed, ...).
+fn stored_states(gw: &Gateway) -> HashMap<i64, u64> {
+    let db = rusqlite::Connection::open_with_flags(
+        gw.dir.join("calls.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the gateway's store");
+    let mut statement = db
+        .prepare("SELECT state, count(*) FROM calls GROUP BY state")
+        .expect("count calls by state");
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("count calls by state")
+        .collect::<Result<_, _>>()
+        .expect("read the counts")
+}
+
+#[tokio::test]
+async fn every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn() {
+    let backend = HttpBackend::start().await;
+    let square = backend.url("/invoke/square");
+    let gw = Gateway::builder()
+        .toml("[store]\npath = \"calls.db\"\n")
+        .toml(&http_fn("t", "square", &[square], "concurrency = 64"))
+        .start()
+        .await;
+    // 400 spawns over h2 from 40 tasks, each given up after 1 to 20 ms:
+    // some calls are stored although their client never hears of them.
+    let impatient = gw.client_h2();
+    let health = impatient.get(gw.url("/_/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the connection is up first");
+    let give_ups = (0..40u64).map(|task| {
+        let client = impatient.clone();
+        let url = gw.url("/t/square/spawn");
+        async move {
+            let mut answered = 0;
+            for i in 0..10u64 {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"x": {i}}}"#))
+                    .timeout(Duration::from_millis(1 + (task * 10 + i) % 20))
+                    .send()
+                    .await;
+                answered += usize::from(sent.is_ok_and(|r| r.status() == 202));
+            }
+            answered
+        }
+    });
+    let answered: usize = futures_util::future::join_all(give_ups).await.iter().sum();
+    // Patient clients' calls all run...
+    let client = gw.client();
+    let patient = (0..50).map(|x| {
+        let client = &client;
+        let gw = &gw;
+        async move {
+            let id = spawn(gw, client, "/t/square/spawn", &json!({ "x": x })).await;
+            (x, result(gw, client, &id).await)
+        }
+    });
+    for (x, square) in futures_util::future::join_all(patient).await {
+        assert_eq!(square, json!(x * x));
+    }
+    // ...and so did every call stored for the impatient ones.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let states = stored_states(&gw);
+        if states.keys().all(|&state| state >= 2) {
+            let unheard = states.values().sum::<u64>() as usize - 50 - answered;
+            println!("calls by state: {states:?}; {unheard} whose client gave up on the answer");
+            assert_eq!(states.keys().collect::<Vec<_>>(), [&2], "{states:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "calls left pending (0) or running (1): {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Appends "ATTEMPT PID" to `kwargs.count`, then sleeps 60 s unless the
+/// file `restarted` exists: runs that a kill interrupts, quick ones after.
+const FIRST_RUN_HANGS_PY: &str = r#"
+import json, os, sys, time
+req = json.loads(sys.stdin.read())
+kw = req["kwargs"]
+with open(kw["count"], "a") as f:
+    f.write("%d %d\n" % (req["attempt"], os.getpid()))
+if not os.path.exists("restarted"):
+    time.sleep(60)
+sys.stdout.write(json.dumps({"x": kw["x"], "attempt": req["attempt"]}))
+"#;
+
+#[tokio::test]
+async fn calls_claimed_together_run_again_after_kill_9() {
+    const CALLS: usize = 30;
+    // `wide` has concurrency 16: 12 slots for spawned calls, filled by
+    // taking several pending calls from the store at once.
+    const SLOTS: usize = 12;
+    let builder = || {
+        Gateway::builder()
+            .file("hang.py", FIRST_RUN_HANGS_PY)
+            .toml(&exec_fn(
+                "t",
+                "wide",
+                "hang.py",
+                "timeout = \"90s\"\nconcurrency = 16",
+            ))
+    };
+    let mut gw = builder().start().await;
+    let client = gw.client();
+    let spawns = (0..CALLS).map(|x| {
+        let client = &client;
+        let gw = &gw;
+        let body = json!({"x": x, "count": format!("c{x}.log")});
+        async move { spawn(gw, client, "/t/wide/spawn", &body).await }
+    });
+    let ids = futures_util::future::join_all(spawns).await;
+    let started = |dir: &Path| {
+        (0..CALLS)
+            .filter(|x| dir.join(format!("c{x}.log")).exists())
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || started(&gw.dir) >= SLOTS).await,
+        "{SLOTS} calls start"
+    );
+    gw.kill().await;
+
+    std::fs::write(gw.dir.join("restarted"), "").expect("write restarted");
+    let gw2 = builder().in_dir(&gw.dir).start().await;
+    let client = gw2.client();
+    let mut attempts: HashMap<u64, usize> = HashMap::new();
+    let mut orphans = Vec::new();
+    for (x, id) in ids.iter().enumerate() {
+        let body = result(&gw2, &client, id).await;
+        let attempt = body["attempt"].as_u64().expect("attempt");
+        assert_eq!(body["x"], x, "{id}: {body}");
+        *attempts.entry(attempt).or_default() += 1;
+        // One run per attempt: none ran twice in one gateway's lifetime.
+        let log = std::fs::read_to_string(gw2.dir.join(format!("c{x}.log"))).expect("count log");
+        let runs: Vec<(u64, i32)> = log
+            .lines()
+            .map(|line| {
+                let (attempt, pid) = line.split_once(' ').expect("ATTEMPT PID");
+                (attempt.parse().expect("attempt"), pid.parse().expect("pid"))
+            })
+            .collect();
+        let numbers: Vec<u64> = runs.iter().map(|(attempt, _)| *attempt).collect();
+        assert_eq!(numbers, (1..=attempt).collect::<Vec<_>>(), "call {x}");
+        orphans.extend(
+            runs.iter()
+                .filter(|(a, _)| *a < attempt)
+                .map(|(_, pid)| *pid),
+        );
+    }
+    // The first gateway's hanging runs outlived it; they are this test's.
+    for pid in orphans {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    println!("attempts after the restart: {attempts:?}");
+    assert_eq!(
+        attempts,
+        HashMap::from([(2, SLOTS), (1, CALLS - SLOTS)]),
+        "exactly the calls running at the kill ran again"
+    );
 }

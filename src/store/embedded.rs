@@ -1,10 +1,12 @@
 //! The embedded store: one SQLite file in WAL mode. One writer thread
 //! batches every write that is waiting into a single transaction (group
 //! commit), so many concurrent spawns share one fsync; readers use their
-//! own connections and never wait for the writer.
+//! own connections and never wait for the writer. The writer also keeps
+//! the count of pending calls, in step with what it commits.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -72,7 +74,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 #[allow(clippy::large_enum_variant)]
 enum Write {
     Insert(NewCall, Reply<Inserted>),
-    Claim(String, String, Reply<Option<CallRecord>>),
+    Claim(String, String, usize, Reply<Vec<CallRecord>>),
     Finish(String, Outcome, i64, Reply<bool>),
     Cancel(String, i64, i64, Reply<Cancelled>),
     Recover(Reply<PendingCounts>),
@@ -85,10 +87,7 @@ enum Write {
 #[allow(clippy::large_enum_variant)]
 enum Done {
     Insert(Reply<Inserted>, Result<Inserted, StoreError>),
-    Claim(
-        Reply<Option<CallRecord>>,
-        Result<Option<CallRecord>, StoreError>,
-    ),
+    Claim(Reply<Vec<CallRecord>>, Result<Vec<CallRecord>, StoreError>),
     Finish(Reply<bool>, Result<bool, StoreError>),
     Cancel(Reply<Cancelled>, Result<Cancelled, StoreError>),
     Recover(Reply<PendingCounts>, Result<PendingCounts, StoreError>),
@@ -126,6 +125,8 @@ pub struct EmbeddedStore {
     writes: mpsc::Sender<Write>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
+    /// Pending calls as of the last commit; only the writer thread changes it.
+    pending: Arc<AtomicU64>,
 }
 
 impl EmbeddedStore {
@@ -155,15 +156,22 @@ impl EmbeddedStore {
             )));
         }
         writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let pending: i64 =
+            writer.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
+                row.get(0)
+            })?;
+        let pending = Arc::new(AtomicU64::new(pending as u64));
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
+        let count = pending.clone();
         std::thread::Builder::new()
             .name("fngate-store-writer".into())
-            .spawn(move || write_loop(writer, queue))
+            .spawn(move || write_loop(writer, queue, &count))
             .map_err(|e| StoreError::Io(format!("starting the writer thread: {e}")))?;
         Ok(EmbeddedStore {
             writes,
             readers: Mutex::new(Vec::new()),
             path: path.to_owned(),
+            pending,
         })
     }
 
@@ -212,7 +220,10 @@ impl EmbeddedStore {
     }
 }
 
-fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<Write>) {
+/// Applies every waiting write in one transaction and answers them after
+/// the commit. `pending` follows the writes and is published only once
+/// they are committed.
+fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<Write>, pending: &AtomicU64) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -233,12 +244,16 @@ fn write_loop(mut connection: Connection, mut queue: mpsc::Receiver<Write>) {
                 continue;
             }
         };
+        let mut count = pending.load(Ordering::Acquire);
         let done: Vec<Done> = batch
             .into_iter()
-            .map(|write| apply(&transaction, write))
+            .map(|write| apply(&transaction, write, &mut count))
             .collect();
         match transaction.commit() {
-            Ok(()) => done.into_iter().for_each(|d| d.send(None)),
+            Ok(()) => {
+                pending.store(count, Ordering::Release);
+                done.into_iter().for_each(|d| d.send(None));
+            }
             Err(e) => {
                 let why = e.to_string();
                 tracing::error!(error = %why, "call store: commit failed");
@@ -254,7 +269,7 @@ fn apply_failed(write: Write, why: &str) {
     }
     match write {
         Write::Insert(_, r) => fail(r, why),
-        Write::Claim(_, _, r) => fail(r, why),
+        Write::Claim(_, _, _, r) => fail(r, why),
         Write::Finish(_, _, _, r) => fail(r, why),
         Write::Cancel(_, _, _, r) => fail(r, why),
         Write::Recover(r) => fail(r, why),
@@ -263,20 +278,41 @@ fn apply_failed(write: Write, why: &str) {
     }
 }
 
-fn apply(tx: &Connection, write: Write) -> Done {
+/// Applies one write; `pending` follows the pending calls it adds or takes.
+fn apply(tx: &Connection, write: Write, pending: &mut u64) -> Done {
     match write {
-        Write::Insert(call, reply) => Done::Insert(reply, insert(tx, &call).map_err(Into::into)),
-        Write::Claim(app, function, reply) => {
-            Done::Claim(reply, claim(tx, &app, &function).map_err(Into::into))
+        Write::Insert(call, reply) => {
+            let result = insert(tx, &call);
+            if matches!(result, Ok(Inserted::Created)) && call.state == CallState::Pending {
+                *pending += 1;
+            }
+            Done::Insert(reply, result.map_err(Into::into))
+        }
+        Write::Claim(app, function, limit, reply) => {
+            let result = claim(tx, &app, &function, limit);
+            if let Ok(claimed) = &result {
+                *pending = pending.saturating_sub(claimed.len() as u64);
+            }
+            Done::Claim(reply, result.map_err(Into::into))
         }
         Write::Finish(id, outcome, expires, reply) => Done::Finish(
             reply,
             finish(tx, &id, &outcome, expires).map_err(Into::into),
         ),
         Write::Cancel(id, now, expires, reply) => {
-            Done::Cancel(reply, cancel(tx, &id, now, expires).map_err(Into::into))
+            let result = cancel(tx, &id, now, expires);
+            if matches!(result, Ok(Cancelled::Now(CallState::Pending))) {
+                *pending = pending.saturating_sub(1);
+            }
+            Done::Cancel(reply, result.map_err(Into::into))
         }
-        Write::Recover(reply) => Done::Recover(reply, recover(tx).map_err(Into::into)),
+        Write::Recover(reply) => {
+            let result = recover(tx);
+            if let Ok(counts) = &result {
+                *pending = counts.iter().map(|(_, count)| count).sum();
+            }
+            Done::Recover(reply, result.map_err(Into::into))
+        }
         Write::Sweep(now, reply) => Done::Sweep(reply, sweep(tx, now).map_err(Into::into)),
         Write::DeliveryAttempted(id, attempts, retry_at, reply) => Done::DeliveryAttempted(
             reply,
@@ -355,19 +391,28 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     }
 }
 
+/// Marks up to `limit` of a function's oldest pending calls running.
+/// (RETURNING gives rows in no set order: they are sorted by `seq`.)
 fn claim(
     tx: &Connection,
     app: &str,
     function: &str,
-) -> Result<Option<CallRecord>, rusqlite::Error> {
+    limit: usize,
+) -> Result<Vec<CallRecord>, rusqlite::Error> {
     let mut statement = tx.prepare_cached(&format!(
         "UPDATE calls SET state = 1, attempt = attempt + 1, started_ms = ?3
-         WHERE seq = (SELECT seq FROM calls WHERE app = ?1 AND function = ?2 AND state = 0 ORDER BY seq LIMIT 1)
-         RETURNING {COLUMNS}"
+         WHERE seq IN (SELECT seq FROM calls WHERE app = ?1 AND function = ?2 AND state = 0
+                       ORDER BY seq LIMIT ?4)
+         RETURNING {COLUMNS}, seq"
     ))?;
-    statement
-        .query_row(params![app, function, now_ms()], record)
-        .optional()
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut claimed = statement
+        .query_map(params![app, function, now_ms(), limit], |row| {
+            Ok((row.get::<_, i64>(22)?, record(row)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    claimed.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(claimed.into_iter().map(|(_, record)| record).collect())
 }
 
 fn finish(
@@ -575,13 +620,33 @@ impl CallStore for EmbeddedStore {
         }))
     }
 
-    fn claim_next<'a>(
+    fn claim_batch<'a>(
         &'a self,
         app: &'a str,
         function: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CallRecord>, StoreError>> {
         let (app, function) = (app.to_owned(), function.to_owned());
-        Box::pin(self.write(move |reply| Write::Claim(app, function, reply)))
+        Box::pin(self.write(move |reply| Write::Claim(app, function, limit, reply)))
+    }
+
+    fn has_pending<'a>(
+        &'a self,
+        app: &'a str,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (app, function) = (app.to_owned(), function.to_owned());
+        Box::pin(self.read(move |connection| {
+            connection
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM calls WHERE app = ?1 AND function = ?2 AND state = 0)",
+                )?
+                .query_row(params![app, function], |row| row.get(0))
+        }))
+    }
+
+    fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
     }
 
     fn finish(

@@ -217,13 +217,38 @@ pub trait CallStore: Send + Sync {
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>>;
 
+    /// Takes up to `limit` of a function's oldest pending calls, oldest
+    /// first, and marks them running, counting the attempt: one durable
+    /// write however many it takes, so dispatching keeps up with spawning.
+    /// Fewer than `limit` means the function has no pending call left.
+    fn claim_batch<'a>(
+        &'a self,
+        app: &'a str,
+        function: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CallRecord>, StoreError>>;
+
     /// Takes the oldest pending call of a function and marks it running,
     /// counting the attempt.
     fn claim_next<'a>(
         &'a self,
         app: &'a str,
         function: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<CallRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.claim_batch(app, function, 1).await?.pop()) })
+    }
+
+    /// Whether a function has a pending call now. A read: it takes nothing.
+    fn has_pending<'a>(
+        &'a self,
+        app: &'a str,
+        function: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// How many calls the store holds pending, as of its last committed
+    /// write: the backlog `max_pending` bounds. The store keeps it with its
+    /// writes, so a caller that goes away mid-write cannot skew it.
+    fn pending(&self) -> u64;
 
     /// Records how a running call ended (no-op, `false`, when it is no
     /// longer running, e.g. cancelled meanwhile). Queues its webhook.

@@ -230,3 +230,118 @@ fn a_file_of_another_layout_is_refused_at_open_with_what_to_do() {
         .expect("an old layout was accepted");
     assert!(error.to_string().contains("move it away"), "{error}");
 }
+
+#[tokio::test]
+async fn a_batch_claim_takes_the_oldest_calls_in_order_and_no_more_than_asked() {
+    let (_dir, store) = open();
+    for i in 1..=5 {
+        store.insert(new_call(&format!("fc-{i}"))).await.unwrap();
+    }
+    let mut other = new_call("fc-other");
+    other.function = "other".into();
+    store.insert(other).await.unwrap();
+    let ids =
+        |records: &[CallRecord]| -> Vec<String> { records.iter().map(|r| r.id.clone()).collect() };
+    let first = store.claim_batch("demo", "square", 3).await.unwrap();
+    assert_eq!(ids(&first), ["fc-1", "fc-2", "fc-3"]);
+    assert!(
+        first
+            .iter()
+            .all(|r| r.state == CallState::Running && r.attempt == 1 && r.started_ms.is_some())
+    );
+    let rest = store.claim_batch("demo", "square", 100).await.unwrap();
+    assert_eq!(ids(&rest), ["fc-4", "fc-5"], "fewer than asked: none left");
+    assert!(
+        store
+            .claim_batch("demo", "square", 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.has_pending("demo", "square").await.unwrap());
+    assert!(store.has_pending("demo", "other").await.unwrap());
+    let stored = store.get("fc-2").await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.attempt), (CallState::Running, 1));
+}
+
+#[tokio::test]
+async fn the_pending_count_follows_every_write_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    {
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.pending(), 0);
+        let mut keyed = new_call("fc-1");
+        keyed.idempotency = Some(("key".into(), vec![1]));
+        store.insert(keyed.clone()).await.unwrap();
+        for id in ["fc-2", "fc-3", "fc-4"] {
+            store.insert(new_call(id)).await.unwrap();
+        }
+        assert_eq!(store.pending(), 4);
+        // A repeated key stores nothing; an adopted sync call is running.
+        keyed.id = "fc-again".into();
+        store.insert(keyed).await.unwrap();
+        let mut adopted = new_call("fc-sync");
+        adopted.state = CallState::Running;
+        store.insert(adopted).await.unwrap();
+        assert_eq!(store.pending(), 4);
+        let later = now_ms() + 60_000;
+        store.cancel("fc-4".into(), now_ms(), later).await.unwrap();
+        store.cancel("fc-4".into(), now_ms(), later).await.unwrap();
+        store
+            .cancel("fc-sync".into(), now_ms(), later)
+            .await
+            .unwrap();
+        assert_eq!(store.pending(), 3);
+        assert_eq!(
+            store.claim_batch("demo", "square", 2).await.unwrap().len(),
+            2
+        );
+        assert_eq!(store.pending(), 1);
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.pending(), 1, "counted at open");
+    store.recover().await.unwrap();
+    assert_eq!(store.pending(), 3, "the two left running are pending again");
+}
+
+#[tokio::test]
+async fn calls_claimed_in_a_batch_and_left_running_run_again_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    {
+        let store = EmbeddedStore::open(&path).unwrap();
+        for i in 1..=10 {
+            store.insert(new_call(&format!("fc-{i:02}"))).await.unwrap();
+        }
+        let claimed = store.claim_batch("demo", "square", 4).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        let outcome = Outcome::Succeeded(b"1".to_vec());
+        store
+            .finish("fc-02".into(), outcome, now_ms() + 60_000)
+            .await
+            .unwrap();
+        // The process dies here: fc-01, fc-03 and fc-04 were running.
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let demo_square = ("demo".to_owned(), "square".to_owned());
+    assert_eq!(store.recover().await.unwrap(), vec![(demo_square, 9)]);
+    let again = store.claim_batch("demo", "square", 100).await.unwrap();
+    let runs: Vec<(&str, u32)> = again.iter().map(|r| (r.id.as_str(), r.attempt)).collect();
+    assert_eq!(
+        runs,
+        [
+            ("fc-01", 2),
+            ("fc-03", 2),
+            ("fc-04", 2),
+            ("fc-05", 1),
+            ("fc-06", 1),
+            ("fc-07", 1),
+            ("fc-08", 1),
+            ("fc-09", 1),
+            ("fc-10", 1)
+        ]
+    );
+    let done = store.get("fc-02").await.unwrap().unwrap();
+    assert_eq!((done.state, done.attempt), (CallState::Succeeded, 1));
+}
