@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
 /// Why a connection was closed by the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +28,6 @@ pub struct Activity {
     active: AtomicUsize,
     /// When the first byte of a not yet parsed request arrived (0: none).
     reading_since: AtomicU64,
-    /// Woken when a request starts to arrive, to start its header timer.
-    reading_started: Notify,
     /// The request head just read framed its body two ways.
     ambiguous: AtomicBool,
     /// A request started: the next head is to be scanned afresh.
@@ -44,7 +41,6 @@ impl Activity {
             last: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             reading_since: AtomicU64::new(0),
-            reading_started: Notify::new(),
             ambiguous: AtomicBool::new(false),
             new_head: AtomicBool::new(false),
         }
@@ -57,13 +53,12 @@ impl Activity {
     fn read(&self) {
         let now = self.now();
         self.last.store(now, Ordering::Release);
-        if self.active.load(Ordering::Acquire) == 0 {
-            let started =
+        if self.active.load(Ordering::Acquire) == 0
+            && self.reading_since.load(Ordering::Relaxed) == 0
+        {
+            let _ =
                 self.reading_since
                     .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-            if started.is_ok() {
-                self.reading_started.notify_one();
-            }
         }
     }
 
@@ -74,12 +69,19 @@ impl Activity {
     /// Resolves when the connection should be closed: no request and no
     /// traffic for `idle`, or (HTTP/1) a request whose headers have not
     /// all arrived `header_read` after its first byte.
+    ///
+    /// Nothing wakes this task when a request starts (that would cost a
+    /// wake-up and a timer per request): it looks at least every
+    /// `header_read` instead, and a head that started since then is given
+    /// exactly `header_read` from its first byte.
     pub async fn expired(&self, idle: Duration, header_read: Duration, http1: bool) -> Expiry {
         let (idle, header_read) = (idle.as_millis() as u64, header_read.as_millis() as u64);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
         loop {
             let now = self.now();
             let due = if self.active.load(Ordering::Acquire) > 0 {
-                now + idle
+                now + header_read.min(idle)
             } else {
                 let reading = self.reading_since.load(Ordering::Acquire);
                 if http1 && reading != 0 {
@@ -92,14 +94,12 @@ impl Activity {
                     if now >= last + idle {
                         return Expiry::Idle;
                     }
-                    last + idle
+                    (last + idle).min(now + header_read)
                 }
             };
             let wait = Duration::from_millis(due.saturating_sub(now).max(1));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.reading_started.notified() => {}
-            }
+            sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+            sleep.as_mut().await;
         }
     }
 }
