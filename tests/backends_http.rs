@@ -576,10 +576,11 @@ async fn counting_backend(close: bool) -> (String, std::sync::Arc<std::sync::ato
     (url, connections)
 }
 
-#[tokio::test]
-async fn invocations_reuse_keep_alive_connections_to_a_backend() {
-    use std::sync::atomic::Ordering;
-    let (url, connections) = counting_backend(false).await;
+/// Makes 20 sequential calls through a one-worker gateway to a
+/// `counting_backend(close)`, each answered `1`; returns how many
+/// connections the backend accepted.
+async fn connections_for_twenty_calls(close: bool) -> usize {
+    let (url, connections) = counting_backend(close).await;
     let gw = Gateway::builder()
         .server("workers = 1")
         .toml(&http_fn("h", "one", &[url], ""))
@@ -590,21 +591,15 @@ async fn invocations_reuse_keep_alive_connections_to_a_backend() {
         let r = gw.post_json(&client, "/h/one", "{}").await;
         assert_eq!(json_ok(r).await, json!(1));
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    connections.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn invocations_reuse_keep_alive_connections_to_a_backend() {
+    assert_eq!(connections_for_twenty_calls(false).await, 1);
 }
 
 #[tokio::test]
 async fn a_backend_closing_each_connection_still_answers_every_call() {
-    use std::sync::atomic::Ordering;
-    let (url, connections) = counting_backend(true).await;
-    let gw = Gateway::builder()
-        .toml(&http_fn("h", "one", &[url], ""))
-        .start()
-        .await;
-    let client = gw.client();
-    for _ in 0..20 {
-        let r = gw.post_json(&client, "/h/one", "{}").await;
-        assert_eq!(json_ok(r).await, json!(1));
-    }
-    assert_eq!(connections.load(Ordering::SeqCst), 20);
+    assert_eq!(connections_for_twenty_calls(true).await, 20);
 }

@@ -47,6 +47,36 @@ pub struct ConnectionLimits {
     pub slots: Arc<Semaphore>,
 }
 
+/// The HTTP/1.1 settings, on hyper's builder or on hyper-util's auto
+/// builder (two types with the same methods).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            // Header-read and idle timeouts are kept by `Activity`: hyper's
+            // own header timer also runs while a connection idles.
+            .header_read_timeout(None)
+            // hyper's own limit is a backstop (a bare 431); the configured
+            // limit is checked per request, answered as a problem.
+            .max_buf_size(hyper_header_cap($limits.max_header_bytes))
+    };
+}
+
+/// The HTTP/2 settings, on either builder.
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams($limits.h2_max_streams)
+            // Rapid reset (CVE-2023-44487): a client that opens and resets
+            // streams faster than they can be served is cut off.
+            .max_pending_accept_reset_streams($limits.h2_max_pending_resets as usize)
+            .max_local_error_reset_streams(256)
+            .max_header_list_size(
+                u32::try_from(hyper_header_cap($limits.max_header_bytes)).unwrap_or(u32::MAX),
+            )
+    };
+}
 impl ConnectionLimits {
     pub fn from_config(server: &ServerConfig) -> ConnectionLimits {
         ConnectionLimits {
@@ -63,47 +93,13 @@ impl ConnectionLimits {
 
     fn builders(&self) -> Builders {
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        self.configure_http1(&mut auto.http1());
-        self.configure_http2(&mut auto.http2());
+        http1_settings!(auto.http1(), self);
+        http2_settings!(auto.http2(), self);
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            // Header-read and idle timeouts are kept by `Activity`: hyper's
-            // own header timer also runs while a connection idles.
-            .header_read_timeout(None)
-            // hyper's own limit is a backstop (a bare 431); the configured
-            // limit is checked per request, answered as a problem.
-            .max_buf_size(hyper_header_cap(self.max_header_bytes));
+        http1_settings!(http1, self);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.h2_max_streams)
-            // Rapid reset (CVE-2023-44487): a client that opens and resets
-            // streams faster than they can be served is cut off.
-            .max_pending_accept_reset_streams(self.h2_max_pending_resets as usize)
-            .max_local_error_reset_streams(256)
-            .max_header_list_size(
-                u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
-            );
+        http2_settings!(http2, self);
         Builders { auto, http1, http2 }
-    }
-
-    fn configure_http1(&self, builder: &mut auto::Http1Builder<'_, TokioExecutor>) {
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(hyper_header_cap(self.max_header_bytes));
-    }
-
-    fn configure_http2(&self, builder: &mut auto::Http2Builder<'_, TokioExecutor>) {
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.h2_max_streams)
-            .max_pending_accept_reset_streams(self.h2_max_pending_resets as usize)
-            .max_local_error_reset_streams(256)
-            .max_header_list_size(
-                u32::try_from(hyper_header_cap(self.max_header_bytes)).unwrap_or(u32::MAX),
-            );
     }
 }
 
