@@ -26,7 +26,6 @@ use axum::body::Body;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use tower::ServiceExt;
 
 use fngate::backend::http::HttpClients;
 use fngate::calls::{Calls, CallsConfig};
@@ -286,7 +285,7 @@ fn routing_benches(c: &mut Criterion) {
         };
         let router = &large.router;
         let answer = move |request: Request<Body>| async move {
-            let response = router.clone().oneshot(request).await.expect("infallible");
+            let response = router.serve(request).await;
             let status = response.status();
             let body = response.into_body().collect().await.expect("a full body");
             (status, body.to_bytes())

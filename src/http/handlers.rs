@@ -359,7 +359,6 @@ mod tests {
     use crate::registry::Registry;
     use crate::store::embedded::EmbeddedStore;
     use http_body_util::BodyExt;
-    use tower::ServiceExt;
 
     fn app() -> super::super::App {
         let text = r#"
@@ -395,10 +394,7 @@ mod tests {
         if let Some(ct) = content_type {
             request = request.header(header::CONTENT_TYPE, ct);
         }
-        let response = app()
-            .oneshot(request.body(Body::from(body)).unwrap())
-            .await
-            .unwrap();
+        let response = app().serve(request.body(Body::from(body)).unwrap()).await;
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (

@@ -93,7 +93,8 @@ pub struct App {
     cors: Option<Cors<Handlers>>,
 }
 
-/// The handlers as a tower service, for the CORS layer to wrap.
+/// The handlers as a tower service, for the CORS layer to wrap. (The
+/// boxed future is paid only with CORS on.)
 #[derive(Clone)]
 pub struct Handlers(Arc<AppState>);
 
@@ -130,22 +131,6 @@ impl App {
             }
         })
         .await
-    }
-}
-
-/// Lets tests and benches drive the app with `tower::ServiceExt::oneshot`.
-impl tower::Service<Request> for App {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxedResponse;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(app.serve(request).await) })
     }
 }
 
