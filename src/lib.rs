@@ -179,29 +179,8 @@ impl Gateway {
                 tasks.spawn(work);
                 continue;
             }
-            let (done, ended) = tokio::sync::oneshot::channel::<()>();
-            let calls = self.state.calls.clone();
-            let grace = self.grace;
-            let thread = std::thread::Builder::new()
-                .name(format!("fngate-worker-{index}"))
-                .spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime.block_on(async {
-                            work.await;
-                            calls.settled(grace).await;
-                        }),
-                        Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
-                    }
-                    let _ = done.send(());
-                });
-            if let Err(e) = thread {
-                tracing::error!(error = %e, "cannot start a worker thread");
-                shutdown.cancel();
-            }
-            // A worker that ends (or panics, dropping `done`) stops the rest.
+            let ended = spawn_worker(index, work, self.state.calls.clone(), self.grace);
+            // A worker that ends (or panics, or never started) stops the rest.
             tasks.spawn(async move {
                 let _ = ended.await;
             });
@@ -237,6 +216,38 @@ impl Gateway {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Runs `work` (worker `index`'s listeners) on a thread with a
+/// single-threaded runtime of its own. The runtime outlives the listeners
+/// until the sync calls adopted on it have ended (up to `grace`). The
+/// receiver resolves when the thread is done, or failed to start.
+fn spawn_worker(
+    index: usize,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    calls: Arc<Calls>,
+    grace: std::time::Duration,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(format!("fngate-worker-{index}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async {
+                    work.await;
+                    calls.settled(grace).await;
+                }),
+                Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+            }
+            let _ = done.send(());
+        });
+    if let Err(e) = thread {
+        tracing::error!(error = %e, "cannot start a worker thread");
+    }
+    ended
 }
 
 fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
