@@ -1,6 +1,7 @@
 //! The embedded store against a real SQLite file.
 
 use super::*;
+use crate::store::now_ms;
 
 fn new_call(id: &str) -> NewCall {
     NewCall {
