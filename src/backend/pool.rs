@@ -65,7 +65,12 @@ impl Replica {
         }
         let authority = url.authority()?;
         let port = authority.port_u16().unwrap_or(80);
-        let host = HeaderValue::from_str(authority.as_str()).ok()?;
+        // Host is the URL's host and port as written, without any userinfo.
+        let host = match authority.port() {
+            Some(given) => HeaderValue::from_str(&format!("{}:{given}", authority.host())),
+            None => HeaderValue::from_str(authority.host()),
+        }
+        .ok()?;
         let path = url
             .path_and_query()
             .cloned()
@@ -172,5 +177,26 @@ impl Drop for Lease {
                 list.push(sender);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_urls_get_a_replica_with_its_host_and_path() {
+        let replica = |url: &str| Replica::for_url(&url.parse().unwrap());
+        let plain = replica("http://127.0.0.1:9001/invoke?x=1").unwrap();
+        assert_eq!(plain.authority, "127.0.0.1:9001");
+        assert_eq!(plain.host, "127.0.0.1:9001");
+        assert_eq!(plain.path.as_str(), "/invoke?x=1");
+        let named = replica("http://user:secret@backend.internal/").unwrap();
+        assert_eq!(named.authority, "backend.internal:80");
+        assert_eq!(named.host, "backend.internal");
+        let v6 = replica("http://[::1]:8080").unwrap();
+        assert_eq!(v6.authority, "[::1]:8080");
+        assert_eq!(v6.path.as_str(), "/");
+        assert!(replica("https://127.0.0.1:9001/invoke").is_none());
     }
 }
