@@ -3,7 +3,9 @@
 //! `Gateway::bind` builds every part in order (config -> TLS -> backends ->
 //! registry -> router -> listeners); `Gateway::run` serves until the
 //! shutdown token fires, then drains.
-#![forbid(unsafe_code)]
+// No unsafe code, but for one audited function in `processes` (the
+// parent-death signal set between fork and exec), which allows it itself.
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod backend;
@@ -13,6 +15,7 @@ pub mod dispatch;
 pub mod http;
 pub mod invocation;
 pub mod listener;
+pub mod processes;
 pub mod rate_limit;
 pub mod registry;
 pub mod store;

@@ -82,6 +82,16 @@ pub struct ServerConfig {
     pub workers: usize,
     /// TLS session tickets and the session cache: resumed handshakes.
     pub session_resumption: bool,
+    /// The longest wait for the next bytes of a request body (408 past it).
+    pub body_read_timeout: Duration,
+    /// Bytes per second a request body must average once past its first
+    /// `body_read_timeout` of waiting (0: no minimum rate).
+    pub body_min_rate: u64,
+    /// Result bytes one connection may hold unsent before its new requests
+    /// are refused with 503.
+    pub result_buffer_per_connection: u64,
+    /// The same bound over every connection of the gateway.
+    pub result_buffer_total: u64,
 }
 
 /// Where the server certificate comes from.
@@ -123,6 +133,11 @@ pub struct FunctionSpec {
     pub queue: usize,
     pub public: bool,
     pub input_schema: Option<serde_json::Value>,
+    /// Overrides `[server] max_body` for this function (upload endpoints).
+    pub max_body: Option<u64>,
+    /// false: a failing function's message stays in the log; the client
+    /// gets its error type and a generic message.
+    pub expose_errors: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -456,6 +471,22 @@ impl Context {
                 Some(_) => return Err(self.invalid("server.workers", "must be between 1 and 1024")),
             },
             session_resumption: raw.session_resumption.unwrap_or(true),
+            body_read_timeout: self.duration(
+                "server.body_read_timeout",
+                raw.body_read_timeout.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            body_min_rate: self.size("server.body_min_rate", raw.body_min_rate.as_deref(), 1024)?,
+            result_buffer_per_connection: self.size(
+                "server.result_buffer_per_connection",
+                raw.result_buffer_per_connection.as_deref(),
+                32 << 20,
+            )?,
+            result_buffer_total: self.size(
+                "server.result_buffer_total",
+                raw.result_buffer_total.as_deref(),
+                1 << 30,
+            )?,
         })
     }
 
@@ -562,6 +593,13 @@ impl Context {
             queue: queue as usize,
             public: raw.public.unwrap_or(false),
             input_schema,
+            max_body: match &raw.max_body {
+                None => None,
+                Some(text) => {
+                    Some(parse_size(text).map_err(|m| self.invalid(field("max_body"), m))?)
+                }
+            },
+            expose_errors: raw.expose_errors.unwrap_or(true),
         })
     }
 

@@ -42,6 +42,10 @@ pub struct RawServer {
     pub max_result: Option<String>,
     pub workers: Option<u32>,
     pub session_resumption: Option<bool>,
+    pub body_read_timeout: Option<String>,
+    pub body_min_rate: Option<String>,
+    pub result_buffer_per_connection: Option<String>,
+    pub result_buffer_total: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,4 +129,6 @@ pub struct RawFunction {
     pub queue: Option<u32>,
     pub public: Option<bool>,
     pub input_schema: Option<toml::Value>,
+    pub max_body: Option<String>,
+    pub expose_errors: Option<bool>,
 }

@@ -54,6 +54,10 @@ pub enum ApiError {
     Overloaded,
     #[error("the function ran past its timeout of {}", humantime::format_duration(*timeout))]
     FunctionTimeout { timeout: Duration },
+    #[error("the request body stalled: no bytes for too long, or too few per second")]
+    RequestTimeout,
+    #[error("the call store cannot take this request now; retry later")]
+    StoreUnavailable,
     #[error("the gateway failed while handling this request")]
     Internal,
 }
@@ -122,6 +126,8 @@ impl ApiError {
             ApiError::BackendError => (StatusCode::BAD_GATEWAY, "backend_error"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::FunctionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -182,8 +188,11 @@ impl ApiError {
                     HeaderValue::from(retry_after_seconds(*retry_after)),
                 );
             }
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::StoreUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            ApiError::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

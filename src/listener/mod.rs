@@ -4,6 +4,7 @@
 //! draining on shutdown.
 
 mod activity;
+mod framing;
 
 use std::io;
 use std::net::SocketAddr;
