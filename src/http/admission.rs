@@ -15,6 +15,12 @@ use crate::registry::Function;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Set by the listener on requests that came over `http_listen` (plain
+/// HTTP, behind a TLS load balancer): only they may have their scheme and
+/// host taken from `X-Forwarded-Proto` / `Host`.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainListener;
+
 /// The principal of the connection's verified client certificate (mTLS).
 #[derive(Debug, Clone)]
 pub struct ClientCertificate(pub Principal);

@@ -50,6 +50,25 @@ pub async fn arguments(
     )?)
 }
 
+/// The error a request body yields when the client stalls it (no bytes
+/// for `body_read_timeout`, or below `body_min_rate`): the listener's
+/// body wrapper raises it, handlers answer `408 request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled")]
+pub struct BodyStalled;
+
+/// True when `error` (a body's error, however boxed) is a stalled body.
+pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<BodyStalled>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Reads a body, refusing it as soon as it passes `limit` bytes (at once
 /// when its `Content-Length` says it will).
 pub async fn read_body(
@@ -68,6 +87,7 @@ pub async fn read_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) if is_stalled(e.as_ref()) => Err(ApiError::RequestTimeout),
         Err(e) => Err(ApiError::InvalidJson(format!(
             "could not read the request body: {e}"
         ))),

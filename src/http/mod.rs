@@ -10,7 +10,8 @@ mod handlers;
 mod input;
 pub mod problem;
 
-pub use admission::{ClientCertificate, PeerAddr};
+pub use admission::{ClientCertificate, PeerAddr, PlainListener};
+pub use input::BodyStalled;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
