@@ -61,9 +61,9 @@ pub enum ServeError {
 
 /// A gateway with its listeners bound, ready to run.
 pub struct Gateway {
-    /// One HTTPS listener per worker, all on the same address
-    /// (`SO_REUSEPORT`: the kernel spreads connections over them).
-    https: Vec<std::net::TcpListener>,
+    /// Per worker, its handles on the HTTPS listeners (one per `listen`
+    /// address; the workers share each socket's accept queue).
+    https: Vec<Vec<std::net::TcpListener>>,
     /// The plain-HTTP listeners, one per worker, when configured.
     http: Vec<std::net::TcpListener>,
     acceptor: TlsAcceptor,
@@ -130,7 +130,12 @@ impl Gateway {
         let state = Arc::new(AppState::new(registry, calls, webhooks, auth, &config));
         // 6. Listeners, one per worker.
         let workers = config.server.workers;
-        let https = bind(config.server.listen, workers)?;
+        let mut https: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        for addr in &config.server.listen {
+            for (worker, listener) in https.iter_mut().zip(bind(*addr, workers)?) {
+                worker.push(listener);
+            }
+        }
         let http = match config.server.http_listen {
             Some(addr) => bind(addr, workers)?,
             None => Vec::new(),
@@ -145,11 +150,17 @@ impl Gateway {
         })
     }
 
-    /// The bound HTTPS address (useful with port 0).
+    /// The first bound HTTPS address (useful with port 0).
     pub fn https_addr(&self) -> SocketAddr {
+        self.https_addrs()[0]
+    }
+
+    /// Every bound HTTPS address, in the order of `listen`.
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.https[0]
-            .local_addr()
-            .expect("a bound listener has an address")
+            .iter()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+            .collect()
     }
 
     /// The bound plain-HTTP address, when configured.
@@ -166,7 +177,7 @@ impl Gateway {
         // with a single-threaded runtime of its own, as nginx runs one
         // process per core: a connection stays on one thread, no work is
         // stolen, and no task is woken across cores.
-        let https_addr = self.https_addr();
+        let https_addrs = self.https_addrs();
         let http_addr = self.http_addr();
         let mut http_listeners = self.http.into_iter();
         for (index, https) in self.https.into_iter().enumerate() {
@@ -188,7 +199,9 @@ impl Gateway {
                 let _ = ended.await;
             });
         }
-        tracing::info!("listening on https://{https_addr}");
+        for addr in https_addrs {
+            tracing::info!("listening on https://{addr}");
+        }
         if let Some(addr) = http_addr {
             tracing::info!("listening on http://{addr}");
         }

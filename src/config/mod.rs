@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 
-use raw::{RawConfig, RawFunction, RawServer, RawStore};
+use raw::{RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
 pub use security::{
     AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,
@@ -58,7 +58,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub listen: SocketAddr,
+    /// HTTPS addresses (at least one): every worker serves each of them.
+    pub listen: Vec<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub tls: TlsSource,
     /// CA whose client certificates are required (mTLS).
@@ -367,10 +368,26 @@ impl Context {
                 )
             })
         };
-        let listen = addr(
-            "server.listen",
-            raw.listen.as_deref().unwrap_or("127.0.0.1:8443"),
-        )?;
+        let listen = match &raw.listen {
+            None => vec![addr("server.listen", "127.0.0.1:8443")?],
+            Some(RawListen::One(text)) => vec![addr("server.listen", text)?],
+            Some(RawListen::Many(list)) => {
+                let mut addrs = Vec::with_capacity(list.len());
+                for text in list {
+                    let parsed = addr("server.listen", text)?;
+                    if addrs.contains(&parsed) {
+                        return Err(
+                            self.invalid("server.listen", format!("{parsed} is listed twice"))
+                        );
+                    }
+                    addrs.push(parsed);
+                }
+                if addrs.is_empty() {
+                    return Err(self.invalid("server.listen", "needs at least one address"));
+                }
+                addrs
+            }
+        };
         let http_listen = match &raw.http_listen {
             Some(text) => Some(addr("server.http_listen", text)?),
             None => None,

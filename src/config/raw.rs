@@ -23,7 +23,7 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub listen: Option<String>,
+    pub listen: Option<RawListen>,
     pub http_listen: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
@@ -46,6 +46,14 @@ pub struct RawServer {
     pub body_min_rate: Option<String>,
     pub result_buffer_per_connection: Option<String>,
     pub result_buffer_total: Option<String>,
+}
+
+/// `listen = "127.0.0.1:8443"` or `listen = ["127.0.0.1:8443", "[::1]:8443"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawListen {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]

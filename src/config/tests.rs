@@ -25,7 +25,10 @@ command = ["python3", "examples/square.py"]
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let config = load(SQUARE).unwrap();
-    assert_eq!(config.server.listen, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(
+        config.server.listen,
+        vec!["127.0.0.1:8443".parse().unwrap()]
+    );
     assert_eq!(config.server.max_body, 16 << 20);
     assert_eq!(config.server.sync_wait, Duration::from_secs(150));
     assert_eq!(config.server.max_json_depth, 128);
@@ -161,6 +164,11 @@ fn bad_values_are_rejected_with_their_key() {
         ),
         (
             format!("[server]\nlisten = \"localhost\"\n{SQUARE}"),
+            "server.listen",
+        ),
+        (format!("[server]\nlisten = []\n{SQUARE}"), "server.listen"),
+        (
+            format!("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n{SQUARE}"),
             "server.listen",
         ),
         (

@@ -1,10 +1,13 @@
 //! Listeners: the accept loop, TLS handshakes (each in its own task, with
 //! a timeout), HTTP/1.1 or HTTP/2 by ALPN through hyper-util's auto
-//! builder, the connection cap, idle and slow-header timeouts, and
+//! builder, the connection cap, idle, slow-header and slow-body timeouts,
+//! what is left of request bodies, result bytes held per connection, and
 //! draining on shutdown.
 
 mod activity;
+mod body;
 mod framing;
+mod held;
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 use crate::http::problem::ApiError;
-use crate::http::{App, ClientCertificate, PeerAddr};
+use crate::http::{App, ClientCertificate, PeerAddr, PlainListener};
 use crate::tls;
 
 /// Who is on the other end of a connection.
@@ -32,8 +35,12 @@ struct Peer {
     addr: SocketAddr,
     /// The principal of a verified client certificate (mTLS).
     client: Option<crate::invocation::Principal>,
+    /// The connection came over the plain-HTTP listener.
+    plain: bool,
 }
 use activity::{Activity, RequestGuard, Tracked};
+use body::{BodyPace, BodyReturn, Leftover, RequestBody};
+use held::ResultBudget;
 
 /// Connection-level limits shared by every listener.
 pub struct ConnectionLimits {
@@ -44,6 +51,10 @@ pub struct ConnectionLimits {
     pub h2_max_streams: u32,
     pub h2_max_pending_resets: u32,
     pub shutdown_grace: Duration,
+    /// How slowly a request body may come.
+    pub body_pace: BodyPace,
+    /// Answer bytes that connections may hold unsent.
+    pub results: Arc<ResultBudget>,
     /// Open connections across all listeners.
     pub slots: Arc<Semaphore>,
 }
@@ -88,6 +99,14 @@ impl ConnectionLimits {
             h2_max_streams: server.h2_max_streams,
             h2_max_pending_resets: server.h2_max_pending_resets,
             shutdown_grace: server.shutdown_grace,
+            body_pace: BodyPace {
+                gap: server.body_read_timeout,
+                min_rate: server.body_min_rate,
+            },
+            results: Arc::new(ResultBudget::new(
+                server.result_buffer_per_connection,
+                server.result_buffer_total,
+            )),
             slots: Arc::new(Semaphore::new(server.max_connections)),
         }
     }
@@ -148,27 +167,26 @@ fn hyper_header_cap(max_header_bytes: usize) -> usize {
     (max_header_bytes * 4).max(64 << 10)
 }
 
-/// Binds `count` listeners on `addr` with `SO_REUSEPORT`, one per worker:
-/// the kernel spreads new connections over them. With port 0 the first
-/// one picks the port and the others join it. Call within a runtime.
+/// Binds `addr` once and hands each of `count` workers its own handle on
+/// the socket (the workers accept from one queue). No `SO_REUSEPORT`: a
+/// second gateway on a taken address fails with "address in use" instead
+/// of sharing the port, whoever started it. Call within a runtime.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count.max(1) {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        if count > 1 {
-            socket.set_reuseport(true)?;
-        }
-        socket.bind(addr)?;
-        let listener = socket.listen(LISTEN_BACKLOG)?.into_std()?;
-        addr = listener.local_addr()?;
-        listeners.push(listener);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Lets a restarted gateway bind while old connections sit in TIME_WAIT;
+    // on Linux it never lets two listeners share a port.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?.into_std()?;
+    let mut listeners = Vec::with_capacity(count.max(1));
+    for _ in 1..count.max(1) {
+        listeners.push(listener.try_clone()?);
     }
+    listeners.insert(0, listener);
     Ok(listeners)
 }
 
@@ -176,23 +194,16 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 /// `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// One worker: serves its HTTPS listener (and its plain-HTTP one, when
+/// One worker: serves its HTTPS listeners (and its plain-HTTP one, when
 /// configured) on the runtime it is polled on, until `shutdown`.
 pub async fn worker(
-    https: std::net::TcpListener,
+    https: Vec<std::net::TcpListener>,
     http: Option<std::net::TcpListener>,
     tls: TlsAcceptor,
     app: App,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
 ) {
-    let https = match TcpListener::from_std(https) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve the HTTPS listener");
-            return;
-        }
-    };
     let plain = async {
         match http.map(TcpListener::from_std) {
             Some(Ok(listener)) => {
@@ -209,13 +220,21 @@ pub async fn worker(
             None => {}
         }
     };
-    let secure = serve(
-        https,
-        Some(tls),
-        app.clone(),
-        limits.clone(),
-        shutdown.clone(),
-    );
+    let secure = futures_util::future::join_all(https.into_iter().filter_map(|listener| {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => Some(serve(
+                listener,
+                Some(tls.clone()),
+                app.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve an HTTPS listener");
+                None
+            }
+        }
+    }));
     tokio::join!(secure, plain);
 }
 
@@ -234,6 +253,20 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     loop {
+        // At the connection cap, new connections wait in the kernel's
+        // queue until one closes (as nginx does), rather than being reset.
+        let slot = match limits.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::debug!("connection limit reached; new connections wait");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = limits.slots.clone().acquire_owned() => {
+                        slot.expect("the connection semaphore is never closed")
+                    }
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -249,10 +282,6 @@ pub async fn serve(
                     continue;
                 }
             },
-        };
-        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "connection limit reached; closing new connection");
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
@@ -276,7 +305,11 @@ pub async fn serve(
                             };
                             let client =
                                 session.peer_certificates().and_then(tls::client_principal);
-                            let who = Peer { addr: peer, client };
+                            let who = Peer {
+                                addr: peer,
+                                client,
+                                plain: false,
+                            };
                             serve_connection(
                                 &builders, &limits, watcher, stream, app, who, protocol,
                             )
@@ -290,6 +323,7 @@ pub async fn serve(
                     let who = Peer {
                         addr: peer,
                         client: None,
+                        plain: true,
                     };
                     serve_connection(
                         &builders,
@@ -331,6 +365,10 @@ async fn serve_connection<IO>(
     let http1 = protocol != Protocol::Http2;
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
+    let pace = limits.body_pace;
+    let results = limits.results.clone();
+    // Answer bytes this connection holds unsent.
+    let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(PeerAddr(peer.addr));
@@ -339,14 +377,37 @@ async fn serve_connection<IO>(
                     .extensions_mut()
                     .insert(ClientCertificate(client.clone()));
             }
+            if peer.plain {
+                request.extensions_mut().insert(PlainListener);
+            }
             let ambiguous = requests.take_ambiguous();
             let guard = RequestGuard::new(requests.clone());
             let app = app.clone();
+            let results = results.clone();
+            let held = held.clone();
             async move {
                 if ambiguous {
                     return Ok::<_, std::convert::Infallible>(refuse_ambiguous_framing());
                 }
-                let response = app.serve(request.map(axum::body::Body::new)).await;
+                let (response, leftover) = if http_body::Body::is_end_stream(request.body()) {
+                    let response = app.serve(request.map(axum::body::Body::new)).await;
+                    (response, Leftover::Done)
+                } else {
+                    let expects_continue = request.headers().contains_key(http::header::EXPECT);
+                    let back = Arc::new(BodyReturn::default());
+                    let request = request.map(|body| {
+                        axum::body::Body::new(RequestBody::new(body, pace, back.clone()))
+                    });
+                    let response = app.serve(request).await;
+                    (response, back.settle(expects_continue).await)
+                };
+                let mut response = results.hold(&held, response);
+                if leftover == Leftover::Unusable && http1 {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 drop(guard);
                 Ok(response)
             }
