@@ -52,10 +52,11 @@ pub enum ServeError {
     Auth(String),
     #[error("the redis call store is not available in this version of fngate yet")]
     RedisUnavailable,
-    #[error("cannot listen on {addr}: {source}")]
+    /// (The I/O error is part of the message, not a source: printed once.)
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -267,7 +268,7 @@ fn spawn_worker(
 }
 
 fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
-    listener::bind(addr, count).map_err(|source| ServeError::Bind { addr, source })
+    listener::bind(addr, count).map_err(|error| ServeError::Bind { addr, error })
 }
 
 /// Runs the gateway described by `config` until `shutdown` is cancelled.
