@@ -118,6 +118,19 @@ pub fn check(input: &[u8], rules: Rules) -> Result<Document, JsonError> {
     })
 }
 
+/// RFC 8259's whitespace: space, tab, line feed, carriage return. Not
+/// form feed or vertical tab, which `u8::is_ascii_whitespace` counts.
+pub fn is_json_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// True for a body that holds no JSON value at all: empty, or only JSON
+/// whitespace. Anything else (a lone form feed included) is a document to
+/// check, and fails as one.
+pub fn is_blank(input: &[u8]) -> bool {
+    input.iter().all(|&b| is_json_whitespace(b))
+}
+
 fn error_at(input: &[u8], pos: usize, message: &str) -> JsonError {
     let before = &input[..pos.min(input.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -156,7 +169,7 @@ impl<'a> Reader<'a> {
     }
 
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        while self.peek().is_some_and(is_json_whitespace) {
             self.pos += 1;
         }
     }

@@ -66,8 +66,7 @@ pub fn arguments(
     rules: &InputRules<'_>,
 ) -> Result<Arguments, TranslateError> {
     let params = query_params(query.unwrap_or(""), rules.schema.map(|(_, raw)| raw))?;
-    let body_is_blank = body.iter().all(|b| b.is_ascii_whitespace());
-    let document = if body_is_blank {
+    let document = if json::is_blank(body) {
         None
     } else {
         match content_type {

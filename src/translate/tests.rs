@@ -157,3 +157,21 @@ fn schema_failures_name_the_json_pointer() {
     assert!(arguments(json, br#"{"name": "a"}"#, None, &rules).is_ok());
     assert!(arguments(None, b"", Some("name=ada"), &rules).is_ok());
 }
+
+#[test]
+fn only_json_whitespace_makes_a_body_empty() {
+    for blank in ["", " ", "\t\r\n ", "\n"] {
+        assert_eq!(args(blank, None).unwrap(), both("[]", "{}"), "{blank:?}");
+    }
+    // Form feed and vertical tab are not JSON whitespace (RFC 8259).
+    for body in ["\x0c", " \x0c\n", "\x0b", "\x0c42"] {
+        let err = args(body, None).unwrap_err();
+        assert!(
+            matches!(err, TranslateError::InvalidJson(_)),
+            "{body:?}: {err:?}"
+        );
+    }
+    // Without a content type, such a body is a body, not "no arguments".
+    let err = arguments(None, b"\x0c", None, &plain()).unwrap_err();
+    assert!(matches!(err, TranslateError::UnsupportedMediaType(_)));
+}
