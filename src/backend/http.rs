@@ -2,8 +2,8 @@
 //! through a pooled client (HTTP/1.1 or h2c, plain or TLS), round-robin;
 //! or, for passthrough functions, forwards the client's request unchanged.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -233,7 +233,10 @@ impl HttpBackend {
 
     /// Forwards a passthrough request: `suffix` is the path after
     /// `/{app}/{function}`, appended to the replica URL's path. The answer
-    /// comes back as the backend gave it, streamed.
+    /// comes back as the backend gave it, streamed. The body is sent as it
+    /// arrives, never more than `body_limit` bytes of it: past that the
+    /// request is abandoned (the backend sees it cut short) and the caller
+    /// learns why, as it does when reading the body fails.
     pub async fn forward(
         &self,
         mut request: Request<Body>,
@@ -241,7 +244,8 @@ impl HttpBackend {
         trace: &Trace,
         principal: Option<&Principal>,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Body>, BackendError> {
+        body_limit: u64,
+    ) -> Result<Response<Body>, ForwardError> {
         strip_hop_by_hop(request.headers_mut());
         strip_gateway_headers(request.headers_mut());
         request.headers_mut().remove(header::HOST);
@@ -252,7 +256,12 @@ impl HttpBackend {
         // to another replica when one cannot be reached.
         let replayable = request.method() == Method::GET || request.method() == Method::HEAD;
         let (parts, body) = request.into_parts();
-        let mut body = Some(body);
+        let fault = Arc::new(Mutex::new(None));
+        let mut body = Some(Body::new(ClientBody {
+            inner: body,
+            remaining: body_limit,
+            fault: fault.clone(),
+        }));
         let mut last_error = None;
         for index in self.rotation() {
             let url = &self.urls[index];
@@ -263,31 +272,105 @@ impl HttpBackend {
             *outgoing.version_mut() = http::Version::HTTP_11;
             let sent = tokio::time::timeout_at(deadline, self.client.request(outgoing)).await;
             match sent {
-                Err(_) => return Err(BackendError::Timeout),
+                Err(_) => return Err(BackendError::Timeout.into()),
                 Ok(Ok(response)) => {
                     let mut response = response.map(Body::new);
                     strip_hop_by_hop(response.headers_mut());
                     return Ok(response);
                 }
-                Ok(Err(e)) if e.is_connect() && replayable => {
-                    tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
-                    last_error = Some(e);
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    return Err(BackendError::Unreachable(format!(
-                        "{url}: {}",
-                        error_chain(&e)
-                    )));
-                }
                 Ok(Err(e)) => {
-                    return Err(BackendError::Crashed(format!("{url}: {}", error_chain(&e))));
+                    // The client's body failed, not the backend: say how.
+                    let body_fault = fault.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(body_fault) = body_fault {
+                        return Err(body_fault);
+                    }
+                    if e.is_connect() && replayable {
+                        tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
+                        last_error = Some(e);
+                        continue;
+                    }
+                    let error = if e.is_connect() {
+                        BackendError::Unreachable(format!("{url}: {}", error_chain(&e)))
+                    } else {
+                        BackendError::Crashed(format!("{url}: {}", error_chain(&e)))
+                    };
+                    return Err(error.into());
                 }
             }
         }
         let detail = last_error.map(|e| error_chain(&e)).unwrap_or_default();
-        Err(BackendError::Unreachable(format!(
-            "no replica reachable: {detail}"
-        )))
+        Err(BackendError::Unreachable(format!("no replica reachable: {detail}")).into())
+    }
+}
+
+/// Why a passthrough request got no answer from its backend.
+#[derive(Debug)]
+pub enum ForwardError {
+    Backend(BackendError),
+    /// The client's body passed the limit; the backend got no more of it
+    /// than the limit.
+    BodyTooLarge,
+    /// Reading the client's body failed (it stalled, or its connection
+    /// broke), with the body's own error.
+    Body(axum::Error),
+}
+
+impl From<BackendError> for ForwardError {
+    fn from(error: BackendError) -> ForwardError {
+        ForwardError::Backend(error)
+    }
+}
+
+/// A client's request body on its way to a backend: it ends in an error
+/// before the frame that would pass `remaining` bytes, and keeps what went
+/// wrong for `forward`, since hyper reports only that the body failed
+/// (and over HTTP/2 not even that).
+struct ClientBody {
+    inner: Body,
+    remaining: u64,
+    fault: Arc<Mutex<Option<ForwardError>>>,
+}
+
+/// The error a [`ClientBody`] gives hyper; the cause is in its fault.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+struct ClientBodyFailed;
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyFailed;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, ClientBodyFailed>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let fault = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => ForwardError::Body(e),
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, |data| data.len() as u64);
+                match this.remaining.checked_sub(size) {
+                    Some(left) => {
+                        this.remaining = left;
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    None => ForwardError::BodyTooLarge,
+                }
+            }
+        };
+        *this.fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(fault);
+        Poll::Ready(Some(Err(ClientBodyFailed)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -403,15 +486,25 @@ impl HttpBackend {
         principal: Option<&Principal>,
         deadline: tokio::time::Instant,
     ) -> Result<StoredAnswer, BackendError> {
-        let response = self
-            .forward(
-                stored.request()?,
-                &stored.suffix,
-                trace,
-                principal,
-                deadline,
-            )
-            .await?;
+        let forwarded = self.forward(
+            stored.request()?,
+            &stored.suffix,
+            trace,
+            principal,
+            deadline,
+            u64::MAX,
+        );
+        let response = match forwarded.await {
+            Ok(response) => response,
+            Err(ForwardError::Backend(e)) => return Err(e),
+            // A stored body is whole and was checked against the limit
+            // when the call was spawned.
+            Err(ForwardError::BodyTooLarge | ForwardError::Body(_)) => {
+                return Err(BackendError::Garbage(
+                    "the stored request's body could not be sent".to_owned(),
+                ));
+            }
+        };
         let status = response.status().as_u16();
         let content_type = response
             .headers()

@@ -57,7 +57,7 @@ pub async fn spawn(
             let body = input::read_body(
                 parts.headers.get(header::CONTENT_LENGTH),
                 body,
-                state.max_body,
+                input::body_limit(state, function),
             )
             .await?;
             let query = parts.uri.query().unwrap_or("");

@@ -17,6 +17,7 @@ use super::context::RouteLabel;
 use super::input;
 use super::problem::ApiError;
 use crate::backend::Backend;
+use crate::backend::http::ForwardError;
 use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, names};
 use crate::registry::{Function, Lookup, Target};
 
@@ -183,6 +184,12 @@ async fn call(
                     allow: spec.allow_header(),
                 });
             }
+            input::check_suffix(suffix)?;
+            let body_limit = input::body_limit(state, function);
+            input::check_declared_length(
+                request.headers().get(header::CONTENT_LENGTH),
+                body_limit,
+            )?;
             if prefers_async(&request) {
                 return spawned(
                     Box::pin(call_routes::spawn(
@@ -198,12 +205,21 @@ async fn call(
                 .map_err(|_| ApiError::Overloaded)?;
             let deadline = tokio::time::Instant::now() + spec.timeout;
             let principal = caller.principal();
-            let forward = backend.forward(request, suffix, trace, principal.as_ref(), deadline);
+            let forward = backend.forward(
+                request,
+                suffix,
+                trace,
+                principal.as_ref(),
+                deadline,
+                body_limit,
+            );
             // Boxed, like the other rarer routes: the sync-call path's
             // future (moved into each HTTP/2 stream's task) stays small.
-            Box::pin(forward)
-                .await
-                .map_err(|e| backend_failure(function, trace, e))
+            Box::pin(forward).await.map_err(|e| match e {
+                ForwardError::Backend(e) => backend_failure(function, trace, e),
+                ForwardError::BodyTooLarge => ApiError::PayloadTooLarge { limit: body_limit },
+                ForwardError::Body(e) => input::body_read_failure(&e),
+            })
         }
         Target::Invoke(_) if suffix == "/spawn" => {
             if request.method() != Method::POST {

@@ -31,7 +31,7 @@ pub async fn arguments(
         read_body(
             parts.headers.get(header::CONTENT_LENGTH),
             body,
-            state.max_body,
+            body_limit(state, function),
         )
         .await?
     };
@@ -69,6 +69,26 @@ pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The largest body `function` takes: its own `max_body`, else the server's.
+pub fn body_limit(state: &AppState, function: &Function) -> u64 {
+    function.spec.max_body.unwrap_or(state.max_body)
+}
+
+/// Refuses a body whose `Content-Length` is over `limit`, before any of it
+/// is read or forwarded.
+pub fn check_declared_length(
+    content_length: Option<&HeaderValue>,
+    limit: u64,
+) -> Result<(), ApiError> {
+    let declared = content_length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(ApiError::PayloadTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a body, refusing it as soon as it passes `limit` bytes (at once
 /// when its `Content-Length` says it will).
 pub async fn read_body(
@@ -77,12 +97,7 @@ pub async fn read_body(
     limit: u64,
 ) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge { limit };
-    let declared = content_length
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
+    check_declared_length(content_length, limit)?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -91,5 +106,118 @@ pub async fn read_body(
         Err(e) => Err(ApiError::InvalidJson(format!(
             "could not read the request body: {e}"
         ))),
+    }
+}
+
+/// The client's error for a passthrough body that could not be read while
+/// it was forwarded: a stalled one is `408`, as for any other body.
+pub fn body_read_failure(error: &(dyn std::error::Error + 'static)) -> ApiError {
+    if is_stalled(error) {
+        return ApiError::RequestTimeout;
+    }
+    ApiError::BadRequest(format!("could not read the request body: {error}"))
+}
+
+/// Refuses a passthrough path suffix with a dot-segment (`.` or `..`,
+/// RFC 3986 section 3.3), percent-encoded dots (`%2e`) counting as dots
+/// and encoded slashes and backslashes (`%2F`, `%5C`, `\`) as segment
+/// ends: a backend that decodes or normalises paths would otherwise serve
+/// something outside the function's prefix. Refused, not normalised: the
+/// gateway never forwards a path other than the one the client sent.
+pub fn check_suffix(suffix: &str) -> Result<(), ApiError> {
+    if suffix_has_dot_segment(suffix) {
+        return Err(ApiError::BadRequest(
+            "the path has a '.' or '..' segment (percent-encoded or not); send it normalised"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn suffix_has_dot_segment(suffix: &str) -> bool {
+    enum Token {
+        Dot,
+        Other,
+        SegmentEnd,
+    }
+    let mut rest = suffix.as_bytes();
+    // Dots in the segment so far; None once it holds anything else.
+    let mut dots = Some(0u8);
+    loop {
+        let (token, width) = match rest {
+            [] => (Token::SegmentEnd, 0),
+            [b'/' | b'\\', ..] => (Token::SegmentEnd, 1),
+            [b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..] => (Token::SegmentEnd, 3),
+            [b'.', ..] => (Token::Dot, 1),
+            [b'%', b'2', b'e' | b'E', ..] => (Token::Dot, 3),
+            _ => (Token::Other, 1),
+        };
+        match token {
+            Token::Dot => dots = dots.map(|n| n.saturating_add(1)),
+            Token::Other => dots = None,
+            Token::SegmentEnd => {
+                if matches!(dots, Some(1 | 2)) {
+                    return true;
+                }
+                if rest.is_empty() {
+                    return false;
+                }
+                dots = Some(0);
+            }
+        }
+        rest = &rest[width..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for bad in [
+            "/..",
+            "/../headers",
+            "/pt/../../headers",
+            "/./x",
+            "/x/.",
+            "/%2e%2e/x",
+            "/%2E./x",
+            "/.%2e",
+            "/a/%2e",
+            "/..%2fheaders",
+            "/..%5Cheaders",
+            "/..\\headers",
+            "/x%2F..%2Fy",
+        ] {
+            assert!(suffix_has_dot_segment(bad), "{bad:?} passed");
+            assert!(matches!(check_suffix(bad), Err(ApiError::BadRequest(_))));
+        }
+        for good in [
+            "",
+            "/",
+            "/headers",
+            "/a/b/",
+            "/...",
+            "/.well-known/x",
+            "/a..b",
+            "/x.",
+            "/%2e%2e%2e",
+            "/a%2ex",
+            "//x",
+        ] {
+            assert!(!suffix_has_dot_segment(good), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn declared_lengths_over_the_limit_are_refused() {
+        let length = |n: &str| HeaderValue::from_str(n).unwrap();
+        assert!(check_declared_length(Some(&length("10")), 10).is_ok());
+        assert!(check_declared_length(None, 10).is_ok());
+        assert!(matches!(
+            check_declared_length(Some(&length("11")), 10),
+            Err(ApiError::PayloadTooLarge { limit: 10 })
+        ));
     }
 }
