@@ -242,9 +242,9 @@ pub async fn call(
                 if !record.state.is_finished() {
                     return Ok(see_other(id));
                 }
-                return render(state, record);
+                return render(state, trace, record);
             }
-            render(state, record)
+            render(state, trace, record)
         }
         Method::DELETE => {
             if !plausible_call_id(id) {
@@ -295,10 +295,11 @@ fn wait_param(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
 
 /// A stored call as the client sees it: the result, the error a sync call
 /// would have given, or its progress.
-fn render(state: &AppState, record: CallRecord) -> Result<Response<Body>, ApiError> {
-    let timeout = match state.registry.lookup(&record.app, &record.function) {
-        Lookup::Found(function) => function.spec.timeout,
-        Lookup::NoApp | Lookup::NoFunction => DEFAULT_TIMEOUT,
+fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Response<Body>, ApiError> {
+    let (timeout, expose_errors) = match state.registry.lookup(&record.app, &record.function) {
+        Lookup::Found(function) => (function.spec.timeout, function.spec.expose_errors),
+        // A function no longer deployed: nothing says its errors may be shown.
+        Lookup::NoApp | Lookup::NoFunction => (DEFAULT_TIMEOUT, false),
     };
     match (record.state, record.outcome) {
         (
@@ -331,10 +332,24 @@ fn render(state: &AppState, record: CallRecord) -> Result<Response<Body>, ApiErr
                 message,
             }),
         ) => Err(match kind {
-            FailureKind::Function => ApiError::FunctionError {
-                kind: error_type,
-                message,
-            },
+            FailureKind::Function => {
+                if !expose_errors {
+                    tracing::warn!(
+                        request_id = %trace.request_id,
+                        call_id = %record.id,
+                        app = %record.app,
+                        function = %record.function,
+                        error_type = %error_type,
+                        message = ?message,
+                        "spawned call failed; its message is withheld from the client"
+                    );
+                }
+                ApiError::FunctionError {
+                    kind: error_type,
+                    message,
+                }
+                .exposing(expose_errors)
+            }
             FailureKind::Backend => ApiError::BackendError,
         }),
         (CallState::TimedOut, _) => Err(ApiError::FunctionTimeout { timeout }),

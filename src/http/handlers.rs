@@ -360,10 +360,11 @@ fn backend_failure(
         request_id = %trace.request_id,
         app = %function.app,
         function = %function.name,
-        error = %error,
+        // Quoted and escaped: a traceback stays on one log line.
+        error = ?error.to_string(),
         "call failed"
     );
-    ApiError::from_backend(error, function.spec.timeout)
+    ApiError::from_backend(error, function.spec.timeout).exposing(function.spec.expose_errors)
 }
 
 #[cfg(test)]

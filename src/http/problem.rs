@@ -210,7 +210,24 @@ impl From<TranslateError> for ApiError {
     }
 }
 
+/// The message a client gets instead of a function's own when the
+/// function has `expose_errors = false`.
+pub const WITHHELD_MESSAGE: &str = "the function's error message is withheld (expose_errors = false); the gateway's log has it under this request id";
+
 impl ApiError {
+    /// A function error with its message replaced by [`WITHHELD_MESSAGE`]
+    /// unless `expose` (the function's `expose_errors`); the error type
+    /// stays. Any other error is returned as it is.
+    pub fn exposing(self, expose: bool) -> ApiError {
+        match self {
+            ApiError::FunctionError { kind, .. } if !expose => ApiError::FunctionError {
+                kind,
+                message: WITHHELD_MESSAGE.to_owned(),
+            },
+            other => other,
+        }
+    }
+
     /// The client's view of a backend failure; the details stay in the log.
     pub fn from_backend(error: BackendError, timeout: Duration) -> ApiError {
         match error {
@@ -263,6 +280,29 @@ mod tests {
             serde_json::json!({"type": "ValueError", "message": "bad x"})
         );
         assert_eq!(problem["status"], 500);
+    }
+
+    #[test]
+    fn withheld_function_errors_keep_only_their_type() {
+        let error = || ApiError::FunctionError {
+            kind: "ValueError".into(),
+            message: "Traceback (most recent call last):\n  File \"/srv/app/f.py\"".into(),
+        };
+        match error().exposing(false) {
+            ApiError::FunctionError { kind, message } => {
+                assert_eq!(kind, "ValueError");
+                assert_eq!(message, WITHHELD_MESSAGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        match error().exposing(true) {
+            ApiError::FunctionError { message, .. } => assert!(message.contains("/srv/app")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ApiError::BackendError.exposing(false),
+            ApiError::BackendError
+        ));
     }
 
     #[test]
