@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::Request;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use tokio::time::Instant;
 
 use super::AppState;
 use super::admission::{self, Caller, PlainListener};
@@ -271,13 +272,27 @@ pub async fn call(
             }
             if wait.is_none() && record.from_sync && !record.state.is_finished() {
                 // A client sent here by a sync call's 303 (curl -L, fetch)
-                // waits for the result, and is sent round again while the
-                // call still runs, so it ends up with the result.
-                let record = read(state.calls.max_wait()).await?;
+                // waits for the result as long as the sync call did, and
+                // is sent round again while the call still runs, so it
+                // ends up with the result.
+                let held_until = Instant::now() + state.sync_wait;
+                while !record.state.is_finished() {
+                    let now = Instant::now();
+                    let left = held_until.saturating_duration_since(now);
+                    if left.is_zero() {
+                        break;
+                    }
+                    record = read(left).await?;
+                    // Each read waits up to `max_wait`; one that ends early
+                    // with the call still running means the gateway stops.
+                    let read_until = now + left.min(state.calls.max_wait());
+                    if !record.state.is_finished() && Instant::now() < read_until {
+                        break;
+                    }
+                }
                 if !record.state.is_finished() {
                     return Ok(see_other(id));
                 }
-                return render(state, trace, record);
             }
             render(state, trace, record)
         }
