@@ -21,6 +21,28 @@ pub enum RouteLabel {
     Fixed(&'static str),
     /// `/{app}/{function}` of a deployed function.
     Function(Arc<str>, Arc<str>),
+    /// No route: shown as `-`; the path (cut to [`UNMATCHED_PATH_MAX`]
+    /// bytes, never the query) is logged at debug level.
+    Unmatched(Box<str>),
+}
+
+/// The most of an unmatched request's path the log keeps.
+pub const UNMATCHED_PATH_MAX: usize = 200;
+
+impl RouteLabel {
+    /// The label of a request no route matched; `path` has no query.
+    pub fn unmatched(path: &str) -> RouteLabel {
+        let mut end = path.len().min(UNMATCHED_PATH_MAX);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < path.len() {
+            format!("{}...", &path[..end])
+        } else {
+            path.to_owned()
+        };
+        RouteLabel::Unmatched(cut.into_boxed_str())
+    }
 }
 
 impl std::fmt::Display for RouteLabel {
@@ -28,6 +50,7 @@ impl std::fmt::Display for RouteLabel {
         match self {
             RouteLabel::Fixed(label) => f.write_str(label),
             RouteLabel::Function(app, function) => write!(f, "/{app}/{function}"),
+            RouteLabel::Unmatched(_) => f.write_str("-"),
         }
     }
 }
@@ -122,6 +145,9 @@ where
         request_id = %request_id,
         "request"
     );
+    if let Some(RouteLabel::Unmatched(path)) = route {
+        tracing::debug!(request_id = %request_id, path = %path, "the request matched no route");
+    }
     response
 }
 
@@ -153,6 +179,21 @@ mod tests {
         let fine = request_context(request, fine).await;
         assert_eq!(fine.status(), 200);
         assert_eq!(fine.headers()["x-request-id"].len(), 32);
+    }
+
+    #[test]
+    fn unmatched_paths_are_cut_for_the_log() {
+        let short = RouteLabel::unmatched("/nope/x");
+        assert!(matches!(&short, RouteLabel::Unmatched(p) if &**p == "/nope/x"));
+        assert_eq!(short.to_string(), "-");
+        let long = format!("/{}", "a".repeat(5000));
+        match RouteLabel::unmatched(&long) {
+            RouteLabel::Unmatched(p) => {
+                assert_eq!(p.len(), UNMATCHED_PATH_MAX + 3);
+                assert!(p.ends_with("..."));
+            }
+            _ => unreachable!(),
+        }
     }
 
     fn headers(name: &'static str, value: &str) -> HeaderMap {

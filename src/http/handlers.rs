@@ -80,7 +80,7 @@ async fn function_route(
                 app: app.to_owned(),
             }
         };
-        return (RouteLabel::Fixed("-"), Err(error));
+        return (RouteLabel::unmatched(path), Err(error));
     };
     match state.registry.lookup(app, function) {
         Lookup::Found(found) => {
@@ -89,13 +89,13 @@ async fn function_route(
             (label, call(state, &found, suffix, trace, request).await)
         }
         Lookup::NoApp => (
-            RouteLabel::Fixed("-"),
+            RouteLabel::unmatched(path),
             Err(ApiError::AppNotFound {
                 app: app.to_owned(),
             }),
         ),
         Lookup::NoFunction => (
-            RouteLabel::Fixed("-"),
+            RouteLabel::unmatched(path),
             Err(ApiError::FunctionNotFound {
                 app: app.to_owned(),
                 function: function.to_owned(),
