@@ -377,3 +377,103 @@ async fn webhook_retry_survives_a_kill_9() {
     assert_eq!(body["call_id"], id.as_str());
     assert!(signature_matches(&secret, &deliveries[1]));
 }
+
+/// A receiver on 127.0.0.1 that accepts connections, reads what comes
+/// and never answers. The watch holds (connections open now, the most
+/// that were open at once).
+async fn hung_receiver() -> (u16, tokio::sync::watch::Receiver<(usize, usize)>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind hung receiver");
+    let port = listener.local_addr().expect("hung receiver addr").port();
+    let (open, watch) = tokio::sync::watch::channel((0, 0));
+    let open = Arc::new(open);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            open.send_modify(|(now, most)| {
+                *now += 1;
+                *most = (*most).max(*now);
+            });
+            let open = open.clone();
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                open.send_modify(|(now, _)| *now -= 1);
+            });
+        }
+    });
+    (port, watch)
+}
+
+/// The issue's case: 40 callbacks to a receiver that never answers, then
+/// one to a healthy receiver on another host (`localhost`, where the hung
+/// one is `127.0.0.1`). The healthy one must not wait for the hung ones'
+/// 10 s timeouts (when deliveries went in batches of 32 that waited for
+/// the slowest, it arrived 10 s late here, 20 s in the issue's report).
+#[tokio::test]
+async fn a_hung_receiver_does_not_delay_deliveries_to_other_hosts() {
+    let secret = new_secret();
+    let gw = Gateway::builder()
+        .file("square.py", SQUARE_PY)
+        .toml(&exec_fn("w", "square", "square.py", "concurrency = 40"))
+        .toml(
+            "[webhooks]\nsecret_env = \"FNGATE_WEBHOOK_SECRET\"\n\
+             allow_hosts = [\"127.0.0.1\", \"localhost\"]\nmax_attempts = 3\n",
+        )
+        .env("FNGATE_WEBHOOK_SECRET", &secret)
+        .start()
+        .await;
+    let (hung_port, mut open) = hung_receiver().await;
+    let hung_url = format!("http://127.0.0.1:{hung_port}/hook");
+    let bodies: Vec<String> = (0..40).map(|x| format!(r#"{{"x": {x}}}"#)).collect();
+    let spawns = bodies
+        .iter()
+        .map(|body| spawn_with_callback(&gw, &hung_url, body));
+    let mut ids = Vec::new();
+    for resp in futures_util::future::join_all(spawns).await {
+        assert_eq!(resp.status(), 202);
+        ids.push(resp.headers()["x-call-id"].to_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let result = gw
+            .client()
+            .get(gw.url(&format!("/calls/{id}?wait=20")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(result.status(), 200, "call {id} finished");
+    }
+    // The hung receiver holds deliveries now: they wait for their timeout.
+    tokio::time::timeout(Duration::from_secs(10), open.wait_for(|(now, _)| *now >= 8))
+        .await
+        .expect("the hung receiver gets connections within 10 s")
+        .expect("hung receiver runs");
+
+    let healthy = Receiver::start(vec![]).await;
+    let healthy_url = format!("http://localhost:{}/hook", healthy.port);
+    let spawned = Instant::now();
+    let resp = spawn_with_callback(&gw, &healthy_url, r#"{"x": 7}"#).await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.headers()["x-call-id"].to_str().unwrap().to_owned();
+    assert!(
+        eventually(Duration::from_secs(30), || !healthy.deliveries().is_empty()).await,
+        "the healthy receiver gets its webhook"
+    );
+    let delay = healthy.deliveries()[0].at - spawned;
+    let (held, most) = *open.borrow();
+    println!(
+        "healthy webhook arrived {delay:?} after its spawn; the hung receiver held {held} \
+         connections (at most {most} at once)"
+    );
+    let body: Value = serde_json::from_slice(&healthy.deliveries()[0].body).unwrap();
+    assert_eq!(body["call_id"], id.as_str());
+    assert!(
+        delay < Duration::from_secs(3),
+        "the healthy webhook waited {delay:?} behind the hung receiver"
+    );
+    assert!(
+        most <= 8,
+        "at most 8 deliveries at once to one host, got {most}"
+    );
+}

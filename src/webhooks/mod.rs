@@ -3,6 +3,9 @@
 //! per Standard Webhooks, retrying with backoff. The store owns the queue of
 //! deliveries (durable across restarts); this module owns sending them.
 
+mod schedule;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +18,16 @@ use http::uri::Scheme;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use tokio::sync::Notify;
+use tokio::task::{self, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::schedule::Schedule;
 use crate::backend::http::Pool;
 use crate::store::{
     CallRecord, CallState, CallStore, Delivery, FailureKind, Outcome, StoreError, now_ms,
 };
 
-/// Deliveries taken from the store and sent concurrently at a time.
-const BATCH: usize = 32;
 /// How long one attempt may take, answer included.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry waits about this long; each later one twice the last.
@@ -246,63 +250,99 @@ impl Webhooks {
         Ok(uri)
     }
 
-    /// Delivers due webhooks until `shutdown`: takes up to 32 due
-    /// deliveries, sends them concurrently and waits for the batch; when
-    /// none is due, sleeps until the next one is due, `ended` is notified
-    /// (a call ended) or `shutdown`. A delivery interrupted by shutdown
-    /// stays due and is sent again (same `webhook-id`) after a restart.
+    /// Delivers due webhooks until `shutdown`, each attempt in its own
+    /// task: at most `schedule::PER_HOST` at once per receiver host, so a
+    /// receiver that never answers delays only its own deliveries. Reads
+    /// the store again when a call ends (`ended`), a retry falls due, or a
+    /// slot frees while due rows were left in the store. A delivery
+    /// interrupted by shutdown stays due and is sent again (same
+    /// `webhook-id`) after a restart.
     pub async fn run(self: Arc<Self>, ended: Arc<Notify>, shutdown: CancellationToken) {
+        let mut schedule = Schedule::default();
+        let mut running: JoinSet<Option<i64>> = JoinSet::new();
+        let mut tasks: HashMap<task::Id, String> = HashMap::new();
+        // Whether to read the store now (each wake-up below decides), and
+        // when to read it at the latest.
+        let mut look = true;
+        let mut look_at: Option<Instant> = None;
         loop {
             // Listen before looking, so a call ending meanwhile wakes us.
             let notified = ended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (pause, wake_on_end) = match self.store.due_deliveries(now_ms(), BATCH).await {
-                Ok((due, _)) if !due.is_empty() => {
-                    let sent = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        sent = self.deliver_batch(due) => sent,
-                    };
-                    match sent {
-                        Ok(()) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "webhooks: recording deliveries failed; retrying in 1 s");
-                            (Some(STORE_RETRY), false)
+            if look {
+                let limit = schedule.read_limit();
+                match self.store.due_deliveries(now_ms(), limit).await {
+                    Ok((due, next)) => {
+                        for delivery in schedule.offer(due, host_of) {
+                            self.start(delivery, &mut running, &mut tasks);
                         }
+                        look_at = next.map(instant_of);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhooks: reading due deliveries failed; retrying in 1 s");
+                        look_at = Some(Instant::now() + STORE_RETRY);
                     }
                 }
-                Ok((_, next)) => {
-                    let wait = next.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64));
-                    (wait, true)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhooks: reading due deliveries failed; retrying in 1 s");
-                    (Some(STORE_RETRY), false)
-                }
-            };
-            let sleep = async {
-                match pause {
-                    Some(pause) => tokio::time::sleep(pause).await,
+            }
+            let wake = async {
+                match look_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = sleep => {}
-                _ = &mut notified, if wake_on_end => {}
+                _ = wake => look = true,
+                _ = &mut notified => look = true,
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let (id, due_again) = match done {
+                        Ok((id, retry_at)) => (id, retry_at.map(instant_of)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "webhooks: a delivery task failed; it will be sent again");
+                            (e.id(), Some(Instant::now() + STORE_RETRY))
+                        }
+                    };
+                    if let Some(call_id) = tasks.remove(&id) {
+                        for delivery in schedule.finished(&call_id) {
+                            self.start(delivery, &mut running, &mut tasks);
+                        }
+                    }
+                    look = schedule.left_some();
+                    look_at = earliest(look_at, due_again);
+                }
             }
         }
     }
 
-    /// Sends a batch concurrently; the first store error, if any.
-    async fn deliver_batch(&self, due: Vec<Delivery>) -> Result<(), StoreError> {
-        let results =
-            futures_util::future::join_all(due.into_iter().map(|d| self.deliver(d))).await;
-        results.into_iter().collect()
+    /// Starts one attempt at `delivery` in its own task, which ends with
+    /// when the delivery is due again, if it is.
+    fn start(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        running: &mut JoinSet<Option<i64>>,
+        tasks: &mut HashMap<task::Id, String>,
+    ) {
+        let call_id = delivery.call_id.clone();
+        let webhooks = self.clone();
+        let handle = running.spawn(async move {
+            match webhooks.deliver(delivery).await {
+                Ok(retry_at) => retry_at,
+                Err(e) => {
+                    // The row stays as it was: due, so it is sent again
+                    // after a pause that keeps its slot.
+                    tracing::warn!(error = %e, "webhooks: recording a delivery failed; retrying in 1 s");
+                    tokio::time::sleep(STORE_RETRY).await;
+                    Some(now_ms())
+                }
+            }
+        });
+        tasks.insert(handle.id(), call_id);
     }
 
-    /// Makes one attempt at a delivery and records how it went.
-    async fn deliver(&self, delivery: Delivery) -> Result<(), StoreError> {
+    /// Makes one attempt at a delivery and records how it went; returns
+    /// when it is due again, if it is to be retried.
+    async fn deliver(&self, delivery: Delivery) -> Result<Option<i64>, StoreError> {
         let Delivery {
             call_id,
             url,
@@ -311,7 +351,10 @@ impl Webhooks {
         let record = self.store.get(&call_id).await?;
         let Some(record) = record.filter(|r| !r.is_expired(now_ms())) else {
             tracing::debug!(call_id, "webhook dropped: the call has expired");
-            return self.store.delivery_attempted(call_id, attempts, None).await;
+            self.store
+                .delivery_attempted(call_id, attempts, None)
+                .await?;
+            return Ok(None);
         };
         let attempt = attempts.saturating_add(1);
         let outcome = match self.target(&url) {
@@ -319,11 +362,7 @@ impl Webhooks {
             Err(reason) => Attempt::Refused(reason),
             Ok(target) => self.send(target, &call_id, payload(&record)).await,
         };
-        let host = url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.host().map(str::to_owned))
-            .unwrap_or_default();
+        let host = host_of(&url);
         let retry_at = match outcome {
             Attempt::Delivered => {
                 tracing::debug!(call_id, host, attempt, "webhook delivered");
@@ -351,7 +390,8 @@ impl Webhooks {
         };
         self.store
             .delivery_attempted(call_id, attempt, retry_at)
-            .await
+            .await?;
+        Ok(retry_at)
     }
 
     /// One signed POST, answer included, within `ATTEMPT_TIMEOUT`.
@@ -405,6 +445,28 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     delay
         .mul_f64(rand::random_range(0.8..=1.2))
         .min(MAX_BACKOFF)
+}
+
+/// The receiver host of a stored callback URL, as compared with
+/// `allow_hosts` (empty when it has none): the unit of `PER_HOST`.
+fn host_of(url: &str) -> String {
+    url.parse::<Uri>()
+        .ok()
+        .and_then(|u| u.host().map(normalize_host))
+        .unwrap_or_default()
+}
+
+/// The monotonic instant of a wall-clock time in ms (now, if past).
+fn instant_of(at_ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms()).max(0) as u64)
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A host as compared with `allow_hosts`: lowercase, no IPv6 brackets.
