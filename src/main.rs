@@ -107,7 +107,18 @@ fn init_logging() {
 
 fn check(config: &Config) {
     let registry = Registry::from_config(config, &HttpClients::new());
-    println!("{}: ok", config.file.display());
+    // Problems that do not make the config unusable, but that "ok" alone
+    // would hide: a command that is not installed, a script not there.
+    let warnings = config.command_warnings();
+    let file = config.file.display();
+    for warning in &warnings {
+        eprintln!("fngate check: warning: {file}: {warning}");
+    }
+    match warnings.len() {
+        0 => println!("{file}: ok"),
+        1 => println!("{file}: ok, with 1 warning"),
+        n => println!("{file}: ok, with {n} warnings"),
+    }
     for function in registry.functions() {
         let methods = if function.spec.is_passthrough() {
             format!(

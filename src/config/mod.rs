@@ -2,6 +2,7 @@
 //! malformed with the file, the key path and what is wrong, and yields the
 //! validated runtime types the rest of the gateway is built from.
 
+mod commands;
 mod raw;
 mod security;
 mod units;

@@ -753,3 +753,27 @@ pub fn header_str(resp: &reqwest::Response, name: &str) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
+
+/// Copies the repository's `gateway.toml` and `examples/` into `dest`, as a
+/// fresh clone has them (no generated `certs/`, `data/` or `__pycache__/`),
+/// so a test can run the quick start without touching the repository.
+pub fn copy_quick_start(dest: &Path) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("create folder");
+        for entry in std::fs::read_dir(from).expect("read folder") {
+            let entry = entry.expect("folder entry");
+            let name = entry.file_name();
+            let path = entry.path();
+            if path.is_dir() {
+                if !matches!(name.to_str(), Some("certs" | "data" | "__pycache__")) {
+                    copy_dir(&path, &to.join(&name));
+                }
+            } else {
+                std::fs::copy(&path, to.join(&name)).expect("copy file");
+            }
+        }
+    }
+    std::fs::copy(repo_dir().join("gateway.toml"), dest.join("gateway.toml"))
+        .expect("copy gateway.toml");
+    copy_dir(&repo_dir().join("examples"), &dest.join("examples"));
+}
