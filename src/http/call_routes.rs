@@ -272,10 +272,10 @@ pub async fn call(
             }
             if wait.is_none() && record.from_sync && !record.state.is_finished() {
                 // A client sent here by a sync call's 303 (curl -L, fetch)
-                // waits for the result as long as the sync call did, and
-                // is sent round again while the call still runs, so it
-                // ends up with the result.
-                let held_until = Instant::now() + state.sync_wait;
+                // waits for the result as long as the sync call did (or
+                // max_wait, when longer), and is sent round again while
+                // the call still runs, so it ends up with the result.
+                let held_until = Instant::now() + state.sync_wait.max(state.calls.max_wait());
                 while !record.state.is_finished() {
                     let now = Instant::now();
                     let left = held_until.saturating_duration_since(now);
