@@ -9,8 +9,10 @@
 #   curl --cacert dev-ca.pem 'https://localhost:8443/demo/square?x=42'
 #
 # The volumes keep spawned calls and the generated dev CA across restarts.
-# Mount real certificates and a config of your own over /srv/fngate to go
-# beyond the demo.
+# Mount a config of your own at /srv/fngate/gateway.toml (and real
+# certificates) to go beyond the demo. The README's Docker section shows the
+# same commands; .ci/docker-builder-check runs the builder stage without
+# Docker.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /build
