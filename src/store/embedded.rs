@@ -7,21 +7,27 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
-    NewCall, Outcome, PendingCounts, StoreError,
+    NewCall, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
 };
 
+mod startup;
 mod writer;
 
-use writer::{Reply, Write, write_loop};
+use startup::{Checked, check_integrity, explain, refuse_lost_journal};
+use writer::{Reply, Write, Writer, write_loop};
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The layout `SCHEMA` describes, recorded in the file's `user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -83,54 +89,83 @@ const GET_BY_ID: &str = concat!("SELECT ", columns!(), " FROM calls WHERE id = ?
 pub struct EmbeddedStore {
     writes: mpsc::Sender<Write>,
     readers: Mutex<Vec<Connection>>,
-    path: PathBuf,
     /// Pending calls as of the last commit; only the writer thread changes it.
     pending: Arc<AtomicU64>,
+    /// The file, and whether it failed for good.
+    health: Arc<FileHealth>,
+}
+
+/// The upkeep of an embedded store; `Default` is what the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// How long the start-up `PRAGMA quick_check` may take. Past it the
+    /// check is abandoned with a warning and the store starts unchecked: a
+    /// huge file must not hold the start-up for minutes, and corruption
+    /// the check did not reach is still found by the first read or write
+    /// that meets it.
+    pub check_budget: Duration,
+    /// How often the writer checkpoints the WAL into the database and
+    /// truncates it, when anything was written since the last time (or the
+    /// last checkpoint failed): a WAL left at its largest holds disk space
+    /// a small filesystem needs back.
+    pub checkpoint_every: Duration,
+}
+
+impl Default for Maintenance {
+    fn default() -> Maintenance {
+        Maintenance {
+            check_budget: Duration::from_secs(10),
+            checkpoint_every: Duration::from_secs(5),
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (creating when needed) the store at `path` and starts its writer thread.
+    /// Opens (creating when needed) the store at `path`, checks it, and
+    /// starts its writer thread.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(path, &Maintenance::default())
+    }
+
+    /// [`EmbeddedStore::open`] with other upkeep settings. Every error
+    /// names the file.
+    pub fn open_with(path: &Path, maintenance: &Maintenance) -> Result<EmbeddedStore, StoreError> {
+        let named = |why: String| StoreError::Open {
+            path: path.to_owned(),
+            why,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+                .map_err(|e| named(format!("creating its folder {}: {e}", dir.display())))?;
         }
-        let writer = Connection::open(path)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
-        writer.pragma_update(None, "synchronous", "FULL")?;
-        writer.busy_timeout(std::time::Duration::from_secs(10))?;
-        // A file written by another layout fails here, at start-up, with
-        // what to do, instead of failing every spawn later.
-        let layout = writer.execute_batch(SCHEMA).and_then(|()| {
-            writer
-                .prepare(&format!(
-                    "SELECT {COLUMNS}, idem_key, idem_hash FROM calls LIMIT 0"
-                ))
-                .map(drop)
+        refuse_lost_journal(path).map_err(named)?;
+        let (writer, pending) = prepare(path, maintenance.check_budget).map_err(named)?;
+        let pending = Arc::new(AtomicU64::new(pending));
+        let health = Arc::new(FileHealth {
+            file: path.to_owned(),
+            health: StoreHealth::default(),
         });
-        if let Err(e) = layout {
-            return Err(StoreError::Io(format!(
-                "{} was written by another version of fngate's store ({e}); move it away to start afresh",
-                path.display()
-            )));
-        }
-        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        let pending: i64 =
-            writer.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
-                row.get(0)
-            })?;
-        let pending = Arc::new(AtomicU64::new(pending as u64));
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
-        let count = pending.clone();
+        let writer = Writer::new(writer, pending.clone(), health.clone());
+        let watched = health.clone();
         std::thread::Builder::new()
             .name("fngate-store-writer".into())
-            .spawn(move || write_loop(writer, queue, &count))
-            .map_err(|e| StoreError::Io(format!("starting the writer thread: {e}")))?;
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_loop(writer, queue)
+                }));
+                if ran.is_err() {
+                    watched.fail("its writer thread panicked".to_owned());
+                }
+            })
+            .map_err(|e| named(format!("starting the writer thread: {e}")))?;
+        tick_checkpoints(writes.downgrade(), maintenance.checkpoint_every)
+            .map_err(|e| named(format!("starting the checkpoint timer: {e}")))?;
         Ok(EmbeddedStore {
             writes,
             readers: Mutex::new(Vec::new()),
-            path: path.to_owned(),
             pending,
+            health,
         })
     }
 
@@ -152,10 +187,17 @@ impl EmbeddedStore {
         match pooled {
             Some(connection) => Ok(connection),
             None => {
-                let connection = Connection::open(&self.path)?;
-                connection.busy_timeout(std::time::Duration::from_secs(10))?;
-                connection.pragma_update(None, "query_only", true)?;
-                Ok(connection)
+                // Never creating it: a file gone from under a running
+                // store must not come back empty.
+                let open = || {
+                    let flags =
+                        rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+                    let connection = Connection::open_with_flags(&self.health.file, flags)?;
+                    connection.busy_timeout(BUSY_TIMEOUT)?;
+                    connection.pragma_update(None, "query_only", true)?;
+                    Ok(connection)
+                };
+                open().map_err(|e| self.health.error(e))
             }
         }
     }
@@ -174,7 +216,7 @@ impl EmbeddedStore {
             .lock()
             .expect("reader pool lock is never poisoned")
             .push(connection);
-        Ok(result?)
+        result.map_err(|e| self.health.error(e))
     }
 
     async fn read<T: Send + 'static>(
@@ -192,7 +234,140 @@ impl EmbeddedStore {
             .lock()
             .expect("reader pool lock is never poisoned")
             .push(connection);
-        Ok(result?)
+        result.map_err(|e| self.health.error(e))
+    }
+}
+
+/// Opens the file, checks it, and brings its layout up: the writer's
+/// connection and the pending count. Errors say what to do, not which
+/// file (the caller names it).
+fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), String> {
+    let writer = Connection::open(path).map_err(|e| explain(&e))?;
+    writer.busy_timeout(BUSY_TIMEOUT).map_err(|e| explain(&e))?;
+    match check_integrity(&writer, check_budget)? {
+        Checked::Sound => {}
+        Checked::Unfinished { after } => tracing::warn!(
+            file = %path.display(),
+            "the integrity check did not finish within {after:?}; starting unchecked (corruption is found when a read or write meets it)"
+        ),
+    }
+    writer
+        .pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| writer.pragma_update(None, "synchronous", "FULL"))
+        .map_err(|e| explain(&e))?;
+    // A file written by another layout fails here, at start-up, with
+    // what to do, instead of failing every spawn later.
+    writer
+        .execute_batch(SCHEMA)
+        .and_then(|()| {
+            writer
+                .prepare(&format!(
+                    "SELECT {COLUMNS}, idem_key, idem_hash FROM calls LIMIT 0"
+                ))
+                .map(drop)
+        })
+        .map_err(|e| match fault_of(&e) {
+            Fault::None => format!(
+                "was written by another version of fngate's store ({e}); move it away to start afresh"
+            ),
+            Fault::Transient | Fault::Broken(_) => explain(&e),
+        })?;
+    let layout = || -> Result<u64, rusqlite::Error> {
+        // Written only when it changes: a store on a full disk still opens.
+        let version: i64 = writer.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != SCHEMA_VERSION {
+            writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        let pending: i64 =
+            writer.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
+                row.get(0)
+            })?;
+        Ok(pending as u64)
+    };
+    let pending = layout().map_err(|e| explain(&e))?;
+    Ok((writer, pending))
+}
+
+/// Asks the writer for a checkpoint every `every`, until the store is gone
+/// (the timer holds no sender that would keep the writer alive).
+fn tick_checkpoints(writes: mpsc::WeakSender<Write>, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("fngate-store-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(writes) = writes.upgrade() else {
+                    return;
+                };
+                // A full queue means a busy writer: the next tick will do.
+                let _ = writes.try_send(Write::Checkpoint);
+            }
+        })
+        .map(drop)
+}
+
+/// How a SQLite failure bears on the store as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// This request's own failure (a constraint, a missing row): the store is fine.
+    None,
+    /// Disk full, a failed write or sync, a lock: clears by itself.
+    Transient,
+    /// The file is corrupt, not a database, or cannot be read.
+    Broken(&'static str),
+}
+
+fn fault_of(error: &rusqlite::Error) -> Fault {
+    use rusqlite::ffi;
+    let Some(failure) = error.sqlite_error() else {
+        return Fault::None;
+    };
+    match (failure.code, failure.extended_code) {
+        (rusqlite::ErrorCode::DatabaseCorrupt, _) => Fault::Broken("corrupt"),
+        (rusqlite::ErrorCode::NotADatabase, _) => Fault::Broken("not a database"),
+        (_, ffi::SQLITE_IOERR_READ | ffi::SQLITE_IOERR_SHORT_READ) => Fault::Broken("unreadable"),
+        (
+            rusqlite::ErrorCode::DiskFull
+            | rusqlite::ErrorCode::SystemIoFailure
+            | rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked
+            | rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::OutOfMemory,
+            _,
+        ) => Fault::Transient,
+        _ => Fault::None,
+    }
+}
+
+/// The store's file and whether it has failed for good, shared by the
+/// readers and the writer thread.
+struct FileHealth {
+    file: PathBuf,
+    health: StoreHealth,
+}
+
+impl FileHealth {
+    /// The store's view of a SQLite failure; a broken file is recorded.
+    fn error(&self, error: rusqlite::Error) -> StoreError {
+        match fault_of(&error) {
+            Fault::None => StoreError::Sqlite(error),
+            Fault::Transient => StoreError::Unavailable(error.to_string()),
+            Fault::Broken(kind) => StoreError::Broken(self.fail(format!("{kind}: {error}"))),
+        }
+    }
+
+    /// Records that the store failed for good (logged once, with the file).
+    fn fail(&self, why: String) -> StoreFault {
+        let fault = StoreFault {
+            location: self.file.display().to_string(),
+            why,
+        };
+        if self.health.fault().is_none() {
+            tracing::error!(file = %fault.location, "the call store failed for good: {}", fault.why);
+        }
+        self.health.fail(fault.clone());
+        fault
     }
 }
 
@@ -341,6 +516,10 @@ impl CallStore for EmbeddedStore {
         Box::pin(
             self.write(move |reply| Write::DeliveryAttempted(call_id, attempts, retry_at, reply)),
         )
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.health.health
     }
 }
 

@@ -7,7 +7,11 @@ pub mod embedded;
 use crate::invocation::Principal;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::OnceLock;
+
+use tokio_util::sync::CancellationToken;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -205,8 +209,72 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("call store: {0}")]
     Io(String),
+    /// A write cannot be made now (disk full, a failed write or sync). The
+    /// store keeps serving and takes writes again by itself once it can.
+    #[error("call store cannot write now: {0}")]
+    Unavailable(String),
+    /// Corrupt or unreadable: the store will not recover by itself. Its
+    /// [`StoreHealth`] has the fault.
+    #[error("call store {0}")]
+    Broken(StoreFault),
+    /// The store could not be opened or checked at start-up.
+    #[error("call store {}: {why}", path.display())]
+    Open { path: PathBuf, why: String },
     #[error("the call store has shut down")]
     Closed,
+}
+
+impl StoreError {
+    /// True for a failure that clears by itself (the caller may retry later).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// How a store failed for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFault {
+    /// The store's file (or address), for the log.
+    pub location: String,
+    /// What is wrong, without the location: fit for `/_/ready`.
+    pub why: String,
+}
+
+impl std::fmt::Display for StoreFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.why)
+    }
+}
+
+/// Whether a store has failed for good: set by the store when it finds
+/// out (on any read or write), watched by the gateway, which then answers
+/// `/_/ready` with 503, drains and exits non-zero.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    fault: OnceLock<StoreFault>,
+    failed: CancellationToken,
+}
+
+impl StoreHealth {
+    /// Records the store's fault; the first one is kept (later ones are
+    /// the same failure seen again).
+    pub fn fail(&self, fault: StoreFault) {
+        if self.fault.set(fault).is_ok() {
+            self.failed.cancel();
+        }
+    }
+
+    pub fn fault(&self) -> Option<&StoreFault> {
+        self.fault.get()
+    }
+
+    /// Resolves once the store has failed for good.
+    pub async fn failed(&self) -> &StoreFault {
+        self.failed.cancelled().await;
+        self.fault
+            .get()
+            .expect("the token is cancelled only after the fault is set")
+    }
 }
 
 /// Durable storage of spawned calls. Every write is durable when its
@@ -283,6 +351,9 @@ pub trait CallStore: Send + Sync {
         attempts: u32,
         retry_at: Option<i64>,
     ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether the store has failed for good.
+    fn health(&self) -> &StoreHealth;
 }
 
 /// Milliseconds since the Unix epoch.

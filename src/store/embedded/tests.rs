@@ -346,3 +346,179 @@ async fn calls_claimed_in_a_batch_and_left_running_run_again_after_a_crash() {
     let done = store.get("fc-02").await.unwrap().unwrap();
     assert_eq!((done.state, done.attempt), (CallState::Succeeded, 1));
 }
+
+/// A store at `path` holding `calls` pending calls, all moved into the
+/// database file (none left in the WAL), then closed.
+fn filled_store_file(path: &std::path::Path, calls: usize) {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .unwrap();
+    connection.execute_batch(SCHEMA).unwrap();
+    connection.execute_batch("BEGIN").unwrap();
+    for i in 0..calls {
+        connection
+            .execute(
+                "INSERT INTO calls (id, app, function, args, kwargs, state, attempt, created_ms)
+                 VALUES (?1, 'demo', 'square', '[]', ?2, 0, 0, 0)",
+                rusqlite::params![format!("fc-{i}"), "x".repeat(300)],
+            )
+            .unwrap();
+    }
+    connection.execute_batch("COMMIT").unwrap();
+    connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+}
+
+/// Overwrites every page after the first (the schema) with bytes no page
+/// starts with.
+fn overwrite_pages(path: &std::path::Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let size = std::fs::metadata(path).unwrap().len();
+    assert!(size > 8192, "a store of a few pages at least: {size} bytes");
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    file.write_all(&vec![0xA5; (size - 4096) as usize]).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn a_store_with_overwritten_pages_is_refused_at_open_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    filled_store_file(&path, 200);
+    overwrite_pages(&path);
+    let error = EmbeddedStore::open(&path)
+        .err()
+        .expect("a corrupt store was opened");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains("corrupt"), "{text}");
+    assert!(text.contains("restore it from a backup"), "{text}");
+}
+
+#[test]
+fn an_empty_file_beside_a_wal_that_holds_calls_is_refused_and_the_wal_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    let wal = startup::side_file(&path, "-wal");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::write(&wal, vec![7; 8192]).unwrap();
+    let error = EmbeddedStore::open(&path)
+        .err()
+        .expect("an empty store was started over its WAL");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains(&wal.display().to_string()), "{text}");
+    assert!(text.contains("move both files away"), "{text}");
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        8192,
+        "the WAL is kept"
+    );
+    // A missing file beside it is refused the same way.
+    std::fs::remove_file(&path).unwrap();
+    let error = EmbeddedStore::open(&path).err().expect("refused");
+    assert!(error.to_string().contains("is missing"), "{error}");
+    // An empty WAL holds nothing: a fresh store starts.
+    std::fs::write(&wal, b"").unwrap();
+    EmbeddedStore::open(&path).unwrap();
+}
+
+#[test]
+fn an_integrity_check_past_its_budget_is_abandoned_and_the_store_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    filled_store_file(&path, 100_000);
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let checked = startup::check_integrity(&connection, Duration::from_millis(1)).unwrap();
+    assert!(
+        matches!(checked, startup::Checked::Unfinished { .. }),
+        "{checked:?}"
+    );
+    // The interrupt does not outlive the check.
+    let count: i64 = connection
+        .query_row("SELECT count(*) FROM calls", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(count, 100_000);
+    assert_eq!(
+        startup::check_integrity(&connection, Duration::from_secs(60)).unwrap(),
+        startup::Checked::Sound
+    );
+    let store = EmbeddedStore::open_with(
+        &path,
+        &Maintenance {
+            check_budget: Duration::from_millis(1),
+            ..Maintenance::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(store.pending(), 100_000);
+}
+
+#[tokio::test]
+async fn a_store_that_breaks_while_open_reports_it_with_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    filled_store_file(&path, 200);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert!(store.health().fault().is_none());
+    overwrite_pages(&path);
+    let error = store.get("fc-150").await.expect_err("a corrupt read");
+    assert!(matches!(error, StoreError::Broken(_)), "{error}");
+    let fault = store.health().fault().expect("the store knows it broke");
+    assert_eq!(fault.location, path.display().to_string());
+    assert!(fault.why.starts_with("corrupt"), "{fault}");
+    assert!(!fault.why.contains(&fault.location), "{fault}");
+    // Whoever waits for it hears of it.
+    assert_eq!(store.health().failed().await, fault);
+}
+
+#[tokio::test]
+async fn the_wal_is_checkpointed_and_truncated_on_the_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    let maintenance = Maintenance {
+        checkpoint_every: Duration::from_millis(20),
+        ..Maintenance::default()
+    };
+    let store = EmbeddedStore::open_with(&path, &maintenance).unwrap();
+    let wal = startup::side_file(&path, "-wal");
+    for round in 0..3 {
+        store
+            .insert(new_call(&format!("fc-{round}")))
+            .await
+            .unwrap();
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0, "round {round}");
+        // No signal exists for a checkpoint: the file is polled, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&wal).unwrap().len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was never truncated"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert!(store.get("fc-2").await.unwrap().is_some());
+}
+
+#[test]
+fn sqlite_failures_are_told_apart_by_what_they_mean_for_the_store() {
+    use rusqlite::ffi;
+    let failure = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+    for (code, fault) in [
+        (ffi::SQLITE_FULL, Fault::Transient),
+        (ffi::SQLITE_IOERR_WRITE, Fault::Transient),
+        (ffi::SQLITE_IOERR_FSYNC, Fault::Transient),
+        (ffi::SQLITE_BUSY, Fault::Transient),
+        (ffi::SQLITE_CORRUPT, Fault::Broken("corrupt")),
+        (ffi::SQLITE_NOTADB, Fault::Broken("not a database")),
+        (ffi::SQLITE_IOERR_READ, Fault::Broken("unreadable")),
+        (ffi::SQLITE_CONSTRAINT, Fault::None),
+    ] {
+        assert_eq!(fault_of(&failure(code)), fault, "code {code}");
+    }
+    assert_eq!(fault_of(&rusqlite::Error::QueryReturnedNoRows), Fault::None);
+}

@@ -1,0 +1,114 @@
+//! What the embedded store checks before it serves: that no journal
+//! beside an empty file holds calls SQLite would silently drop, and that
+//! the file is sound (`PRAGMA quick_check`, bounded in time). Every
+//! refusal says what is wrong and what to do; the caller names the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::{Fault, fault_of};
+
+/// What to do with a store that is corrupt or unreadable.
+const RESTORE: &str = "restore it from a backup, or move it (with its -wal and -shm files) away to start with an empty store";
+
+/// How the integrity check ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Checked {
+    Sound,
+    /// The budget ran out first: the store starts unchecked.
+    Unfinished {
+        after: Duration,
+    },
+}
+
+/// `path` with SQLite's suffix for one of its side files (`-wal`, `-journal`).
+pub(super) fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Refuses a missing or zero-length database beside a non-empty WAL or
+/// rollback journal. SQLite would delete such a WAL on open and start an
+/// empty store: the calls it held would be gone without a word.
+pub(super) fn refuse_lost_journal(path: &Path) -> Result<(), String> {
+    let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    if size.is_some_and(|bytes| bytes > 0) {
+        return Ok(());
+    }
+    for suffix in ["-wal", "-journal"] {
+        let journal = side_file(path, suffix);
+        let Ok(held) = std::fs::metadata(&journal).map(|m| m.len()) else {
+            continue;
+        };
+        if held == 0 {
+            continue;
+        }
+        let state = if size.is_some() { "empty" } else { "missing" };
+        return Err(format!(
+            "the file is {state} but {} holds {held} bytes of its data, which opening it would discard; \
+             restore {} from a backup, or, to start with an empty store, move both files away",
+            journal.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `PRAGMA quick_check` for at most `budget`. A corrupt file is an
+/// error with what to do; a check that runs out of time is abandoned
+/// (the caller logs it) rather than holding the start-up.
+pub(super) fn check_integrity(
+    connection: &Connection,
+    budget: Duration,
+) -> Result<Checked, String> {
+    let started = Instant::now();
+    let interrupt = connection.get_interrupt_handle();
+    let (checked, watch) = mpsc::channel::<()>();
+    let watchdog = std::thread::Builder::new()
+        .name("fngate-store-check".into())
+        .spawn(move || {
+            if watch.recv_timeout(budget) == Err(mpsc::RecvTimeoutError::Timeout) {
+                interrupt.interrupt();
+            }
+        })
+        .map_err(|e| format!("starting the integrity check: {e}"))?;
+    let found = connection
+        .prepare("PRAGMA quick_check(8)")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    // Joined before anything else runs, so a late interrupt cannot hit
+    // the next statement.
+    drop(checked);
+    let _ = watchdog.join();
+    match found {
+        Ok(lines) if lines.iter().all(|line| line == "ok") => Ok(Checked::Sound),
+        Ok(lines) => Err(format!(
+            "is corrupt (quick_check: {}); {RESTORE}",
+            lines.join("; ")
+        )),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            Ok(Checked::Unfinished {
+                after: started.elapsed(),
+            })
+        }
+        Err(e) => Err(explain(&e)),
+    }
+}
+
+/// A start-up failure of SQLite, with what to do when there is something.
+pub(super) fn explain(error: &rusqlite::Error) -> String {
+    match fault_of(error) {
+        Fault::Broken(kind) => format!("is {kind} ({error}); {RESTORE}"),
+        _ if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+            format!("{error}: free space on its filesystem")
+        }
+        _ => error.to_string(),
+    }
+}
