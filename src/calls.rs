@@ -297,7 +297,8 @@ impl Calls {
                 .await
             {
                 Ok(_) => break,
-                Err(StoreError::Closed) => return,
+                // It runs again after a restart on a good store.
+                Err(StoreError::Closed | StoreError::Broken(_)) => return,
                 Err(e) => {
                     tracing::error!(call_id = id, error = %e, "cannot record a call's end; retrying");
                     tokio::time::sleep(delay).await;
@@ -332,7 +333,21 @@ impl Calls {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), StoreError> {
-        let counts = self.store.recover().await?;
+        // A store that cannot write now (disk full) is waited for; a
+        // broken one ends this, and the gateway with it.
+        let counts = loop {
+            match self.store.recover().await {
+                Ok(counts) => break counts,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "cannot recover pending calls yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let pending: u64 = counts.iter().map(|(_, count)| count).sum();
         if pending > 0 {
             tracing::info!(pending, "pending calls found in the store");

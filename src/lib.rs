@@ -58,7 +58,16 @@ pub enum ServeError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    /// The call store failed for good while serving; the gateway drained
+    /// and stopped. (Every other variant stops the start.)
+    #[error("the call store failed: {0}")]
+    StoreFailed(String),
 }
+
+/// How long a gateway whose store failed for good keeps answering (sync
+/// calls, and `/_/ready` with 503 so load balancers move away) before it
+/// drains and exits.
+const STORE_FAULT_NOTICE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A gateway with its listeners bound, ready to run.
 pub struct Gateway {
@@ -170,8 +179,9 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests
-    /// within the grace period.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// within the grace period. A call store that fails for good drains it
+    /// too, and is the error.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let router = http::router(self.state.clone());
         let mut tasks = JoinSet::new();
         // Worker 0 serves on this runtime; each other worker on a thread
@@ -206,14 +216,22 @@ impl Gateway {
         if let Some(addr) = http_addr {
             tracing::info!("listening on http://{addr}");
         }
+        let failure = Arc::new(std::sync::OnceLock::<String>::new());
         let calls = self.state.calls.clone();
         let stop = shutdown.clone();
         let grace = self.grace;
+        let failed = failure.clone();
         tasks.spawn(async move {
             if let Err(e) = calls.run(stop, grace).await {
                 tracing::error!(error = %e, "spawned calls cannot run");
+                let _ = failed.set(e.to_string());
             }
         });
+        tasks.spawn(watch_store(
+            self.state.clone(),
+            failure.clone(),
+            shutdown.clone(),
+        ));
         if let Some(webhooks) = self.state.webhooks.clone() {
             tasks.spawn(webhooks.run(self.state.calls.ended.clone(), shutdown.clone()));
         }
@@ -232,6 +250,34 @@ impl Gateway {
             shutdown.cancel();
         }
         tracing::info!("stopped");
+        match failure.get() {
+            Some(why) => Err(ServeError::StoreFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits for the call store to fail for good; then (`/_/ready` answers
+/// 503 from that moment) gives load balancers `STORE_FAULT_NOTICE` and
+/// ends, which drains the gateway.
+async fn watch_store(
+    state: Arc<AppState>,
+    failure: Arc<std::sync::OnceLock<String>>,
+    shutdown: CancellationToken,
+) {
+    let health = state.calls.store().health();
+    let fault = tokio::select! {
+        fault = health.failed() => fault,
+        () = shutdown.cancelled() => return,
+    };
+    tracing::error!(
+        "call store {fault}: /_/ready answers 503; draining in {STORE_FAULT_NOTICE:?}, then exiting with an error. \
+         Restore the file from a backup, or move it away to start with an empty store, then restart"
+    );
+    let _ = failure.set(fault.to_string());
+    tokio::select! {
+        () = tokio::time::sleep(STORE_FAULT_NOTICE) => {}
+        () = shutdown.cancelled() => {}
     }
 }
 
@@ -273,6 +319,5 @@ fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, Se
 
 /// Runs the gateway described by `config` until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
-    Gateway::bind(config).await?.run(shutdown).await;
-    Ok(())
+    Gateway::bind(config).await?.run(shutdown).await
 }

@@ -57,8 +57,18 @@ enum Command {
     },
 }
 
-/// Exit status for an unusable configuration.
+/// Exit status for an unusable configuration, or anything else that
+/// stops the start (a store that cannot be opened or is corrupt, TLS
+/// files, an address in use).
 const EXIT_CONFIG: u8 = 2;
+
+/// 2 when the gateway could not start, 1 when it failed while serving.
+fn exit_status(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<fngate::ServeError>() {
+        Some(fngate::ServeError::StoreFailed(_)) | None => 1,
+        Some(_) => EXIT_CONFIG,
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -88,7 +98,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("fngate: {e:#}");
-                ExitCode::FAILURE
+                ExitCode::from(exit_status(&e))
             }
         },
     }

@@ -94,7 +94,7 @@ pub async fn spawn(
             SpawnError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
             SpawnError::Store(e) => {
                 tracing::error!(error = %e, "cannot store a spawned call");
-                ApiError::Internal
+                ApiError::StoreUnavailable
             }
         })?;
     let location = format!("/calls/{}", accepted.id);
@@ -253,7 +253,7 @@ pub async fn call(
     let read = |wait| async move {
         let record = state.calls.status(id, wait).await.map_err(|e| {
             tracing::error!(request_id = %trace.request_id, error = %e, "cannot read a call");
-            ApiError::Internal
+            ApiError::StoreUnavailable
         })?;
         match record {
             Some(record) if record.owner.is_none() || record.owner == *caller_owner => Ok(record),
@@ -303,7 +303,7 @@ pub async fn call(
             read(Duration::ZERO).await?;
             let answer = state.calls.cancel(id).await.map_err(|e| {
                 tracing::error!(request_id = %trace.request_id, error = %e, "cannot cancel a call");
-                ApiError::Internal
+                ApiError::StoreUnavailable
             })?;
             match answer {
                 Cancelled::Now(_) | Cancelled::AlreadyFinished(CallState::Cancelled) => {

@@ -150,7 +150,11 @@ fn health(request: &Request) -> Result<Response<Body>, ApiError> {
 
 fn ready(state: &AppState, request: &Request) -> Result<Response<Body>, ApiError> {
     only_get(request)?;
-    Ok(if state.is_draining() {
+    // A failed store comes first: the gateway drains because of it.
+    Ok(if let Some(fault) = state.calls.store().health().fault() {
+        let body = serde_json::json!({"status": "store_failed", "detail": fault.why});
+        json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+    } else if state.is_draining() {
         json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
     } else {
         json_response(StatusCode::OK, r#"{"status":"ready"}"#)
@@ -331,7 +335,7 @@ async fn adopt(
     let stop = CancellationToken::new();
     if let Err(e) = state.calls.adopt(invocation, owner, stop.clone()).await {
         tracing::error!(call_id, error = %e, "cannot adopt a long sync call; stopping it");
-        return Err(ApiError::Internal);
+        return Err(ApiError::StoreUnavailable);
     }
     if let Some(outcome) = (&mut work).now_or_never() {
         // It ended while being adopted: record it, answer directly.
