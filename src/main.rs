@@ -230,7 +230,10 @@ async fn watch_signals(shutdown: CancellationToken) {
         }
         signals += 1;
         if signals > 1 {
-            tracing::warn!("second signal: exiting now");
+            tracing::warn!("second signal: killing running functions and exiting now");
+            // Nothing of a function may outlive the gateway, to run again
+            // beside its own retry after the restart.
+            fngate::processes::kill_all();
             std::process::exit(130);
         }
         shutdown.cancel();
