@@ -1,22 +1,31 @@
 //! The `exec` backend: one process per call, invocation request on stdin,
-//! result JSON on stdout, exit 0 for success. Each call runs in its own
-//! process group so a timeout or cancellation kills everything it started.
+//! result JSON on stdout, exit 0 for success. Each call's process is
+//! started and contained by [`crate::processes`]: a timeout, a cancellation
+//! or the call's end kills everything it started.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use bytes::Bytes;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{ChildStdin, Command};
+use tokio::time::Instant;
 
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::Invocation;
+use crate::processes::FunctionProcess;
 
 /// How much of stderr is kept for a failed call's message.
 const STDERR_TAIL: usize = 4096;
+
+/// How long stdout and stderr may stay open after the function's own
+/// process has exited. Whatever holds them then is a process it left
+/// behind outside its group: the call answers with the output read so far,
+/// and that process is killed.
+const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
 /// Variables passed on from the gateway's own environment; everything else
 /// (secrets among it) stays out of functions unless configured in `env`.
@@ -28,6 +37,9 @@ pub struct ExecBackend {
     env: BTreeMap<String, String>,
     max_result: u64,
 }
+
+/// stdout grew past `max_result`.
+struct TooLarge;
 
 impl ExecBackend {
     pub fn new(
@@ -51,9 +63,7 @@ impl ExecBackend {
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for name in INHERITED_ENV {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
@@ -73,67 +83,105 @@ impl ExecBackend {
     }
 
     async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
-        let mut child = self.command(invocation).spawn().map_err(|e| {
-            BackendError::Unreachable(format!("cannot start {:?}: {e}", self.command[0]))
-        })?;
-        let mut group = ProcessGroup::of(child.id());
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut process = FunctionProcess::start(self.command(invocation))
+            .await
+            .map_err(|e| {
+                BackendError::Unreachable(format!("cannot start {:?}: {e}", self.command[0]))
+            })?;
+        let (stdin, stdout, stderr) = process.take_stdio();
+        let stdout = stdout.expect("stdout is piped");
+        let stderr = stderr.expect("stderr is piped");
         let request = invocation.to_json();
-        let write = async move {
-            if let Some(mut stdin) = stdin {
-                // A function may exit without reading its input: a broken
-                // pipe here is its business, its exit status tells the rest.
-                let _ = stdin.write_all(&request).await;
-            }
-        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
         let io = async {
-            tokio::join!(
-                write,
-                read_capped(stdout, self.max_result),
-                read_tail(stderr, STDERR_TAIL)
+            tokio::try_join!(
+                write_request(stdin, &request),
+                read_capped(stdout, self.max_result, &mut out),
+                read_tail(stderr, STDERR_TAIL, &mut err),
             )
         };
-        tokio::pin!(io);
-        let deadline = tokio::time::sleep_until(invocation.deadline);
-        tokio::pin!(deadline);
-        let mut outputs = None;
-        let mut status: Option<ExitStatus> = None;
-        while outputs.is_none() || status.is_none() {
-            tokio::select! {
-                got = &mut io, if outputs.is_none() => {
-                    let ((), out, err) = got;
-                    if out.is_none() {
-                        group.kill();
-                    }
-                    outputs = Some((out, err));
-                }
-                exited = child.wait(), if status.is_none() => {
-                    let exited = exited.map_err(|e| BackendError::Crashed(format!("waiting for the process: {e}")))?;
-                    // Whatever the function left running would hold the pipes open.
-                    group.kill();
-                    status = Some(exited);
-                }
-                () = &mut deadline => {
-                    group.kill();
-                    let _ = child.wait().await;
-                    return Err(BackendError::Timeout);
-                }
+        let ended = supervise(&mut process, io, invocation.deadline).await;
+        // Kills what the function left running: its group now, what left
+        // the group right after the answer (see `processes`).
+        drop(process);
+        match ended? {
+            Ended::Exited(status) => {
+                keep_tail(&mut err, STDERR_TAIL);
+                outcome(status, out, &err)
             }
-        }
-        group.disarm();
-        let (Some((stdout, stderr)), Some(status)) = (outputs, status) else {
-            unreachable!("the loop ends only with both set");
-        };
-        let Some(stdout) = stdout else {
-            return Err(BackendError::Garbage(format!(
+            Ended::TooLarge => Err(BackendError::Garbage(format!(
                 "result larger than max_result ({} bytes)",
                 self.max_result
-            )));
-        };
-        outcome(status, stdout, &stderr)
+            ))),
+        }
     }
+}
+
+/// How a call's process ended.
+enum Ended {
+    /// It exited, and its output ended (or the grace after its exit passed).
+    Exited(ExitStatus),
+    /// Its stdout outgrew `max_result`; it was killed.
+    TooLarge,
+}
+
+/// Waits until the process has exited and `io` (its stdin, stdout and
+/// stderr) has ended, or `OUTPUT_GRACE` has passed after the exit. Kills the
+/// group when stdout outgrows its limit, and at the deadline (`Timeout`,
+/// once the process is reaped).
+async fn supervise(
+    process: &mut FunctionProcess,
+    io: impl Future<Output = Result<((), (), ()), TooLarge>>,
+    deadline: Instant,
+) -> Result<Ended, BackendError> {
+    tokio::pin!(io);
+    let timeout = tokio::time::sleep_until(deadline);
+    tokio::pin!(timeout);
+    // Armed when the process exits.
+    let grace = tokio::time::sleep_until(deadline);
+    tokio::pin!(grace);
+    let mut output: Option<Result<(), TooLarge>> = None;
+    let mut status: Option<ExitStatus> = None;
+    loop {
+        match (status, &output) {
+            (Some(status), Some(Ok(()))) => return Ok(Ended::Exited(status)),
+            (Some(_), Some(Err(TooLarge))) => return Ok(Ended::TooLarge),
+            _ => {}
+        }
+        tokio::select! {
+            ended = &mut io, if output.is_none() => {
+                if ended.is_err() {
+                    process.kill();
+                }
+                output = Some(ended.map(|_| ()));
+            }
+            exited = process.wait(), if status.is_none() => {
+                let exited = exited.map_err(|e| BackendError::Crashed(format!("waiting for the process: {e}")))?;
+                status = Some(exited);
+                grace.as_mut().reset(Instant::now() + OUTPUT_GRACE);
+            }
+            () = &mut grace, if status.is_some() => {
+                // Held open by a process outside the group: take what came.
+                output = Some(Ok(()));
+            }
+            () = &mut timeout, if status.is_none() => {
+                process.kill();
+                let _ = process.wait().await;
+                return Err(BackendError::Timeout);
+            }
+        }
+    }
+}
+
+/// Writes the invocation request and closes stdin.
+async fn write_request(stdin: Option<ChildStdin>, request: &[u8]) -> Result<(), TooLarge> {
+    if let Some(mut stdin) = stdin {
+        // A function may exit without reading its input: a broken pipe here
+        // is its business, its exit status tells the rest.
+        let _ = stdin.write_all(request).await;
+    }
+    Ok(())
 }
 
 fn outcome(status: ExitStatus, stdout: Vec<u8>, stderr: &[u8]) -> Result<Bytes, BackendError> {
@@ -168,16 +216,19 @@ fn error_kind(message: &str) -> Option<String> {
     (name.split('.').all(identifier)).then(|| name.to_owned())
 }
 
-/// Reads everything, or `None` once more than `limit` bytes arrived.
-async fn read_capped(mut reader: impl AsyncRead + Unpin, limit: u64) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+/// Reads everything into `out`; fails once more than `limit` bytes arrived.
+async fn read_capped(
+    mut reader: impl AsyncRead + Unpin,
+    limit: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), TooLarge> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Some(out),
+            Ok(0) | Err(_) => return Ok(()),
             Ok(n) => {
                 if (out.len() + n) as u64 > limit {
-                    return None;
+                    return Err(TooLarge);
                 }
                 out.extend_from_slice(&chunk[..n]);
             }
@@ -185,14 +236,17 @@ async fn read_capped(mut reader: impl AsyncRead + Unpin, limit: u64) -> Option<V
     }
 }
 
-/// Reads everything, keeping only the last `keep` bytes (cut at a
-/// character boundary).
-async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
-    let mut tail = Vec::with_capacity(keep * 2);
+/// Reads everything into `tail`, keeping it under twice `keep` bytes as it
+/// goes; [`keep_tail`] makes the final cut. Never fails.
+async fn read_tail(
+    mut reader: impl AsyncRead + Unpin,
+    keep: usize,
+    tail: &mut Vec<u8>,
+) -> Result<(), TooLarge> {
     let mut chunk = [0u8; 8 * 1024];
     loop {
         match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return Ok(()),
             Ok(n) => {
                 tail.extend_from_slice(&chunk[..n]);
                 if tail.len() > keep * 2 {
@@ -201,40 +255,16 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, keep: usize) -> Vec<u8> {
             }
         }
     }
+}
+
+/// Cuts `tail` to its last `keep` bytes, at a character boundary.
+fn keep_tail(tail: &mut Vec<u8>, keep: usize) {
     if tail.len() > keep {
         let mut cut = tail.len() - keep;
         while cut < tail.len() && (tail[cut] & 0xC0) == 0x80 {
             cut += 1;
         }
         tail.drain(..cut);
-    }
-    tail
-}
-
-/// The process group of one call; killed when dropped unless disarmed, so a
-/// call abandoned by its caller leaves nothing running.
-struct ProcessGroup(Option<Pid>);
-
-impl ProcessGroup {
-    fn of(pid: Option<u32>) -> ProcessGroup {
-        ProcessGroup(pid.and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw))
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.0 {
-            // ESRCH (nothing left in the group) is the normal case.
-            let _ = killpg(pid, Signal::SIGKILL);
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -272,14 +302,22 @@ mod tests {
     #[tokio::test]
     async fn stderr_tail_keeps_the_last_bytes_on_a_char_boundary() {
         let text = "é".repeat(5000);
-        let tail = read_tail(text.as_bytes(), 4096).await;
+        let mut tail = Vec::new();
+        let _ = read_tail(text.as_bytes(), 4096, &mut tail).await;
+        keep_tail(&mut tail, 4096);
         assert!(tail.len() <= 4096 && tail.len() >= 4094);
         assert!(std::str::from_utf8(&tail).is_ok());
     }
 
     #[tokio::test]
     async fn capped_read_gives_up_past_the_limit() {
-        assert_eq!(read_capped(&b"12345"[..], 5).await, Some(b"12345".to_vec()));
-        assert_eq!(read_capped(&b"123456"[..], 5).await, None);
+        let mut out = Vec::new();
+        assert!(read_capped(&b"12345"[..], 5, &mut out).await.is_ok());
+        assert_eq!(out, b"12345");
+        assert!(
+            read_capped(&b"123456"[..], 5, &mut Vec::new())
+                .await
+                .is_err()
+        );
     }
 }
