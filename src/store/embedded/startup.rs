@@ -71,8 +71,12 @@ pub(super) fn check_integrity(
     let watchdog = std::thread::Builder::new()
         .name("fngate-store-check".into())
         .spawn(move || {
-            if watch.recv_timeout(budget) == Err(mpsc::RecvTimeoutError::Timeout) {
+            let mut wait = budget;
+            // Again and again until the check ends: an interrupt that comes
+            // before its statement runs is forgotten when it starts.
+            while watch.recv_timeout(wait) == Err(mpsc::RecvTimeoutError::Timeout) {
                 interrupt.interrupt();
+                wait = Duration::from_millis(5);
             }
         })
         .map_err(|e| format!("starting the integrity check: {e}"))?;
