@@ -36,7 +36,7 @@ use crate::calls::{Calls, CallsConfig};
 use crate::config::{Config, StoreKind};
 use crate::http::AppState;
 use crate::listener::ConnectionLimits;
-use crate::registry::Registry;
+use crate::registry::{Lookup, Registry};
 use crate::store::CallStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::webhooks::{WebhookSettings, Webhooks};
@@ -130,7 +130,17 @@ impl Gateway {
                 allow_hosts: w.allow_hosts.clone(),
                 max_attempts: w.max_attempts,
             };
-            Arc::new(Webhooks::new(settings, clients.client(), store.clone()))
+            let deployed = registry.clone();
+            let exposes_errors = Arc::new(move |app: &str, function: &str| {
+                // A function no longer deployed withholds, as GET /calls does.
+                matches!(deployed.lookup(app, function), Lookup::Found(f) if f.spec.expose_errors)
+            });
+            Arc::new(Webhooks::new(
+                settings,
+                clients.client(),
+                store.clone(),
+                exposes_errors,
+            ))
         });
         // 5. Credentials, then the router state.
         let auth = match &config.auth {

@@ -95,7 +95,10 @@ struct ErrorBody<'a> {
 /// `"result"` (the stored JSON spliced in as stored, so numbers like 1e400
 /// survive exactly) when it succeeded, or `"error": {"code", "type",
 /// "message"}` when it failed, timed out or was cancelled.
-pub fn payload(record: &CallRecord) -> Vec<u8> {
+///
+/// `expose_errors` false (the function's `expose_errors` setting): a
+/// function error's message is replaced by the generic one clients get.
+pub fn payload(record: &CallRecord, expose_errors: bool) -> Vec<u8> {
     fn string(text: &str) -> Vec<u8> {
         serde_json::to_vec(text).expect("a string always serializes")
     }
@@ -141,7 +144,11 @@ pub fn payload(record: &CallRecord) -> Vec<u8> {
                 FailureKind::Backend => "backend_error",
             },
             error_type,
-            message,
+            message: if expose_errors || *kind != FailureKind::Function {
+                message
+            } else {
+                crate::http::problem::WITHHELD_MESSAGE
+            },
         }),
         (CallState::TimedOut, _) | (_, Some(Outcome::TimedOut)) => Some(ErrorBody {
             code: "function_timeout",
@@ -192,11 +199,21 @@ pub struct Webhooks {
     allow_hosts: Vec<String>,
     client: Pool,
     store: Arc<dyn CallStore>,
+    exposes_errors: ExposesErrors,
     backoff_base: Duration,
 }
 
+/// Whether a function (app, name) shows its error messages to clients
+/// (its `expose_errors`); payloads of the others carry a generic message.
+pub type ExposesErrors = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 impl Webhooks {
-    pub fn new(settings: WebhookSettings, client: Pool, store: Arc<dyn CallStore>) -> Webhooks {
+    pub fn new(
+        settings: WebhookSettings,
+        client: Pool,
+        store: Arc<dyn CallStore>,
+        exposes_errors: ExposesErrors,
+    ) -> Webhooks {
         let allow_hosts = settings
             .allow_hosts
             .iter()
@@ -207,6 +224,7 @@ impl Webhooks {
             allow_hosts,
             client,
             store,
+            exposes_errors,
             backoff_base: BACKOFF_BASE,
         }
     }
@@ -360,7 +378,15 @@ impl Webhooks {
         let outcome = match self.target(&url) {
             // Re-checked: the allowed hosts may have changed since the spawn.
             Err(reason) => Attempt::Refused(reason),
-            Ok(target) => self.send(target, &call_id, payload(&record)).await,
+            Ok(target) => {
+                let expose = (self.exposes_errors)(&record.app, &record.function);
+                if !expose {
+                    if let Some(Outcome::Failed { message, .. }) = &record.outcome {
+                        tracing::info!(call_id, error = ?message, "webhook payload withholds the function's error message");
+                    }
+                }
+                self.send(target, &call_id, payload(&record, expose)).await
+            }
         };
         let host = host_of(&url);
         let retry_at = match outcome {

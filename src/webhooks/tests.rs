@@ -27,6 +27,11 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
     }
 }
 
+/// The payload of a function that exposes its errors.
+fn payload_of(record: &CallRecord) -> Vec<u8> {
+    payload(record, true)
+}
+
 fn text(body: Vec<u8>) -> String {
     String::from_utf8(body).unwrap()
 }
@@ -41,6 +46,7 @@ fn webhooks(allow_hosts: &[&str], max_attempts: u32, store: Arc<dyn CallStore>) 
         settings,
         crate::backend::http::HttpClients::new().client(),
         store,
+        Arc::new(|_: &str, _: &str| true),
     )
 }
 
@@ -80,7 +86,7 @@ fn secrets_decode_with_or_without_prefix_and_bad_ones_are_rejected() {
 
 #[test]
 fn payload_splices_the_stored_result_exactly() {
-    let body = payload(&record(
+    let body = payload_of(&record(
         CallState::Succeeded,
         Some(Outcome::Succeeded(
             br#"{"big": 1e400, "n": 12345678901234567890}"#.to_vec(),
@@ -90,7 +96,7 @@ fn payload_splices_the_stored_result_exactly() {
         text(body),
         r#"{"call_id":"fc-abc","status":"succeeded","result":{"big": 1e400, "n": 12345678901234567890}}"#
     );
-    let garbage = payload(&record(
+    let garbage = payload_of(&record(
         CallState::Succeeded,
         Some(Outcome::Succeeded(b"{nope".to_vec())),
     ));
@@ -101,9 +107,28 @@ fn payload_splices_the_stored_result_exactly() {
 }
 
 #[test]
+fn a_function_that_withholds_its_errors_sends_only_their_type() {
+    let failed = record(
+        CallState::Failed,
+        Some(Outcome::Failed {
+            kind: FailureKind::Function,
+            error_type: "ValueError".to_owned(),
+            message: "Traceback: /srv/app/secret.py line 3".to_owned(),
+        }),
+    );
+    let body: serde_json::Value = serde_json::from_slice(&payload(&failed, false)).unwrap();
+    assert_eq!(body["error"]["type"], "ValueError");
+    assert_eq!(
+        body["error"]["message"],
+        crate::http::problem::WITHHELD_MESSAGE
+    );
+    assert!(!text(payload(&failed, false)).contains("secret.py"));
+}
+
+#[test]
 fn payload_describes_failures_timeouts_and_cancellations() {
     let failed = |kind| {
-        text(payload(&record(
+        text(payload_of(&record(
             CallState::Failed,
             Some(Outcome::Failed {
                 kind,
@@ -121,14 +146,14 @@ fn payload_describes_failures_timeouts_and_cancellations() {
         r#"{"call_id":"fc-abc","status":"failed","error":{"code":"backend_error","type":"ValueError","message":"x must be \"positive\""}}"#
     );
     assert_eq!(
-        text(payload(&record(
+        text(payload_of(&record(
             CallState::TimedOut,
             Some(Outcome::TimedOut)
         ))),
         r#"{"call_id":"fc-abc","status":"timed_out","error":{"code":"function_timeout","type":"function_timeout","message":"the function ran past its timeout"}}"#
     );
     assert_eq!(
-        text(payload(&record(CallState::Cancelled, None))),
+        text(payload_of(&record(CallState::Cancelled, None))),
         r#"{"call_id":"fc-abc","status":"cancelled","error":{"code":"call_cancelled","type":"cancelled","message":"the call was cancelled"}}"#
     );
     for state in [
@@ -143,7 +168,7 @@ fn payload_describes_failures_timeouts_and_cancellations() {
             _ => None,
         };
         let parsed: serde_json::Value =
-            serde_json::from_slice(&payload(&record(state, outcome))).unwrap();
+            serde_json::from_slice(&payload_of(&record(state, outcome))).unwrap();
         assert_eq!(parsed["status"], state.as_str());
     }
 }
