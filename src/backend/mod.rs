@@ -59,7 +59,7 @@ pub(crate) const RESULT_RULES: Rules = Rules {
 pub(crate) fn result_json(body: Bytes) -> Result<Bytes, BackendError> {
     match json::check(&body, RESULT_RULES) {
         Ok(doc) => Ok(body.slice(doc.start..doc.end)),
-        Err(_) if body.iter().all(u8::is_ascii_whitespace) => Ok(Bytes::from_static(b"null")),
+        Err(_) if json::is_blank(&body) => Ok(Bytes::from_static(b"null")),
         Err(e) => Err(BackendError::Garbage(format!("result is not JSON: {e}"))),
     }
 }
@@ -81,4 +81,20 @@ pub(crate) fn reported_error(body: &[u8]) -> Option<BackendError> {
         kind: envelope.error.kind.unwrap_or_else(|| "Error".to_owned()),
         message: envelope.error.message.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_whitespace_makes_an_empty_result() {
+        assert_eq!(result_json(Bytes::from_static(b" \n\t\r")).unwrap(), "null");
+        // A form feed is not JSON whitespace: the answer is garbage.
+        assert!(matches!(
+            result_json(Bytes::from_static(b"\x0c")),
+            Err(BackendError::Garbage(_))
+        ));
+        assert_eq!(result_json(Bytes::from_static(b" 42 ")).unwrap(), "42");
+    }
 }
