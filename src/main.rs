@@ -210,7 +210,11 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        fngate::serve(config, shutdown).await?;
+        let served = fngate::serve(config, shutdown).await;
+        // Whatever a drain left running (a call past the grace, a sweep of
+        // escaped processes still queued) does not outlive the gateway.
+        fngate::processes::kill_all();
+        served?;
         Ok(())
     })
 }
