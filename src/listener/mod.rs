@@ -140,14 +140,16 @@ enum Protocol {
     Sniff,
 }
 
-/// The answer to a request with both `Content-Length` and
-/// `Transfer-Encoding`: two ways to frame one body, the shape of a request
-/// smuggling attempt. Refused, and the connection is closed after it.
+/// The answer to a request whose body is framed ambiguously (both
+/// `Content-Length` and `Transfer-Encoding`, several or unusual
+/// `Transfer-Encoding` headers, a bad `Content-Length`, or bytes the
+/// framing cannot be followed through): the shape of a request smuggling
+/// attempt. Refused, and the connection is closed after it.
 fn refuse_ambiguous_framing() -> http::Response<axum::body::Body> {
     let request_id = crate::invocation::random_hex::<16>();
-    tracing::info!(status = 400, request_id = %request_id, "request with Content-Length and Transfer-Encoding refused");
+    tracing::info!(status = 400, request_id = %request_id, "request with ambiguous framing refused");
     let error = ApiError::BadRequest(
-        "Content-Length and Transfer-Encoding together are refused".to_owned(),
+        "the request's body is framed ambiguously (e.g. Content-Length and Transfer-Encoding together); refused".to_owned(),
     );
     let mut response = error.into_problem(&request_id);
     let headers = response.headers_mut();
