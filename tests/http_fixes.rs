@@ -75,6 +75,9 @@ async fn serve_counted(stream: TcpStream, reports: mpsc::UnboundedSender<(usize,
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+            // Cut before its head ended (the gateway may drop a request
+            // whose body failed before anything was flushed): no body.
+            let _ = reports.send((0, false));
             return;
         }
         let line = line.trim_end();
