@@ -423,3 +423,41 @@ async fn every_listen_address_is_served() {
         assert_eq!(r.status(), 200, "{addr}");
     }
 }
+
+#[tokio::test]
+async fn streamed_passthrough_answers_are_not_counted_as_held_results() {
+    let backend = common::HttpBackend::start().await;
+    let gw = Gateway::builder()
+        .server("result_buffer_per_connection = \"256KiB\"")
+        .toml(&common::http_fn(
+            "web",
+            "site",
+            &[backend.url("/")],
+            "passthrough = true\npublic = true",
+        ))
+        .start()
+        .await;
+    // Over one HTTP/2 connection, two large passthrough answers (the
+    // backend echoes the 6 MiB body, more than the client's HTTP/2
+    // windows take unread), the first one left unread while the
+    // second is asked for: both stream from the backend, neither is held.
+    let client = gw.client_h2();
+    let body = "x".repeat(6 << 20);
+    let first = client
+        .post(gw.url("/web/site/one"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = client
+        .post(gw.url("/web/site/two"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200, "the second answer was refused");
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(answer["body"].as_str().map(str::len), Some(6 << 20));
+    drop(first);
+}

@@ -16,6 +16,12 @@ use crate::translate::json::{self, Rules};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Marks an answer whose body streams from a backend as the client reads
+/// it (passthrough): it is not held in memory, so the listener does not
+/// count it against the result buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedAnswer;
+
 /// How an invocation can fail. What reaches the client is decided by the
 /// HTTP layer; the `String`s here are for the log.
 #[derive(Debug, Clone, thiserror::Error)]

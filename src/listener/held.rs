@@ -5,7 +5,9 @@
 //! whole gateway, for as long as its body lives, and an answer that would
 //! take either count past its bound becomes `503 overloaded` instead. The
 //! first answer of a connection always goes through, so one result larger
-//! than the per-connection bound is still served.
+//! than the per-connection bound is still served. Passthrough answers
+//! stream from their backend as the client reads them (hyper's flow
+//! control holds the backend back), so they are not counted.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Frame, SizeHint};
 
+use crate::backend::StreamedAnswer;
 use crate::http::problem::ApiError;
 
 /// Answers smaller than this are not counted: only large results can add
@@ -47,7 +50,8 @@ impl ResultBudget {
         response: Response<Body>,
     ) -> Response<Body> {
         let bytes = http_body::Body::size_hint(response.body()).lower();
-        if bytes < COUNTED {
+        let streamed = response.extensions().get::<StreamedAnswer>().is_some();
+        if bytes < COUNTED || streamed {
             return response;
         }
         let before = connection.fetch_add(bytes, Ordering::AcqRel);

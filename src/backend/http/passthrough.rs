@@ -50,6 +50,9 @@ impl HttpBackend {
                 Err(_) => return Err(BackendError::Timeout.into()),
                 Ok(Ok(response)) => {
                     let mut response = response.map(Body::new);
+                    response
+                        .extensions_mut()
+                        .insert(crate::backend::StreamedAnswer);
                     strip_hop_by_hop(response.headers_mut());
                     return Ok(response);
                 }
