@@ -193,6 +193,18 @@ async fn limited_gateway(backend: &str) -> Gateway {
         .await
 }
 
+/// The answer to `request` within `secs` seconds; panics with `what` if none.
+async fn answer_within(
+    secs: u64,
+    request: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    what: &str,
+) -> reqwest::Response {
+    tokio::time::timeout(Duration::from_secs(secs), request)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn passthrough_content_length_over_max_body_is_413_before_the_backend() {
     let backend = CountingBackend::start().await;
@@ -204,10 +216,12 @@ async fn passthrough_content_length_over_max_body_is_413_before_the_backend() {
             .header("content-length", (100 << 20).to_string())
             .body(stalled_body(vec![b"x".repeat(KIB)]))
             .send();
-        let r = tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .unwrap_or_else(|_| panic!("{proto}: no answer while the body was still coming"))
-            .unwrap();
+        let r = answer_within(
+            5,
+            answer,
+            &format!("{proto}: no answer while the body was still coming"),
+        )
+        .await;
         assert_problem(r, 413, "payload_too_large").await;
         // Spawned too.
         let r = client
@@ -235,10 +249,7 @@ async fn streamed_passthrough_body_is_cut_at_max_body_with_413() {
         // answer by itself.
         let body = stalled_body(vec![vec![b'x'; 64 * KIB], vec![b'y'; 64 * KIB]]);
         let answer = client.post(gw.url("/p/pt/upload")).body(body).send();
-        let r = tokio::time::timeout(Duration::from_secs(10), answer)
-            .await
-            .unwrap_or_else(|_| panic!("{proto}: no answer past the limit"))
-            .unwrap();
+        let r = answer_within(10, answer, &format!("{proto}: no answer past the limit")).await;
         assert_problem(r, 413, "payload_too_large").await;
         let (received, complete) = backend.report().await;
         assert!(!complete, "{proto}: the backend saw a whole body");
@@ -307,10 +318,12 @@ async fn stalled_passthrough_body_is_408() {
             .post(gw.url("/p/pt/upload"))
             .body(stalled_body(vec![b"first bytes".to_vec()]))
             .send();
-        let r = tokio::time::timeout(Duration::from_secs(10), answer)
-            .await
-            .unwrap_or_else(|_| panic!("{proto}: a stalled body got no answer"))
-            .unwrap();
+        let r = answer_within(
+            10,
+            answer,
+            &format!("{proto}: a stalled body got no answer"),
+        )
+        .await;
         assert_problem(r, 408, "request_timeout").await;
     }
 }
