@@ -76,6 +76,11 @@ impl Registry {
                         Target::Invoke(Arc::new(backend))
                     }
                 }
+                // Instance pools are being built: until then such a
+                // function answers 502.
+                BackendSpec::Lambda { .. } | BackendSpec::HttpInstances { .. } => {
+                    Target::Invoke(Arc::new(crate::backend::Unbuilt))
+                }
             };
             let schema = spec.input_schema.as_ref().map(|schema| {
                 jsonschema::validator_for(schema)

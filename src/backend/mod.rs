@@ -55,6 +55,19 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// A backend not built yet (instance pools, in progress).
+pub struct Unbuilt;
+
+impl Backend for Unbuilt {
+    fn invoke<'a>(&'a self, _: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(async { Err(BackendError::Unreachable("not built yet".to_owned())) })
+    }
+
+    fn describe(&self) -> String {
+        "instances (not built yet)".to_owned()
+    }
+}
+
 /// The rules a function's result must meet: any JSON document.
 pub(crate) const RESULT_RULES: Rules = Rules {
     max_depth: 1024,

@@ -71,6 +71,7 @@ impl Context {
                 }
             },
             expose_errors: raw.expose_errors.unwrap_or(true),
+            class: None,
         })
     }
 

@@ -49,7 +49,10 @@ pub struct Config {
     pub base_dir: PathBuf,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// Every function, class methods included (those name their class).
     pub functions: Vec<FunctionSpec>,
+    /// Classes: warm instance pools whose methods are in `functions`.
+    pub classes: Vec<ClassSpec>,
     pub webhooks: Option<WebhooksConfig>,
     pub auth: Option<AuthConfig>,
     pub cors: CorsConfig,
@@ -142,6 +145,40 @@ pub struct FunctionSpec {
     /// false: a failing function's message stays in the log; the client
     /// gets its error type and a generic message.
     pub expose_errors: bool,
+    /// The class this function is a method of (`/{app}/{class}/{name}`);
+    /// its backend is the class's, and it shares the class's instances.
+    pub class: Option<String>,
+}
+
+/// A class (`[apps.APP.classes.NAME]`): one set of warm instances whose
+/// methods are the functions that name it.
+#[derive(Debug, Clone)]
+pub struct ClassSpec {
+    pub app: String,
+    pub name: String,
+    /// `Lambda` or `HttpInstances`: a class always has instances.
+    pub backend: BackendSpec,
+    /// Query keys whose values pick an instance set (never kwargs).
+    pub parameters: Vec<String>,
+    /// Most instance sets alive at once; the least recently used stops.
+    pub max_parameter_sets: usize,
+}
+
+/// A pool of warm instances: the processes fngate starts, watches,
+/// restarts and scales for one function or class.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub command: Vec<String>,
+    pub cwd: PathBuf,
+    /// The configured `env`; fngate adds what the protocol needs.
+    pub env: BTreeMap<String, String>,
+    pub min_instances: usize,
+    pub max_instances: usize,
+    pub idle_timeout: Duration,
+    pub init_timeout: Duration,
+    pub exit_grace: Duration,
+    /// Calls one instance takes at once (always 1 for `lambda`).
+    pub instance_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +193,20 @@ pub enum BackendSpec {
         passthrough: bool,
         http2: bool,
     },
+    /// `backend = "lambda"`: instances speak the Lambda Runtime API.
+    Lambda { pool: PoolSpec },
+    /// `backend = "http"` with `command`: each instance is an HTTP server
+    /// started with `PORT`; calls go to `http://127.0.0.1:$PORT{path}`.
+    HttpInstances {
+        pool: PoolSpec,
+        /// Starts with `/` (default `/`).
+        path: String,
+        /// Answers 2xx once the instance is ready; `None`: ready once it
+        /// accepts connections.
+        ready_path: Option<String>,
+        passthrough: bool,
+        http2: bool,
+    },
 }
 
 impl FunctionSpec {
@@ -163,6 +214,9 @@ impl FunctionSpec {
         matches!(
             self.backend,
             BackendSpec::Http {
+                passthrough: true,
+                ..
+            } | BackendSpec::HttpInstances {
                 passthrough: true,
                 ..
             }
@@ -352,6 +406,7 @@ impl Context {
             server,
             store,
             functions,
+            classes: Vec::new(),
             webhooks,
             auth,
             cors,
