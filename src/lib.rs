@@ -13,6 +13,7 @@ pub mod calls;
 pub mod config;
 pub mod dispatch;
 pub mod http;
+pub mod instances;
 pub mod invocation;
 pub mod listener;
 pub mod processes;
@@ -193,6 +194,9 @@ impl Gateway {
     /// too, and is the error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let router = http::router(self.state.clone());
+        // Warm instances start now, on this runtime, which outlives them.
+        let instances = self.state.registry.instances.clone();
+        instances.start();
         let mut tasks = JoinSet::new();
         // Worker 0 serves on this runtime; each other worker on a thread
         // with a single-threaded runtime of its own, as nginx runs one
@@ -259,6 +263,9 @@ impl Gateway {
             }
             shutdown.cancel();
         }
+        // Every call that could use an instance has ended or was given its
+        // grace: the instances stop (SIGTERM, then SIGKILL) and are reaped.
+        instances.shutdown().await;
         tracing::info!("stopped");
         match failure.get() {
             Some(why) => Err(ServeError::StoreFailed(why.clone())),

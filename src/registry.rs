@@ -1,6 +1,7 @@
-//! The registry: every deployed function by app and name, with its backend,
-//! compiled input schema and concurrency limiter, built once from the
-//! configuration.
+//! The registry: every deployed function by app and name (and every
+//! class's methods by app, class and method), with its backend, compiled
+//! input schema and concurrency limiter, built once from the
+//! configuration. It owns the gateway's warm instance pools.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,8 +9,11 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::backend::exec::ExecBackend;
 use crate::backend::http::{HttpBackend, HttpClients};
-use crate::config::{BackendSpec, Config, FunctionSpec};
+use crate::backend::instance_http::InstanceHttpBackend;
+use crate::backend::lambda::LambdaBackend;
+use crate::config::{BackendSpec, ClassSpec, Config, FunctionSpec};
 use crate::dispatch::Limiter;
+use crate::instances::{HttpInstance, Instances, LambdaIdentity, ParameterSets, Protocol};
 
 /// How a function is reached.
 pub enum Target {
@@ -45,15 +49,43 @@ pub enum Lookup<'a> {
     NoFunction,
 }
 
-#[derive(Default)]
+/// A class: its methods, which share its instance sets.
+pub struct Class {
+    pub name: Arc<str>,
+    methods: HashMap<String, Arc<Function>>,
+}
+
+impl Class {
+    pub fn method(&self, name: &str) -> Option<&Arc<Function>> {
+        self.methods.get(name)
+    }
+}
+
 pub struct Registry {
     apps: HashMap<String, HashMap<String, Arc<Function>>>,
+    classes: HashMap<String, HashMap<String, Class>>,
+    /// Every warm instance pool of the functions and classes here.
+    pub instances: Arc<Instances>,
 }
 
 impl Registry {
     pub fn from_config(config: &Config, clients: &HttpClients) -> Registry {
-        let mut registry = Registry::default();
+        let mut registry = Registry {
+            apps: HashMap::new(),
+            classes: HashMap::new(),
+            instances: Instances::new(),
+        };
+        // A class's instance sets, shared by its methods.
+        let mut class_sets = HashMap::new();
+        for class in &config.classes {
+            let sets = registry.instance_sets(config, clients, class);
+            class_sets.insert((class.app.clone(), class.name.clone()), sets);
+        }
         for spec in &config.functions {
+            let sets = match &spec.class {
+                Some(class) => class_sets.get(&(spec.app.clone(), class.clone())).cloned(),
+                None => None,
+            };
             let target = match &spec.backend {
                 BackendSpec::Exec { command, cwd, env } => {
                     Target::Invoke(Arc::new(ExecBackend::new(
@@ -76,10 +108,27 @@ impl Registry {
                         Target::Invoke(Arc::new(backend))
                     }
                 }
-                // Instance pools are being built: until then such a
-                // function answers 502.
-                BackendSpec::Lambda { .. } | BackendSpec::HttpInstances { .. } => {
-                    Target::Invoke(Arc::new(crate::backend::Unbuilt))
+                BackendSpec::Lambda { pool } => {
+                    let sets = sets.unwrap_or_else(|| {
+                        let protocol = lambda_protocol(config, &spec.app, &spec.name);
+                        registry.one_set(spec, pool, protocol)
+                    });
+                    let name = match &spec.class {
+                        Some(class) => format!("{}.{class}.{}", spec.app, spec.name),
+                        None => format!("{}.{}", spec.app, spec.name),
+                    };
+                    Target::Invoke(Arc::new(LambdaBackend::new(sets, name, &pool.command)))
+                }
+                BackendSpec::HttpInstances { pool, .. } => {
+                    let sets = sets.unwrap_or_else(|| {
+                        let protocol = http_protocol(config, clients, &spec.backend);
+                        registry.one_set(spec, pool, protocol)
+                    });
+                    let backend = InstanceHttpBackend::new(sets, &pool.command);
+                    if spec.is_passthrough() {
+                        tracing::error!(app = %spec.app, function = %spec.name, "passthrough on http instances is not served yet");
+                    }
+                    Target::Invoke(Arc::new(backend))
                 }
             };
             let schema = spec.input_schema.as_ref().map(|schema| {
@@ -94,13 +143,71 @@ impl Registry {
                 target,
                 schema,
             };
-            registry
-                .apps
-                .entry(spec.app.clone())
-                .or_default()
-                .insert(spec.name.clone(), Arc::new(function));
+            let function = Arc::new(function);
+            match &spec.class {
+                Some(class) => {
+                    let classes = registry.classes.entry(spec.app.clone()).or_default();
+                    let class = classes.entry(class.clone()).or_insert_with(|| Class {
+                        name: class.as_str().into(),
+                        methods: HashMap::new(),
+                    });
+                    class.methods.insert(spec.name.clone(), function);
+                }
+                None => {
+                    registry
+                        .apps
+                        .entry(spec.app.clone())
+                        .or_default()
+                        .insert(spec.name.clone(), function);
+                }
+            }
         }
         registry
+    }
+
+    /// The instance sets of a class.
+    fn instance_sets(
+        &self,
+        config: &Config,
+        clients: &HttpClients,
+        class: &ClassSpec,
+    ) -> Arc<ParameterSets> {
+        let (pool, protocol) = match &class.backend {
+            BackendSpec::Lambda { pool } => {
+                (pool, lambda_protocol(config, &class.app, &class.name))
+            }
+            BackendSpec::HttpInstances { pool, .. } => {
+                (pool, http_protocol(config, clients, &class.backend))
+            }
+            BackendSpec::Exec { .. } | BackendSpec::Http { .. } => {
+                unreachable!("config validation gives a class warm instances")
+            }
+        };
+        ParameterSets::new(
+            format!("{}/{}", class.app, class.name),
+            pool.clone(),
+            protocol,
+            class.parameters.clone(),
+            class.max_parameter_sets,
+            &self.instances,
+        )
+    }
+
+    /// The one instance set of a function.
+    fn one_set(
+        &self,
+        spec: &FunctionSpec,
+        pool: &crate::config::PoolSpec,
+        protocol: Protocol,
+    ) -> Arc<ParameterSets> {
+        ParameterSets::new(
+            format!("{}/{}", spec.app, spec.name),
+            pool.clone(),
+            protocol,
+            Vec::new(),
+            1,
+            &self.instances,
+        )
     }
 
     pub fn lookup(&self, app: &str, function: &str) -> Lookup<'_> {
@@ -113,14 +220,55 @@ impl Registry {
         }
     }
 
-    pub fn has_app(&self, app: &str) -> bool {
-        self.apps.contains_key(app)
+    /// The class `class` of `app`, when there is one.
+    pub fn class(&self, app: &str, class: &str) -> Option<&Class> {
+        self.classes.get(app)?.get(class)
     }
 
-    /// Every function, sorted by app and name.
+    pub fn has_app(&self, app: &str) -> bool {
+        self.apps.contains_key(app) || self.classes.contains_key(app)
+    }
+
+    /// Every function, class methods included, sorted by app, class and name.
     pub fn functions(&self) -> Vec<&Arc<Function>> {
-        let mut all: Vec<&Arc<Function>> = self.apps.values().flat_map(|f| f.values()).collect();
-        all.sort_by(|a, b| (&a.app, &a.name).cmp(&(&b.app, &b.name)));
+        let methods = self
+            .classes
+            .values()
+            .flat_map(|classes| classes.values())
+            .flat_map(|class| class.methods.values());
+        let mut all: Vec<&Arc<Function>> = self
+            .apps
+            .values()
+            .flat_map(|f| f.values())
+            .chain(methods)
+            .collect();
+        all.sort_by(|a, b| (&a.app, &a.spec.class, &a.name).cmp(&(&b.app, &b.spec.class, &b.name)));
         all
     }
+}
+
+fn lambda_protocol(config: &Config, app: &str, name: &str) -> Protocol {
+    Protocol::Lambda(LambdaIdentity {
+        function_name: format!("{app}.{name}"),
+        max_result: config.server.max_result,
+    })
+}
+
+fn http_protocol(config: &Config, clients: &HttpClients, backend: &BackendSpec) -> Protocol {
+    let BackendSpec::HttpInstances {
+        path,
+        ready_path,
+        http2,
+        ..
+    } = backend
+    else {
+        unreachable!("called for http instances only")
+    };
+    Protocol::Http(HttpInstance {
+        path: path.clone(),
+        ready_path: ready_path.clone(),
+        http2: *http2,
+        clients: clients.clone(),
+        max_result: config.server.max_result,
+    })
 }

@@ -29,7 +29,8 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
 /// Variables passed on from the gateway's own environment; everything else
 /// (secrets among it) stays out of functions unless configured in `env`.
-const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+pub(crate) const INHERITED_ENV: &[&str] =
+    &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 pub struct ExecBackend {
     command: Vec<String>,

@@ -4,6 +4,8 @@
 
 pub mod exec;
 pub mod http;
+pub mod instance_http;
+pub mod lambda;
 mod pool;
 
 use std::future::Future;
@@ -53,19 +55,6 @@ pub trait Backend: Send + Sync {
 
     /// A one-line description for `fngate check` and logs.
     fn describe(&self) -> String;
-}
-
-/// A backend not built yet (instance pools, in progress).
-pub struct Unbuilt;
-
-impl Backend for Unbuilt {
-    fn invoke<'a>(&'a self, _: &'a Invocation) -> BoxFuture<'a, Result<Bytes, BackendError>> {
-        Box::pin(async { Err(BackendError::Unreachable("not built yet".to_owned())) })
-    }
-
-    fn describe(&self) -> String {
-        "instances (not built yet)".to_owned()
-    }
 }
 
 /// The rules a function's result must meet: any JSON document.

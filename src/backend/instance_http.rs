@@ -1,0 +1,153 @@
+//! The `http` backend with `command`: calls go to warm instances, each an
+//! HTTP server fngate started with `PORT`, exactly as the `http` backend
+//! sends them to its URLs (passthrough included). A call leases a unit of
+//! an instance's capacity (`instance_concurrency` per instance) for as long
+//! as it runs: for passthrough, until the answer's body has been sent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response};
+
+use super::http::{ForwardError, HttpBackend, StoredAnswer, StoredRequest};
+use super::{Backend, BackendError, BoxFuture};
+use crate::instances::{Endpoint, Lease, ParameterSets};
+use crate::invocation::{Invocation, Principal, Trace};
+
+pub struct InstanceHttpBackend {
+    sets: Arc<ParameterSets>,
+    command: String,
+}
+
+impl InstanceHttpBackend {
+    pub fn new(sets: Arc<ParameterSets>, command: &[String]) -> InstanceHttpBackend {
+        InstanceHttpBackend {
+            sets,
+            command: command.join(" "),
+        }
+    }
+
+    /// Leases an instance of the pool for `values`, within `deadline`.
+    async fn lease(
+        &self,
+        values: Vec<String>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, BackendError> {
+        let pool = self.sets.pool(values);
+        tokio::time::timeout_at(deadline, pool.lease())
+            .await
+            .map_err(|_| BackendError::Timeout)?
+    }
+
+    async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        let values = invocation.parameter_values(self.sets.names());
+        let lease = self.lease(values, invocation.deadline).await?;
+        let result = http_of(&lease).invoke(invocation).await;
+        if result.is_ok() {
+            lease.succeeded();
+        }
+        result
+    }
+
+    /// Forwards a passthrough request to an instance; the instance stays
+    /// leased until the answer's body has been read to its end (or dropped).
+    pub async fn forward(
+        &self,
+        request: Request<Body>,
+        suffix: &str,
+        trace: &Trace,
+        principal: Option<&Principal>,
+        deadline: tokio::time::Instant,
+        body_limit: u64,
+    ) -> Result<Response<Body>, ForwardError> {
+        let values = vec![String::new(); self.sets.names().len()];
+        let lease = self.lease(values, deadline).await?;
+        let response = http_of(&lease)
+            .forward(request, suffix, trace, principal, deadline, body_limit)
+            .await?;
+        lease.succeeded();
+        let (parts, body) = response.into_parts();
+        let body = Body::new(LeasedBody {
+            inner: body,
+            lease: Some(lease),
+        });
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends a stored passthrough request to an instance and reads the
+    /// whole answer.
+    pub async fn replay(
+        &self,
+        stored: &StoredRequest,
+        trace: &Trace,
+        principal: Option<&Principal>,
+        deadline: tokio::time::Instant,
+    ) -> Result<StoredAnswer, BackendError> {
+        let values = vec![String::new(); self.sets.names().len()];
+        let lease = self.lease(values, deadline).await?;
+        let answer = http_of(&lease)
+            .replay(stored, trace, principal, deadline)
+            .await;
+        if answer.is_ok() {
+            lease.succeeded();
+        }
+        answer
+    }
+
+    pub fn describe(&self) -> String {
+        format!("http instances {}", self.command)
+    }
+}
+
+fn http_of(lease: &Lease) -> &HttpBackend {
+    match lease.endpoint() {
+        Endpoint::Http(http) => http,
+        Endpoint::Lambda(_) => unreachable!("an http pool's instances are HTTP servers"),
+    }
+}
+
+/// A passthrough answer's body, holding its instance's lease until it ends.
+struct LeasedBody {
+    inner: Body,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.lease = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Backend for InstanceHttpBackend {
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.run(invocation))
+    }
+
+    fn describe(&self) -> String {
+        InstanceHttpBackend::describe(self)
+    }
+}

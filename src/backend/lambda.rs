@@ -1,0 +1,140 @@
+//! The `lambda` backend: calls run on warm instances that speak the Lambda
+//! Runtime API. A call leases an instance from its pool (a class's
+//! parameter set picks the pool), puts its event in the instance's
+//! mailbox and waits for the instance's answer until the deadline. Past
+//! the deadline, or when the caller goes away (a cancel, a client that
+//! left), the instance is stopped and replaced: a Lambda runtime client
+//! cannot be told to drop a call.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Backend, BackendError, BoxFuture};
+use crate::instances::runtime_api::Delivery;
+use crate::instances::{Endpoint, Lease, ParameterSets};
+use crate::invocation::Invocation;
+
+pub struct LambdaBackend {
+    sets: Arc<ParameterSets>,
+    /// `app.function`, or `app.class.method`: the ARN's function name.
+    name: String,
+    command: String,
+}
+
+impl LambdaBackend {
+    pub fn new(sets: Arc<ParameterSets>, name: String, command: &[String]) -> LambdaBackend {
+        LambdaBackend {
+            sets,
+            name,
+            command: command.join(" "),
+        }
+    }
+
+    async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        let pool = self
+            .sets
+            .pool(invocation.parameter_values(self.sets.names()));
+        let lease = tokio::time::timeout_at(invocation.deadline, pool.lease())
+            .await
+            .map_err(|_| BackendError::Timeout)??;
+        let Endpoint::Lambda(mailbox) = lease.endpoint() else {
+            unreachable!("a lambda pool's instances speak the Runtime API");
+        };
+        let ended = mailbox.deliver(self.delivery(invocation))?;
+        // From here until its answer, the instance is this call's: if the
+        // call ends early, so does the instance.
+        let mut running = Running(Some(lease));
+        match tokio::time::timeout_at(invocation.deadline, ended).await {
+            Ok(Ok(reply)) => {
+                let lease = running.0.take().expect("the lease is held until here");
+                if reply.is_ok() {
+                    lease.succeeded();
+                }
+                reply
+            }
+            Ok(Err(_)) => Err(BackendError::Crashed(
+                "the instance stopped during the call".to_owned(),
+            )),
+            Err(_) => {
+                tracing::warn!(call_id = %invocation.call_id.as_str(), "call past its timeout: stopping its instance");
+                Err(BackendError::Timeout)
+            }
+        }
+    }
+
+    fn delivery(&self, invocation: &Invocation) -> Delivery {
+        let context = serde_json::json!({
+            "call_id": invocation.call_id.as_str(),
+            "app": &*invocation.app,
+            "function": &*invocation.function,
+        });
+        Delivery {
+            call_id: invocation.call_id.as_str().to_owned(),
+            event: Bytes::from(invocation.to_json()),
+            deadline_ms: invocation.deadline_ms,
+            arn: format!("arn:aws:lambda:local:000000000000:function:{}", self.name),
+            trace_id: xray_trace_id(&invocation.trace.traceparent),
+            client_context: context.to_string(),
+        }
+    }
+}
+
+/// A lease on an instance that is running a call: dropped before the call
+/// ended (timeout, cancel, caller gone), it stops the instance.
+struct Running(Option<Lease>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0.take() {
+            lease.retire();
+        }
+    }
+}
+
+/// The W3C `traceparent` as an X-Ray trace header, as Lambda gives it:
+/// `Root=1-{8 hex}-{24 hex};Parent={16 hex};Sampled={0|1}`.
+fn xray_trace_id(traceparent: &str) -> String {
+    let mut parts = traceparent.split('-');
+    let (_, trace, parent, flags) = (parts.next(), parts.next(), parts.next(), parts.next());
+    match (trace, parent) {
+        (Some(trace), Some(parent)) if trace.len() == 32 && parent.len() == 16 => {
+            let sampled = flags
+                .and_then(|f| u8::from_str_radix(f, 16).ok())
+                .map_or(0, |f| f & 1);
+            format!(
+                "Root=1-{}-{};Parent={parent};Sampled={sampled}",
+                &trace[..8],
+                &trace[8..]
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+impl Backend for LambdaBackend {
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.run(invocation))
+    }
+
+    fn describe(&self) -> String {
+        format!("lambda {}", self.command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_becomes_an_xray_header() {
+        assert_eq!(
+            xray_trace_id("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1"
+        );
+        assert_eq!(xray_trace_id("garbage"), "");
+    }
+}
