@@ -1,0 +1,85 @@
+//! Spawned calls: accepting them durably, dispatching pending ones to
+//! their functions, reporting and cancelling them, long-poll wake-ups,
+//! adopting sync calls that outlive the sync wait, and sweeping expired
+//! results. Nothing here knows about HTTP.
+//!
+//! `Calls` is the facade; each job lives in its own file and keeps its
+//! own state in a small type that `Calls` owns.
+
+mod adopt;
+mod cancel;
+mod execute;
+mod runner;
+mod spawn;
+mod status;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::registry::Registry;
+use crate::store::{CallStore, now_ms};
+
+pub use execute::outcome_of;
+pub use spawn::{Accepted, SpawnError, SpawnInput, SpawnOptions};
+
+pub struct CallsConfig {
+    pub result_ttl: Duration,
+    pub max_pending: u64,
+    pub max_wait: Duration,
+}
+
+pub struct Calls {
+    store: Arc<dyn CallStore>,
+    registry: Arc<Registry>,
+    config: CallsConfig,
+    /// Long-poll waiters by call id.
+    waiters: status::Waiters,
+    /// Calls running in this process, to stop them on cancel.
+    running: cancel::Running,
+    /// Per function: its dispatcher's wake-up, given when a call is stored.
+    wakes: runner::Wakes,
+    /// Wakes the webhook sender when a call ends.
+    pub ended: Arc<Notify>,
+    /// Work given the grace period at shutdown: spawned calls running
+    /// here and the tasks of adopted sync calls.
+    tasks: TaskTracker,
+    /// Cancelled when the gateway starts to shut down: long polls answer.
+    stopping: CancellationToken,
+}
+
+impl Calls {
+    pub fn new(store: Arc<dyn CallStore>, registry: Arc<Registry>, config: CallsConfig) -> Calls {
+        let wakes = runner::Wakes::new(&registry);
+        Calls {
+            store,
+            registry,
+            config,
+            waiters: status::Waiters::default(),
+            running: cancel::Running::default(),
+            wakes,
+            ended: Arc::new(Notify::new()),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn CallStore> {
+        &self.store
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        self.config.max_wait
+    }
+
+    /// When a call that ends now expires.
+    fn expires_ms(&self) -> i64 {
+        now_ms().saturating_add(self.config.result_ttl.as_millis() as i64)
+    }
+}
