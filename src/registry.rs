@@ -264,11 +264,11 @@ fn http_protocol(config: &Config, clients: &HttpClients, backend: &BackendSpec) 
     else {
         unreachable!("called for http instances only")
     };
-    Protocol::Http(HttpInstance {
+    Protocol::Http(Box::new(HttpInstance {
         path: path.clone(),
         ready_path: ready_path.clone(),
         http2: *http2,
         clients: clients.clone(),
         max_result: config.server.max_result,
-    })
+    }))
 }

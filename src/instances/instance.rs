@@ -30,7 +30,7 @@ pub enum Endpoint {
     /// instance takes it with `invocation/next`.
     Lambda(Arc<Mailbox>),
     /// Its HTTP server, as an `http` backend of one replica.
-    Http(HttpBackend),
+    Http(Box<HttpBackend>),
 }
 
 /// A ready instance, as its pool and the calls leasing it see it.
@@ -231,7 +231,7 @@ async fn until_ready(pool: &Pool, prepared: &Prepared) -> Result<Endpoint, Backe
         }
         (Prepared::Http { port }, Protocol::Http(http)) => {
             probe_until_ready(*port, http.ready_path.as_deref()).await;
-            Ok(Endpoint::Http(http_endpoint(*port, http)?))
+            Ok(Endpoint::Http(Box::new(http_endpoint(*port, http)?)))
         }
         (Prepared::Http { .. }, Protocol::Lambda(_)) => {
             unreachable!("prepare() follows the pool's protocol")

@@ -40,7 +40,7 @@ pub enum Protocol {
     /// The Lambda Runtime API: the instance pulls one call at a time.
     Lambda(LambdaIdentity),
     /// An HTTP server the instance runs on `127.0.0.1:$PORT`.
-    Http(HttpInstance),
+    Http(Box<HttpInstance>),
 }
 
 /// What a Lambda runtime client is told about the function it runs.
