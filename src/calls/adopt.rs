@@ -28,6 +28,7 @@ impl Calls {
             kwargs: invocation.kwargs.clone(),
             owner,
             principal: invocation.principal.clone(),
+            parameters: None,
             idempotency: None,
             callback_url: None,
             state: CallState::Running,

@@ -73,6 +73,7 @@ impl Calls {
             forward,
             owner: options.owner,
             principal: options.principal,
+            parameters: None,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
             state: CallState::Pending,

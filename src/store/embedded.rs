@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The layout `SCHEMA` describes, recorded in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS calls (
     forward BLOB,
     result_status INTEGER,
     result_type TEXT,
-    principal TEXT
+    principal TEXT,
+    parameters TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -78,11 +79,15 @@ macro_rules! columns {
     () => {
         "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
          started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, \
-         from_sync, forward, result_status, result_type, principal"
+         from_sync, forward, result_status, result_type, principal, parameters"
     };
 }
 
 const COLUMNS: &str = columns!();
+
+/// How many columns `COLUMNS` names: a query that selects more after them
+/// finds the first at this index.
+const COLUMN_COUNT: usize = 23;
 
 const GET_BY_ID: &str = concat!("SELECT ", columns!(), " FROM calls WHERE id = ?1");
 
@@ -256,9 +261,11 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
         .and_then(|()| writer.pragma_update(None, "synchronous", "FULL"))
         .map_err(|e| explain(&e))?;
     // A file written by another layout fails here, at start-up, with
-    // what to do, instead of failing every spawn later.
+    // what to do, instead of failing every spawn later. Layout 1 lacks the
+    // class parameters' column, added here.
     writer
         .execute_batch(SCHEMA)
+        .and_then(|()| add_parameters_column(&writer))
         .and_then(|()| {
             writer
                 .prepare(&format!(
@@ -286,6 +293,19 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
     };
     let pending = layout().map_err(|e| explain(&e))?;
     Ok((writer, pending))
+}
+
+/// Adds `parameters` to a layout-1 `calls` table (written before classes).
+fn add_parameters_column(writer: &Connection) -> Result<(), rusqlite::Error> {
+    let has_it: bool = writer.query_row(
+        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parameters'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_it {
+        writer.execute_batch("ALTER TABLE calls ADD COLUMN parameters TEXT")?;
+    }
+    Ok(())
 }
 
 /// Asks the writer for a checkpoint every `every`, until the store is gone
@@ -413,6 +433,7 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
         principal: row
             .get::<_, Option<String>>(21)?
             .and_then(|text| serde_json::from_str(&text).ok()),
+        parameters: row.get(22)?,
     })
 }
 

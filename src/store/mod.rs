@@ -130,6 +130,8 @@ pub struct NewCall {
     pub forward: Option<Vec<u8>>,
     /// Who made it, passed to its backend when it runs.
     pub principal: Option<Principal>,
+    /// A class method's parameters, a JSON object (`{"size":"large"}`).
+    pub parameters: Option<String>,
     pub created_ms: i64,
 }
 
@@ -157,6 +159,8 @@ pub struct CallRecord {
     /// A passthrough call's request to forward.
     pub forward: Option<Vec<u8>>,
     pub principal: Option<Principal>,
+    /// A class method's parameters, a JSON object (`{"size":"large"}`).
+    pub parameters: Option<String>,
 }
 
 impl CallRecord {

@@ -24,6 +24,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         from_sync: false,
         forward: None,
         principal: None,
+        parameters: None,
     }
 }
 
@@ -326,6 +327,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             kwargs: "{}".to_owned(),
             forward: None,
             principal: None,
+            parameters: None,
             owner: None,
             idempotency: None,
             callback_url: Some(url),

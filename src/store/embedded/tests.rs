@@ -12,6 +12,7 @@ fn new_call(id: &str) -> NewCall {
         kwargs: "{\"x\": 1e400}".to_owned(),
         forward: None,
         principal: None,
+        parameters: None,
         owner: None,
         idempotency: None,
         callback_url: None,
@@ -525,4 +526,33 @@ fn sqlite_failures_are_told_apart_by_what_they_mean_for_the_store() {
         assert_eq!(fault_of(&failure(code)), fault, "code {code}");
     }
     assert_eq!(fault_of(&rusqlite::Error::QueryReturnedNoRows), Fault::None);
+}
+
+#[tokio::test]
+async fn a_store_written_before_classes_gains_the_parameters_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    {
+        // Layout 1: the same table without `parameters`, one call in it.
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let old = SCHEMA.replace(",\n    parameters TEXT", "");
+        assert_ne!(old, SCHEMA, "layout 1 is layout 2 without one column");
+        connection.execute_batch(&old).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        connection
+            .execute(
+                "INSERT INTO calls (id, app, function, args, kwargs, state, attempt, created_ms)
+                 VALUES ('fc-old', 'demo', 'square', '[]', '{}', 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let old = store.get("fc-old").await.unwrap().unwrap();
+    assert_eq!((old.state, old.parameters), (CallState::Pending, None));
+    let mut call = new_call("fc-new");
+    call.parameters = Some(r#"{"size":"large"}"#.to_owned());
+    store.insert(call).await.unwrap();
+    let new = store.get("fc-new").await.unwrap().unwrap();
+    assert_eq!(new.parameters.as_deref(), Some(r#"{"size":"large"}"#));
 }

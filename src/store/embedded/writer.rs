@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BUSY_TIMEOUT, COLUMNS, Fault, FileHealth, MAX_BATCH, fault_of, record};
+use super::{BUSY_TIMEOUT, COLUMN_COUNT, COLUMNS, Fault, FileHealth, MAX_BATCH, fault_of, record};
 use crate::store::{
     CallRecord, CallState, Cancelled, Inserted, NewCall, Outcome, PendingCounts, StoreError, now_ms,
 };
@@ -312,8 +312,8 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms, from_sync, forward, principal)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) ON CONFLICT DO NOTHING",
+             created_ms, started_ms, from_sync, forward, principal, parameters)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT DO NOTHING",
     )?;
     let added = statement.execute(params![
         call.id,
@@ -334,6 +334,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
         call.principal
             .as_ref()
             .map(|p| serde_json::to_string(p).expect("a principal always serialises")),
+        call.parameters,
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
@@ -352,7 +353,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
                  WHERE app = ?1 AND function = ?2 AND ifnull(owner, '') = ifnull(?3, '') AND idem_key = ?4"
             ),
             params![call.app, call.function, call.owner, key],
-            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(22)?)),
+            |row| Ok((record(row)?, row.get::<_, Option<Vec<u8>>>(COLUMN_COUNT)?)),
         )
         .optional()?;
     match existing {
@@ -390,7 +391,7 @@ fn claim(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut claimed = statement
         .query_map(params![app, function, now_ms(), limit], |row| {
-            Ok((row.get::<_, i64>(22)?, record(row)?))
+            Ok((row.get::<_, i64>(COLUMN_COUNT)?, record(row)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     claimed.sort_unstable_by_key(|(seq, _)| *seq);
