@@ -1,12 +1,13 @@
-//! Checks of exec commands that `fngate check` reports as warnings: a
-//! program that is not on `PATH` or a script file that is not there. The
-//! config stays valid (the file may appear before the first call, PATH may
-//! differ where the gateway runs), but a typo should not pass as "ok".
+//! Checks of the commands fngate starts (exec calls, lambda and http
+//! instances) that `fngate check` reports as warnings: a program that is
+//! not on `PATH` or a script file that is not there. The config stays
+//! valid (the file may appear before the first call, PATH may differ where
+//! the gateway runs), but a typo should not pass as "ok".
 
 use std::ffi::OsStr;
 use std::path::Path;
 
-use super::{BackendSpec, Config};
+use super::{BackendSpec, Config, PoolSpec};
 
 /// Extensions that make an argument look like a script file.
 const SCRIPT_EXTENSIONS: &[&str] = &[
@@ -17,18 +18,24 @@ const SCRIPT_EXTENSIONS: &[&str] = &[
 const CODE_OPTIONS: &[&str] = &["-c", "-e", "-m", "--eval", "-E", "-r"];
 
 impl Config {
-    /// One message per exec command whose program does not resolve (on
-    /// `PATH`, or as a file relative to the config's folder when it has a
-    /// `/`) or whose script argument names a relative file that does not
-    /// exist.
+    /// One message per command (of a function or a class) whose program
+    /// does not resolve (on `PATH`, or as a file relative to the config's
+    /// folder when it has a `/`) or whose script argument names a relative
+    /// file that does not exist.
     pub fn command_warnings(&self) -> Vec<String> {
         let path_var = std::env::var_os("PATH").unwrap_or_default();
+        // A class's methods share its command: it is checked once, as the
+        // class's key.
+        let functions = (self.functions.iter().filter(|f| f.class.is_none()))
+            .map(|f| (format!("apps.{}.functions.{}", f.app, f.name), &f.backend));
+        let classes = (self.classes.iter())
+            .map(|c| (format!("apps.{}.classes.{}", c.app, c.name), &c.backend));
         let mut warnings = Vec::new();
-        for function in &self.functions {
-            let BackendSpec::Exec { command, cwd, .. } = &function.backend else {
+        for (table, backend) in functions.chain(classes) {
+            let Some((command, cwd)) = started_command(backend) else {
                 continue;
             };
-            let key = format!("apps.{}.functions.{}.command", function.app, function.name);
+            let key = format!("{table}.command");
             let program = &command[0];
             if !program_resolves(program, cwd, &path_var) {
                 let place = if program.starts_with('/') {
@@ -53,8 +60,20 @@ impl Config {
     }
 }
 
+/// The command fngate starts for `backend`, and the folder it runs in.
+fn started_command(backend: &BackendSpec) -> Option<(&[String], &Path)> {
+    match backend {
+        BackendSpec::Exec { command, cwd, .. } => Some((command, cwd)),
+        BackendSpec::Lambda { pool } | BackendSpec::HttpInstances { pool, .. } => {
+            let PoolSpec { command, cwd, .. } = pool;
+            Some((command, cwd))
+        }
+        BackendSpec::Http { .. } => None,
+    }
+}
+
 /// Whether `program` names an executable file: with a `/`, relative to
-/// `cwd` (exec functions run there); without one, in a `PATH` folder.
+/// `cwd` (commands run there); without one, in a `PATH` folder.
 fn program_resolves(program: &str, cwd: &Path, path_var: &OsStr) -> bool {
     if program.contains('/') {
         return is_executable(&cwd.join(program));

@@ -1,7 +1,19 @@
 //! Function tables (`[apps.APP.functions.NAME]`): backend, methods,
-//! limits and input schema, checked and resolved.
+//! limits and input schema, checked and resolved. The per-call keys are
+//! read here for class methods too; warm instance backends are in `pools`.
 
 use super::*;
+
+/// Where a table's calls go: everything of a `FunctionSpec` that the
+/// table's per-call keys do not set.
+pub(super) struct Callee<'a> {
+    pub app: &'a str,
+    pub name: &'a str,
+    pub class: Option<&'a str>,
+    pub backend: BackendSpec,
+    /// `concurrency` when the table does not set it.
+    pub concurrency: u32,
+}
 
 impl Context {
     pub(super) fn function(
@@ -11,25 +23,41 @@ impl Context {
         name: &str,
         raw: &RawFunction,
     ) -> Result<FunctionSpec, ConfigError> {
-        let field = |f: &str| format!("{key}.{f}");
-        let backend = match raw.backend.as_deref() {
-            Some("exec") => self.exec_backend(key, raw)?,
-            Some("http") => self.http_backend(key, raw)?,
-            Some(other) => {
-                return Err(self.invalid(
-                    field("backend"),
-                    format!("'{other}' is not a backend: use \"exec\" or \"http\""),
-                ));
-            }
-            None => return Err(self.invalid(field("backend"), "missing: use \"exec\" or \"http\"")),
+        let callee = Callee {
+            app,
+            name,
+            class: None,
+            backend: self.backend(key, raw)?,
+            concurrency: DEFAULT_CONCURRENCY,
         };
-        let passthrough = matches!(
-            backend,
-            BackendSpec::Http {
-                passthrough: true,
-                ..
-            }
-        );
+        self.call_settings(key, raw, callee)
+    }
+
+    fn backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
+        let field = format!("{key}.backend");
+        match raw.backend.as_deref() {
+            Some("exec") => self.exec_backend(key, raw),
+            Some("http") if raw.command.is_some() => self.http_instances_backend(key, raw),
+            Some("http") => self.http_backend(key, raw),
+            Some("lambda") => self.lambda_backend(key, raw),
+            Some(other) => Err(self.invalid(
+                field,
+                format!("'{other}' is not a backend: use \"exec\", \"http\" or \"lambda\""),
+            )),
+            None => Err(self.invalid(field, "missing: use \"exec\", \"http\" or \"lambda\"")),
+        }
+    }
+
+    /// The per-call keys (methods, limits, schema, errors), read the same
+    /// way for a function table and for a class's method table.
+    pub(super) fn call_settings(
+        &self,
+        key: &str,
+        raw: &RawFunction,
+        callee: Callee<'_>,
+    ) -> Result<FunctionSpec, ConfigError> {
+        let field = |f: &str| format!("{key}.{f}");
+        let passthrough = callee.backend.is_passthrough();
         let methods = match &raw.methods {
             None if passthrough => None,
             None => Some(vec![Method::POST]),
@@ -39,7 +67,7 @@ impl Context {
         if timeout.is_zero() {
             return Err(self.invalid(field("timeout"), "must be above 0"));
         }
-        let concurrency = raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        let concurrency = raw.concurrency.unwrap_or(callee.concurrency);
         if concurrency == 0 {
             return Err(self.invalid(field("concurrency"), "must be at least 1"));
         }
@@ -55,39 +83,35 @@ impl Context {
             ));
         }
         Ok(FunctionSpec {
-            app: app.to_owned(),
-            name: name.to_owned(),
-            backend,
+            app: callee.app.to_owned(),
+            name: callee.name.to_owned(),
+            backend: callee.backend,
             methods,
             timeout,
             concurrency: concurrency as usize,
             queue: queue as usize,
             public: raw.public.unwrap_or(false),
             input_schema,
-            max_body: match &raw.max_body {
-                None => None,
-                Some(text) => {
-                    Some(parse_size(text).map_err(|m| self.invalid(field("max_body"), m))?)
-                }
-            },
+            max_body: (raw.max_body.as_deref())
+                .map(|text| parse_size(text).map_err(|m| self.invalid(field("max_body"), m)))
+                .transpose()?,
             expose_errors: raw.expose_errors.unwrap_or(true),
-            class: None,
+            class: callee.class.map(str::to_owned),
         })
     }
 
     fn exec_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
-        for (present, name) in [
-            (raw.urls.is_some(), "urls"),
-            (raw.passthrough.is_some(), "passthrough"),
-            (raw.http2.is_some(), "http2"),
-        ] {
-            if present {
-                return Err(self.invalid(
-                    format!("{key}.{name}"),
-                    "only an http backend takes this key",
-                ));
-            }
-        }
+        let http_keys = [
+            ("urls", raw.urls.is_some()),
+            ("passthrough", raw.passthrough.is_some()),
+            ("http2", raw.http2.is_some()),
+        ];
+        self.refuse(key, http_keys, "only an http backend takes this key")?;
+        self.refuse(
+            key,
+            raw.instance_keys(),
+            "only warm instances (backend \"lambda\", or \"http\" with command) take this key",
+        )?;
         let command = match &raw.command {
             Some(command) if !command.is_empty() && !command[0].is_empty() => command.clone(),
             _ => {
@@ -97,16 +121,11 @@ impl Context {
                 ));
             }
         };
-        let env = raw.env.clone().unwrap_or_default();
-        if let Some(name) = env
-            .keys()
-            .find(|k| k.starts_with("FNGATE_") || k.as_str() == "TRACEPARENT")
-        {
-            return Err(self.invalid(
-                format!("{key}.env"),
-                format!("{name} is set by fngate for each call (who called, which call): it cannot be configured"),
-            ));
-        }
+        let env = self.env(key, raw, |name| {
+            (name.starts_with("FNGATE_") || name == "TRACEPARENT").then_some(
+                "is set by fngate for each call (who called, which call): it cannot be configured",
+            )
+        })?;
         Ok(BackendSpec::Exec {
             command,
             cwd: self.base_dir.clone(),
@@ -114,24 +133,55 @@ impl Context {
         })
     }
 
-    fn http_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
-        for (present, name) in [
-            (raw.command.is_some(), "command"),
-            (raw.env.is_some(), "env"),
-        ] {
-            if present {
+    /// The table's `env`, each name checked: `reserved` says why fngate
+    /// keeps a name to itself, or `None` when the table may set it.
+    pub(super) fn env(
+        &self,
+        key: &str,
+        raw: &RawFunction,
+        reserved: impl Fn(&str) -> Option<&'static str>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let env = raw.env.clone().unwrap_or_default();
+        for name in env.keys() {
+            if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(self.invalid(
-                    format!("{key}.{name}"),
-                    "only an exec backend takes this key",
+                    format!("{key}.env"),
+                    format!("'{name}' is not a variable name: it is empty or holds '=' or NUL"),
                 ));
             }
+            if let Some(why) = reserved(name) {
+                return Err(self.invalid(format!("{key}.env"), format!("{name} {why}")));
+            }
         }
+        Ok(env)
+    }
+
+    /// Fails on the first key of `keys` that is written, naming it.
+    pub(super) fn refuse(
+        &self,
+        key: &str,
+        keys: impl IntoIterator<Item = (&'static str, bool)>,
+        message: &str,
+    ) -> Result<(), ConfigError> {
+        match keys.into_iter().find(|(_, present)| *present) {
+            Some((name, _)) => Err(self.invalid(format!("{key}.{name}"), message)),
+            None => Ok(()),
+        }
+    }
+
+    fn http_backend(&self, key: &str, raw: &RawFunction) -> Result<BackendSpec, ConfigError> {
+        let keys = [("env", raw.env.is_some())].into_iter();
+        self.refuse(
+            key,
+            keys.chain(raw.instance_keys()),
+            "only instances that fngate starts take this key: give command instead of urls",
+        )?;
         let list = match &raw.urls {
             Some(list) if !list.is_empty() => list,
             _ => {
                 return Err(self.invalid(
                     format!("{key}.urls"),
-                    "an http backend needs urls, like [\"http://127.0.0.1:9001/invoke\"]",
+                    "an http backend needs urls, like [\"http://127.0.0.1:9001/invoke\"], or a command that starts its instances",
                 ));
             }
         };

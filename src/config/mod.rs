@@ -2,8 +2,11 @@
 //! malformed with the file, the key path and what is wrong, and yields the
 //! validated runtime types the rest of the gateway is built from.
 
+mod apps;
+mod classes;
 mod commands;
 mod functions;
+mod pools;
 mod raw;
 mod security;
 mod server;
@@ -16,7 +19,8 @@ use std::time::Duration;
 
 use http::{Method, Uri};
 
-use raw::{RawConfig, RawFunction, RawListen, RawServer, RawStore};
+use apps::Apps;
+use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
 pub use security::{
     AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,
@@ -209,10 +213,11 @@ pub enum BackendSpec {
     },
 }
 
-impl FunctionSpec {
+impl BackendSpec {
+    /// Requests are forwarded unchanged to an HTTP service or instance.
     pub fn is_passthrough(&self) -> bool {
         matches!(
-            self.backend,
+            self,
             BackendSpec::Http {
                 passthrough: true,
                 ..
@@ -221,6 +226,21 @@ impl FunctionSpec {
                 ..
             }
         )
+    }
+}
+
+impl FunctionSpec {
+    pub fn is_passthrough(&self) -> bool {
+        self.backend.is_passthrough()
+    }
+
+    /// The path clients call: `/{app}/{function}`, or
+    /// `/{app}/{class}/{method}` for a class's method.
+    pub fn route(&self) -> String {
+        match &self.class {
+            Some(class) => format!("/{}/{class}/{}", self.app, self.name),
+            None => format!("/{}/{}", self.app, self.name),
+        }
     }
 
     /// The `Allow` header value for this function.
@@ -362,51 +382,17 @@ impl Context {
             Some(webhooks) => Some(self.webhooks(webhooks)?),
             None => None,
         };
-        let mut functions = Vec::new();
+        let mut apps = Apps::default();
         for (app, raw_app) in &raw.apps {
-            check_name(app).map_err(|m| self.invalid(format!("apps.{app}"), m))?;
-            if raw_app.functions.is_empty() {
-                return Err(self.invalid(
-                    format!("apps.{app}.functions"),
-                    "an app needs at least one function",
-                ));
-            }
-            for (name, raw_fn) in &raw_app.functions {
-                let key = format!("apps.{app}.functions.{name}");
-                check_name(name).map_err(|m| self.invalid(&key, m))?;
-                functions.push(self.function(&key, app, name, raw_fn)?);
-            }
-            let key = format!("apps.{app}.cors.allow_origins");
-            let origins = match &raw_app.cors {
-                Some(raw_cors) => Some(self.origins(&key, raw_cors)?),
-                None => cors.default.clone(),
-            };
-            // "*" is for public functions only: a page on any origin could
-            // otherwise use a visitor's credentials.
-            let guarded =
-                auth.is_some() && raw_app.functions.values().any(|f| f.public != Some(true));
-            if origins == Some(AllowedOrigins::Any) && guarded {
-                let key = if raw_app.cors.is_some() {
-                    key
-                } else {
-                    "cors.allow_origins".to_owned()
-                };
-                return Err(self.invalid(
-                    key,
-                    format!("\"*\" is only for public functions, and app '{app}' has functions that need credentials: list the origins"),
-                ));
-            }
-            if let Some(origins) = raw_app.cors.as_ref().and(origins) {
-                cors.apps.insert(app.clone(), origins);
-            }
+            self.app(app, raw_app, &mut apps, &mut cors, auth.is_some())?;
         }
         Ok(Config {
             file: self.file.clone(),
             base_dir: self.base_dir.clone(),
             server,
             store,
-            functions,
-            classes: Vec::new(),
+            functions: apps.functions,
+            classes: apps.classes,
             webhooks,
             auth,
             cors,
@@ -416,7 +402,8 @@ impl Context {
     }
 }
 
-/// App and function names: `[a-z0-9][a-z0-9_-]{0,62}`, and not reserved.
+/// App, function, class and method names: `[a-z0-9][a-z0-9_-]{0,62}`,
+/// and not reserved.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name == "calls" || name.starts_with('_') {
         return Err(format!(

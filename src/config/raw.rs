@@ -118,11 +118,15 @@ pub struct RawWebhooks {
 pub struct RawApp {
     #[serde(default)]
     pub functions: BTreeMap<String, RawFunction>,
+    #[serde(default)]
+    pub classes: BTreeMap<String, RawClass>,
     /// Overrides `[cors]` for this app.
     pub cors: Option<RawCors>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A function table, and also a class's method table: a method takes only
+/// the per-call keys, and the conversion names the others as the class's.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFunction {
     pub backend: Option<String>,
@@ -139,4 +143,92 @@ pub struct RawFunction {
     pub input_schema: Option<toml::Value>,
     pub max_body: Option<String>,
     pub expose_errors: Option<bool>,
+    pub path: Option<String>,
+    pub ready_path: Option<String>,
+    pub instance_concurrency: Option<u32>,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub init_timeout: Option<String>,
+    pub exit_grace: Option<String>,
+}
+
+impl RawFunction {
+    /// The keys only warm instances take, each with whether it is written.
+    pub fn instance_keys(&self) -> [(&'static str, bool); 8] {
+        [
+            ("path", self.path.is_some()),
+            ("ready_path", self.ready_path.is_some()),
+            ("instance_concurrency", self.instance_concurrency.is_some()),
+            ("min_instances", self.min_instances.is_some()),
+            ("max_instances", self.max_instances.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("init_timeout", self.init_timeout.is_some()),
+            ("exit_grace", self.exit_grace.is_some()),
+        ]
+    }
+
+    /// Every key that says how calls run rather than how one call is
+    /// admitted: what a class's method tables may not set.
+    pub fn backend_keys(&self) -> impl Iterator<Item = (&'static str, bool)> {
+        [
+            ("backend", self.backend.is_some()),
+            ("command", self.command.is_some()),
+            ("env", self.env.is_some()),
+            ("urls", self.urls.is_some()),
+            ("passthrough", self.passthrough.is_some()),
+            ("http2", self.http2.is_some()),
+        ]
+        .into_iter()
+        .chain(self.instance_keys())
+    }
+}
+
+/// `[apps.APP.classes.NAME]`: the backend and pool keys of a function
+/// table, the class's own keys, and its methods.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    pub backend: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub path: Option<String>,
+    pub ready_path: Option<String>,
+    pub passthrough: Option<bool>,
+    pub http2: Option<bool>,
+    pub instance_concurrency: Option<u32>,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub idle_timeout: Option<String>,
+    pub init_timeout: Option<String>,
+    pub exit_grace: Option<String>,
+    pub concurrency: Option<u32>,
+    pub parameters: Option<Vec<String>>,
+    pub max_parameter_sets: Option<u32>,
+    #[serde(default)]
+    pub functions: BTreeMap<String, RawFunction>,
+}
+
+impl RawClass {
+    /// The class's backend keys as a function table holds them, so that
+    /// one conversion reads both.
+    pub fn backend_table(&self) -> RawFunction {
+        RawFunction {
+            backend: self.backend.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            path: self.path.clone(),
+            ready_path: self.ready_path.clone(),
+            passthrough: self.passthrough,
+            http2: self.http2,
+            instance_concurrency: self.instance_concurrency,
+            min_instances: self.min_instances,
+            max_instances: self.max_instances,
+            idle_timeout: self.idle_timeout.clone(),
+            init_timeout: self.init_timeout.clone(),
+            exit_grace: self.exit_grace.clone(),
+            concurrency: self.concurrency,
+            ..RawFunction::default()
+        }
+    }
 }

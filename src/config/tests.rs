@@ -228,7 +228,9 @@ fn backends_need_their_command_or_urls() {
     assert_eq!(rejected_key(bad_url), "apps.demo.functions.f.urls[0]");
     let none = "[apps.demo.functions.f]\ncommand = [\"true\"]\n";
     assert_eq!(rejected_key(none), "apps.demo.functions.f.backend");
-    let other = "[apps.demo.functions.f]\nbackend = \"lambda\"\n";
+    let lambda = "[apps.demo.functions.f]\nbackend = \"lambda\"\n";
+    assert_eq!(rejected_key(lambda), "apps.demo.functions.f.command");
+    let other = "[apps.demo.functions.f]\nbackend = \"ftp\"\n";
     assert_eq!(rejected_key(other), "apps.demo.functions.f.backend");
     let mixed = "[apps.demo.functions.f]\nbackend = \"exec\"\ncommand = [\"true\"]\nurls = [\"http://a/\"]\n";
     assert_eq!(rejected_key(mixed), "apps.demo.functions.f.urls");
@@ -383,3 +385,6 @@ fn exec_env_cannot_forge_what_fngate_sets() {
     let text = format!("{SQUARE}env = {{ FNGATE_SUBJECT = \"admin\" }}\n");
     assert_eq!(rejected_key(&text), "apps.demo.functions.square.env");
 }
+
+mod classes;
+mod instances;
