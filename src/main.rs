@@ -139,9 +139,8 @@ fn check(config: &Config) {
             function.spec.allow_header().replace(", ", ",")
         };
         println!(
-            "{methods} /{}/{} -> {}",
-            function.app,
-            function.name,
+            "{methods} {} -> {}",
+            function.spec.route(),
             function.describe()
         );
     }
