@@ -94,6 +94,7 @@ fn invocation(arguments: &Arguments) -> Invocation {
         deadline_ms: deadline_ms_after(timeout),
         deadline: tokio::time::Instant::now() + timeout,
         attempt: 1,
+        class: None,
         trace: Trace {
             request_id: "3f2b8c1d9e0a4b7c".into(),
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),

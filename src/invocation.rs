@@ -81,6 +81,52 @@ pub struct Invocation {
     pub attempt: u32,
     pub trace: Trace,
     pub principal: Option<Principal>,
+    /// Set for a class method: its class and parameter set.
+    pub class: Option<Arc<ClassCall>>,
+}
+
+/// What a class method's invocation carries besides its function's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassCall {
+    pub class: Arc<str>,
+    /// The parameters' values, in the order of the class's names.
+    pub values: Vec<String>,
+    /// The same as a JSON object, as the invocation request and the call
+    /// store carry it: `{"size":"large"}`.
+    pub parameters: String,
+}
+
+impl ClassCall {
+    /// A call of a method of `class` with these parameters (names and
+    /// values in the class's order).
+    pub fn new(class: Arc<str>, names: &[String], values: Vec<String>) -> ClassCall {
+        let object: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&values)
+            .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+            .collect();
+        ClassCall {
+            class,
+            values,
+            parameters: serde_json::Value::Object(object).to_string(),
+        }
+    }
+
+    /// A stored call's parameters (`{"size":"large"}`), read back in the
+    /// order of `names`; a missing or unreadable one is empty.
+    pub fn stored(class: Arc<str>, names: &[String], stored: Option<&str>) -> ClassCall {
+        let object: serde_json::Map<String, serde_json::Value> = stored
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default();
+        let values = names
+            .iter()
+            .map(|name| match object.get(name) {
+                Some(serde_json::Value::String(value)) => value.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        ClassCall::new(class, names, values)
+    }
 }
 
 impl Invocation {
@@ -93,7 +139,19 @@ impl Invocation {
     /// The values of a class's parameters `names`, in order (empty strings
     /// for those not given).
     pub fn parameter_values(&self, names: &[String]) -> Vec<String> {
-        vec![String::new(); names.len()]
+        match &self.class {
+            Some(class) if class.values.len() == names.len() => class.values.clone(),
+            _ => vec![String::new(); names.len()],
+        }
+    }
+
+    /// The name a call store files the call under: the function's, or
+    /// `class.method` for a class method.
+    pub fn stored_function(&self) -> String {
+        match &self.class {
+            Some(class) => format!("{}.{}", class.class, self.function),
+            None => self.function.to_string(),
+        }
     }
 
     /// The invocation request body sent to backends.
@@ -113,6 +171,12 @@ impl Invocation {
         push_decimal(&mut out, self.deadline_ms);
         out.extend_from_slice(b",\"attempt\":");
         push_decimal(&mut out, u64::from(self.attempt));
+        if let Some(class) = &self.class {
+            out.extend_from_slice(b",\"class\":");
+            push_quoted(&mut out, &class.class);
+            out.extend_from_slice(b",\"parameters\":");
+            out.extend_from_slice(class.parameters.as_bytes());
+        }
         out.push(b'}');
         out
     }
@@ -199,6 +263,7 @@ mod tests {
             deadline_ms: 1764000000000,
             deadline: tokio::time::Instant::now(),
             attempt: 1,
+            class: None,
             trace: Trace {
                 request_id: "r".into(),
                 traceparent: String::new(),

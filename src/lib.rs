@@ -134,7 +134,7 @@ impl Gateway {
             let deployed = registry.clone();
             let exposes_errors = Arc::new(move |app: &str, function: &str| {
                 // A function no longer deployed withholds, as GET /calls does.
-                matches!(deployed.lookup(app, function), Lookup::Found(f) if f.spec.expose_errors)
+                matches!(deployed.lookup_key(app, function), Lookup::Found(f) if f.spec.expose_errors)
             });
             Arc::new(Webhooks::new(
                 settings,

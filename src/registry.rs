@@ -14,6 +14,7 @@ use crate::backend::lambda::LambdaBackend;
 use crate::config::{BackendSpec, ClassSpec, Config, FunctionSpec};
 use crate::dispatch::Limiter;
 use crate::instances::{HttpInstance, Instances, LambdaIdentity, ParameterSets, Protocol};
+use crate::invocation::ClassCall;
 
 /// How a function is reached.
 pub enum Target {
@@ -27,12 +28,45 @@ pub struct Function {
     pub spec: FunctionSpec,
     pub app: Arc<str>,
     pub name: Arc<str>,
+    /// The name its calls are stored under: `name`, or `class.name` for a
+    /// class method (a `.` is in no name, so the two never meet).
+    pub key: Arc<str>,
+    /// For a class method: its class and the class's parameter names.
+    pub class: Option<MethodOf>,
     pub target: Target,
     pub schema: Option<jsonschema::Validator>,
     pub limiter: Limiter,
 }
 
+/// The class a method belongs to.
+pub struct MethodOf {
+    pub class: Arc<str>,
+    /// Query keys that pick the instance set, in the class's order.
+    pub parameters: Vec<String>,
+}
+
 impl Function {
+    /// What a call of this method carries: its class and parameter values
+    /// (one per name). `None` for a function.
+    pub fn class_call(&self, values: Vec<String>) -> Option<Arc<ClassCall>> {
+        let of = self.class.as_ref()?;
+        Some(Arc::new(ClassCall::new(
+            of.class.clone(),
+            &of.parameters,
+            values,
+        )))
+    }
+
+    /// The same for a stored call, from its stored parameters.
+    pub fn class_call_stored(&self, stored: Option<&str>) -> Option<Arc<ClassCall>> {
+        let of = self.class.as_ref()?;
+        Some(Arc::new(ClassCall::stored(
+            of.class.clone(),
+            &of.parameters,
+            stored,
+        )))
+    }
+
     pub fn describe(&self) -> String {
         match &self.target {
             Target::Invoke(backend) => backend.describe(),
@@ -135,9 +169,27 @@ impl Registry {
                 jsonschema::validator_for(schema)
                     .expect("config validation compiled this schema already")
             });
+            let (key, class) = match &spec.class {
+                Some(class) => {
+                    let parameters = config
+                        .classes
+                        .iter()
+                        .find(|c| c.app == spec.app && &c.name == class)
+                        .map(|c| c.parameters.clone())
+                        .unwrap_or_default();
+                    let of = MethodOf {
+                        class: class.as_str().into(),
+                        parameters,
+                    };
+                    (format!("{class}.{}", spec.name), Some(of))
+                }
+                None => (spec.name.clone(), None),
+            };
             let function = Function {
                 app: spec.app.as_str().into(),
                 name: spec.name.as_str().into(),
+                key: key.into(),
+                class,
                 limiter: Limiter::new(spec.concurrency, spec.queue),
                 spec: spec.clone(),
                 target,
@@ -217,6 +269,18 @@ impl Registry {
                 Some(found) => Lookup::Found(found),
                 None => Lookup::NoFunction,
             },
+        }
+    }
+
+    /// The function a stored call names: `function`, or `class.method`.
+    pub fn lookup_key(&self, app: &str, key: &str) -> Lookup<'_> {
+        let Some((class, method)) = key.split_once('.') else {
+            return self.lookup(app, key);
+        };
+        match self.class(app, class).and_then(|c| c.method(method)) {
+            Some(found) => Lookup::Found(found),
+            None if self.has_app(app) => Lookup::NoFunction,
+            None => Lookup::NoApp,
         }
     }
 

@@ -44,6 +44,7 @@ impl Calls {
                         attempt: record.attempt,
                         trace: trace.clone(),
                         principal: record.principal.clone(),
+                        class: function.class_call_stored(record.parameters.as_deref()),
                     };
                     outcome_of(backend.invoke(&invocation).await)
                 }

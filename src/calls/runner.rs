@@ -33,7 +33,7 @@ impl Wakes {
             wakes
                 .entry(f.app.to_string())
                 .or_default()
-                .insert(f.name.to_string(), Arc::new(Notify::new()));
+                .insert(f.key.to_string(), Arc::new(Notify::new()));
         }
         Wakes(wakes)
     }
@@ -100,7 +100,7 @@ impl Calls {
     /// it takes calls for them, so an idle dispatcher never holds a slot
     /// that a sync caller could use.
     async fn dispatch(self: Arc<Self>, function: Arc<Function>, shutdown: CancellationToken) {
-        let Some(wake) = self.wakes.of(&function.app, &function.name).cloned() else {
+        let Some(wake) = self.wakes.of(&function.app, &function.key).cloned() else {
             return;
         };
         // Calls left by a previous process may be waiting: look at once.
@@ -116,7 +116,7 @@ impl Calls {
                     () = shutdown.cancelled() => return,
                 }
                 // The wake-up may be for a call the last round took already.
-                let look = self.store.has_pending(&function.app, &function.name);
+                let look = self.store.has_pending(&function.app, &function.key);
                 idle = !look.await.unwrap_or(true);
                 continue;
             }
@@ -152,7 +152,7 @@ impl Calls {
     ) -> Result<usize, StoreError> {
         let records = self
             .store
-            .claim_batch(&function.app, &function.name, slots.len())
+            .claim_batch(&function.app, &function.key, slots.len())
             .await?;
         let claimed = records.len();
         for (record, slot) in records.into_iter().zip(slots) {

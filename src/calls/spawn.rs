@@ -46,6 +46,8 @@ pub struct SpawnOptions {
     /// `Idempotency-Key` and a digest of the request.
     pub idempotency: Option<(String, Vec<u8>)>,
     pub callback_url: Option<String>,
+    /// A class method's parameters, a JSON object (`{"size":"large"}`).
+    pub parameters: Option<String>,
 }
 
 impl Calls {
@@ -67,13 +69,13 @@ impl Calls {
         let call = NewCall {
             id: id.clone(),
             app: function.app.to_string(),
-            function: function.name.to_string(),
+            function: function.key.to_string(),
             args: arguments.args,
             kwargs: arguments.kwargs,
             forward,
             owner: options.owner,
             principal: options.principal,
-            parameters: None,
+            parameters: options.parameters,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
             state: CallState::Pending,
