@@ -40,6 +40,10 @@ pub enum BackendError {
     /// The backend answered something that is not a result.
     #[error("backend answered garbage: {0}")]
     Garbage(String),
+    /// The function's instance failed its set-up and said why (a Lambda
+    /// runtime's `init/error`).
+    #[error("the instance's init failed with {kind}: {message}")]
+    InitFailed { kind: String, message: String },
     /// The deadline passed; the work was stopped.
     #[error("function timed out")]
     Timeout,

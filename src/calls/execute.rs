@@ -92,6 +92,12 @@ pub fn outcome_of(result: Result<bytes::Bytes, BackendError>) -> Outcome {
             message,
         },
         Err(BackendError::Timeout) => Outcome::TimedOut,
+        // The init error's type is kept: reading the call names it.
+        Err(BackendError::InitFailed { kind, message }) => Outcome::Failed {
+            kind: FailureKind::Backend,
+            error_type: kind,
+            message,
+        },
         Err(
             e
             @ (BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_)),

@@ -50,6 +50,8 @@ pub enum ApiError {
         "the function's backend is unreachable, crashed or answered something that is not a result"
     )]
     BackendError,
+    #[error("the function's instance failed to start: its init reported {kind}")]
+    InstanceInitFailed { kind: String },
     #[error("the function is at its concurrency and queue limits; retry later")]
     Overloaded,
     #[error("the function ran past its timeout of {}", humantime::format_duration(*timeout))]
@@ -123,7 +125,9 @@ impl ApiError {
                 "headers_too_large",
             ),
             ApiError::FunctionError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "function_error"),
-            ApiError::BackendError => (StatusCode::BAD_GATEWAY, "backend_error"),
+            ApiError::BackendError | ApiError::InstanceInitFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, "backend_error")
+            }
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::FunctionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -235,6 +239,7 @@ impl ApiError {
             BackendError::Unreachable(_) | BackendError::Crashed(_) | BackendError::Garbage(_) => {
                 ApiError::BackendError
             }
+            BackendError::InitFailed { kind, .. } => ApiError::InstanceInitFailed { kind },
             BackendError::Timeout => ApiError::FunctionTimeout { timeout },
         }
     }

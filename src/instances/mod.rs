@@ -31,7 +31,7 @@ pub use sets::ParameterSets;
 
 /// An instance's set-up failed and it said why (a Lambda `init/error`).
 pub(crate) fn init_failure(kind: String, message: String) -> BackendError {
-    BackendError::Unreachable(format!("the instance's init failed: {kind}: {message}"))
+    BackendError::InitFailed { kind, message }
 }
 
 /// How fngate speaks to a pool's instances.
