@@ -14,12 +14,28 @@ use http::{Request, Response};
 
 use super::http::{ForwardError, HttpBackend, StoredAnswer, StoredRequest};
 use super::{Backend, BackendError, BoxFuture};
-use crate::instances::{Endpoint, Lease, ParameterSets};
+use dashmap::DashMap;
+
+use crate::instances::{Endpoint, InstanceRef, Lease, ParameterSets};
 use crate::invocation::{Invocation, Principal, Trace};
 
 pub struct InstanceHttpBackend {
     sets: Arc<ParameterSets>,
     command: String,
+    /// The instance running each call, for a cancel to stop it.
+    running: Arc<DashMap<String, InstanceRef>>,
+}
+
+/// Removes a call from `running` when its run ends, however it ends.
+struct Tracked<'a> {
+    running: &'a DashMap<String, InstanceRef>,
+    call_id: &'a str,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.running.remove(self.call_id);
+    }
 }
 
 impl InstanceHttpBackend {
@@ -27,6 +43,7 @@ impl InstanceHttpBackend {
         InstanceHttpBackend {
             sets,
             command: command.join(" "),
+            running: Arc::new(DashMap::new()),
         }
     }
 
@@ -45,6 +62,13 @@ impl InstanceHttpBackend {
     async fn run(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
         let values = invocation.parameter_values(self.sets.names());
         let lease = self.lease(values, invocation.deadline).await?;
+        let call_id = invocation.call_id.as_str();
+        self.running
+            .insert(call_id.to_owned(), lease.instance_ref());
+        let _tracked = Tracked {
+            running: &self.running,
+            call_id,
+        };
         let result = http_of(&lease).invoke(invocation).await;
         if result.is_ok() {
             lease.succeeded();
@@ -149,5 +173,13 @@ impl Backend for InstanceHttpBackend {
 
     fn describe(&self) -> String {
         InstanceHttpBackend::describe(self)
+    }
+
+    /// A cancelled call's instance is stopped (and replaced): the other
+    /// calls it was serving end with a 502, as when it crashes.
+    fn abort(&self, call_id: &str) {
+        if let Some((_, instance)) = self.running.remove(call_id) {
+            instance.retire();
+        }
     }
 }

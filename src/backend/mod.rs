@@ -59,6 +59,10 @@ pub trait Backend: Send + Sync {
 
     /// A one-line description for `fngate check` and logs.
     fn describe(&self) -> String;
+
+    /// The call `call_id` was cancelled and its `invoke` future dropped:
+    /// stop whatever still runs it (an instance that took it).
+    fn abort(&self, _call_id: &str) {}
 }
 
 /// The rules a function's result must meet: any JSON document.

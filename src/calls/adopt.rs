@@ -35,7 +35,13 @@ impl Calls {
             forward: None,
             created_ms: now_ms(),
         };
-        self.running.track(call.id.clone(), stop);
+        self.running.track(
+            call.id.clone(),
+            stop,
+            &self.registry,
+            &call.app,
+            &call.function,
+        );
         match self.store.insert(call).await {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -1,22 +1,42 @@
 //! Cancelling calls, and the stop tokens of the calls running in this
 //! process that a cancel fires.
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+use crate::registry::{Lookup, Registry, Target};
 
 use crate::store::{Cancelled, StoreError, now_ms};
 
 use super::Calls;
 
 /// The calls running in this process, by id, each with the token that
-/// stops its work.
+/// stops its work and the backend that runs it.
 #[derive(Default)]
-pub(super) struct Running(DashMap<String, CancellationToken>);
+pub(super) struct Running(DashMap<String, (CancellationToken, Option<Arc<dyn Backend>>)>);
 
 impl Running {
-    /// Notes that `id` runs here until `forget`, stopped by `stop`.
-    pub(super) fn track(&self, id: String, stop: CancellationToken) {
-        self.0.insert(id, stop);
+    /// Notes that `id` runs here until `forget`, stopped by `stop`, on the
+    /// function `app`/`key` of `registry`.
+    pub(super) fn track(
+        &self,
+        id: String,
+        stop: CancellationToken,
+        registry: &Registry,
+        app: &str,
+        key: &str,
+    ) {
+        let backend = match registry.lookup_key(app, key) {
+            Lookup::Found(function) => match &function.target {
+                Target::Invoke(backend) => Some(backend.clone()),
+                Target::Passthrough(_) => None,
+            },
+            Lookup::NoApp | Lookup::NoFunction => None,
+        };
+        self.0.insert(id, (stop, backend));
     }
 
     /// Notes that `id` no longer runs here.
@@ -24,9 +44,14 @@ impl Running {
         self.0.remove(id);
     }
 
-    /// Stops `id`'s work, if it runs here.
+    /// Stops `id`'s work, if it runs here: its backend first stops what
+    /// runs it (an instance), while the work still holds it; then the work
+    /// is dropped.
     fn stop(&self, id: &str) {
-        if let Some((_, running)) = self.0.remove(id) {
+        if let Some((_, (running, backend))) = self.0.remove(id) {
+            if let Some(backend) = backend {
+                backend.abort(id);
+            }
             running.cancel();
         }
     }

@@ -14,6 +14,18 @@ use crate::store::{CallRecord, FailureKind, Outcome};
 
 use super::Calls;
 
+/// Runs of a spawned call that may be lost to a crashed instance before
+/// the crash is its outcome (502): a call that crashes every instance it
+/// meets does not run forever.
+const MAX_LOST_RUNS: u32 = 3;
+
+/// How a run of a spawned call ended.
+enum Run {
+    Ended(Outcome),
+    /// Its instance crashed (or its worker vanished) mid-call: it runs again.
+    Lost,
+}
+
 impl Calls {
     /// Runs a claimed call in `slot` until it ends or is cancelled, and
     /// records its end (a cancel has recorded it already).
@@ -24,7 +36,13 @@ impl Calls {
         slot: Slot,
     ) {
         let stop = CancellationToken::new();
-        self.running.track(record.id.clone(), stop.clone());
+        self.running.track(
+            record.id.clone(),
+            stop.clone(),
+            &self.registry,
+            &record.app,
+            &record.function,
+        );
         let trace = Trace {
             request_id: Arc::from(record.id.as_str()),
             traceparent: format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>()),
@@ -46,7 +64,15 @@ impl Calls {
                         principal: record.principal.clone(),
                         class: function.class_call_stored(record.parameters.as_deref()),
                     };
-                    outcome_of(backend.invoke(&invocation).await)
+                    let result = backend.invoke(&invocation).await;
+                    let lost = matches!(result, Err(BackendError::Crashed(_)))
+                        && function.spec.backend.has_instances()
+                        && record.attempt < MAX_LOST_RUNS;
+                    if lost {
+                        Run::Lost
+                    } else {
+                        Run::Ended(outcome_of(result))
+                    }
                 }
                 (Target::Passthrough(backend), Some(stored)) => {
                     let answer = match StoredRequest::from_bytes(stored) {
@@ -57,28 +83,52 @@ impl Calls {
                         }
                         Err(e) => Err(e),
                     };
-                    match answer {
+                    Run::Ended(match answer {
                         Ok(answer) => Outcome::Answered {
                             status: answer.status,
                             content_type: answer.content_type,
                             body: answer.body.to_vec(),
                         },
                         Err(e) => outcome_of(Err(e)),
-                    }
+                    })
                 }
-                (Target::Passthrough(_), None) => outcome_of(Err(BackendError::Garbage(
-                    "a passthrough call without its request".to_owned(),
+                (Target::Passthrough(_), None) => Run::Ended(outcome_of(Err(
+                    BackendError::Garbage("a passthrough call without its request".to_owned()),
                 ))),
             }
         };
-        let outcome = tokio::select! {
-            outcome = work => Some(outcome),
+        let run = tokio::select! {
+            run = work => Some(run),
+            // Cancelled: the backend stopped what ran it (see `Running`).
             () = stop.cancelled() => None,
         };
-        if let Some(outcome) = outcome {
-            self.record_end(&record.id, outcome).await;
+        match run {
+            Some(Run::Ended(outcome)) => self.record_end(&record.id, outcome).await,
+            Some(Run::Lost) => self.requeue(&function, &record).await,
+            None => {}
         }
         drop(slot);
+    }
+}
+
+impl Calls {
+    /// Puts a call whose run was lost back in its function's queue.
+    async fn requeue(&self, function: &Function, record: &CallRecord) {
+        self.running.forget(&record.id);
+        tracing::warn!(call_id = %record.id, attempt = record.attempt, "the call's instance was lost mid-call; it runs again");
+        match self.store.requeue(record.id.clone()).await {
+            Ok(true) => {
+                if let Some(wake) = self.wakes.of(&function.app, &function.key) {
+                    wake.notify_one();
+                }
+            }
+            // Cancelled meanwhile: nothing to run.
+            Ok(false) => {}
+            // It stays running in the store and runs again after a restart.
+            Err(e) => {
+                tracing::error!(call_id = %record.id, error = %e, "cannot requeue a lost call")
+            }
+        }
     }
 }
 

@@ -229,6 +229,16 @@ impl BackendSpec {
     }
 }
 
+impl BackendSpec {
+    /// True for the backends whose calls run on warm instances.
+    pub fn has_instances(&self) -> bool {
+        matches!(
+            self,
+            BackendSpec::Lambda { .. } | BackendSpec::HttpInstances { .. }
+        )
+    }
+}
+
 impl FunctionSpec {
     pub fn is_passthrough(&self) -> bool {
         self.backend.is_passthrough()

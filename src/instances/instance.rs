@@ -210,6 +210,14 @@ fn command(pool: &Pool, prepared: &Prepared) -> Command {
                 .env("AWS_LAMBDA_LOG_GROUP_NAME", "/fngate")
                 .env("AWS_LAMBDA_LOG_STREAM_NAME", &pool.label)
                 .env("LAMBDA_TASK_ROOT", &spec.cwd);
+            // Lambda's convention: the command's last word is the handler
+            // (`aws-lambda-ric app.handler`); Node's runtime client reads
+            // it only from `_HANDLER`.
+            if let (Some(handler), false) = (spec.command.last(), spec.env.contains_key("_HANDLER"))
+                && spec.command.len() > 1
+            {
+                command.env("_HANDLER", handler);
+            }
         }
         (Prepared::Http { port }, _) => {
             command.env("PORT", port.to_string());

@@ -26,7 +26,7 @@ use crate::backend::BackendError;
 use crate::backend::http::HttpClients;
 
 pub use instance::Endpoint;
-pub use pool::{Lease, Pool};
+pub use pool::{InstanceRef, Lease, Pool};
 pub use sets::ParameterSets;
 
 /// An instance's set-up failed and it said why (a Lambda `init/error`).

@@ -103,6 +103,15 @@ impl Lease {
         self.pool.retire(self.instance.id);
     }
 
+    /// Names the leased instance, so that it can be stopped from elsewhere
+    /// (a cancel) while the call still holds the lease.
+    pub fn instance_ref(&self) -> InstanceRef {
+        InstanceRef {
+            pool: self.pool.clone(),
+            id: self.instance.id,
+        }
+    }
+
     /// Marks the call a success: failures in a row end.
     pub fn succeeded(&self) {
         self.pool.lock().failures = 0;
@@ -114,6 +123,20 @@ impl Drop for Lease {
         if !self.retired {
             self.pool.release(self.instance.id);
         }
+    }
+}
+
+/// A leased instance, by name.
+#[derive(Clone)]
+pub struct InstanceRef {
+    pool: Arc<Pool>,
+    id: u64,
+}
+
+impl InstanceRef {
+    /// Stops the instance; the pool starts a replacement as needed.
+    pub fn retire(&self) {
+        self.pool.retire(self.id);
     }
 }
 

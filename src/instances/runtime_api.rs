@@ -94,7 +94,7 @@ impl Mailbox {
 
     /// Resolves once the instance asked for its first call, or with the
     /// init error it reported.
-    pub(super) async fn ready(&self) -> Result<(), BackendError> {
+    pub(crate) async fn ready(&self) -> Result<(), BackendError> {
         let mut readiness = self.readiness.subscribe();
         let seen = readiness
             .wait_for(|r| !matches!(r, Readiness::Starting))
@@ -109,7 +109,7 @@ impl Mailbox {
 
     /// The instance has stopped: its running or queued call ends with a
     /// crash, and it takes no more.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         state.queued = None;
@@ -189,7 +189,7 @@ impl Mailbox {
 
 /// Serves the Runtime API for one instance on a new loopback port, until
 /// the returned token is cancelled.
-pub(super) fn serve(
+pub(crate) fn serve(
     identity: &LambdaIdentity,
 ) -> std::io::Result<(Arc<Mailbox>, SocketAddr, CancellationToken)> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -230,6 +230,9 @@ async fn accept(listener: TcpListener, mailbox: Arc<Mailbox>, stop: Cancellation
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .writev(false)
+                // Runtime clients put a whole stack trace in one header of
+                // an error report (`lambda-runtime-function-xray-error-cause`).
+                .max_buf_size(MAX_REPORT * 4)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}

@@ -499,6 +499,10 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.write(move |reply| Write::Cancel(id, now_ms, expires_ms, reply)))
     }
 
+    fn requeue(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Requeue(id, reply)))
+    }
+
     fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>> {
         Box::pin(self.write(Write::Recover))
     }

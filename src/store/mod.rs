@@ -338,6 +338,11 @@ pub trait CallStore: Send + Sync {
         expires_ms: i64,
     ) -> BoxFuture<'_, Result<Cancelled, StoreError>>;
 
+    /// A running call whose run was lost (its instance or worker vanished)
+    /// goes back to pending, to run again with its attempt counted; false
+    /// when it is not running (cancelled meanwhile, or unknown).
+    fn requeue(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+
     /// At start-up: calls left running by a previous process go back to
     /// pending. Returns how many calls are pending, per function.
     fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>>;

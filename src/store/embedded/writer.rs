@@ -45,6 +45,7 @@ pub(super) enum Write {
     Claim(String, String, usize, Reply<Vec<CallRecord>>),
     Finish(String, Outcome, i64, Reply<bool>),
     Cancel(String, i64, i64, Reply<Cancelled>),
+    Requeue(String, Reply<bool>),
     Recover(Reply<PendingCounts>),
     Sweep(i64, Reply<u64>),
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
@@ -61,6 +62,7 @@ enum Answer {
     Claimed(Vec<CallRecord>),
     Finished(bool),
     Cancelled(Cancelled),
+    Requeued(bool),
     Recovered(PendingCounts),
     Swept(u64),
     Noted,
@@ -78,6 +80,7 @@ impl Write {
             (Write::Claim(_, _, _, r), Ok(Answer::Claimed(v))) => send(r, v),
             (Write::Finish(_, _, _, r), Ok(Answer::Finished(v))) => send(r, v),
             (Write::Cancel(_, _, _, r), Ok(Answer::Cancelled(v))) => send(r, v),
+            (Write::Requeue(_, r), Ok(Answer::Requeued(v))) => send(r, v),
             (Write::Recover(r), Ok(Answer::Recovered(v))) => send(r, v),
             (Write::Sweep(_, r), Ok(Answer::Swept(v))) => send(r, v),
             (Write::DeliveryAttempted(_, _, _, r), Ok(Answer::Noted)) => send(r, ()),
@@ -94,6 +97,7 @@ impl Write {
             Write::Claim(_, _, _, r) => fail(r, error),
             Write::Finish(_, _, _, r) => fail(r, error),
             Write::Cancel(_, _, _, r) => fail(r, error),
+            Write::Requeue(_, r) => fail(r, error),
             Write::Recover(r) => fail(r, error),
             Write::Sweep(_, r) => fail(r, error),
             Write::DeliveryAttempted(_, _, _, r) => fail(r, error),
@@ -288,6 +292,16 @@ fn apply(tx: &Connection, write: &Write, pending: &mut u64) -> Result<Answer, ru
                 *pending = pending.saturating_sub(1);
             }
             Answer::Cancelled(cancelled)
+        }
+        Write::Requeue(id, _) => {
+            let requeued = tx.execute(
+                "UPDATE calls SET state = 0 WHERE id = ?1 AND state = 1",
+                params![id],
+            )? == 1;
+            if requeued {
+                *pending += 1;
+            }
+            Answer::Requeued(requeued)
         }
         Write::Recover(_) => {
             let counts = recover(tx)?;
