@@ -48,7 +48,7 @@ impl Config {
                 warnings.push(format!("{key}: {place}"));
             }
             for script in script_arguments(&command[1..]) {
-                if !cwd.join(script).exists() {
+                if !cwd.join(script).exists() && !names_a_handler(script, cwd) {
                     warnings.push(format!(
                         "{key}: {script} does not exist in {}",
                         cwd.display()
@@ -70,6 +70,19 @@ fn started_command(backend: &BackendSpec) -> Option<(&[String], &Path)> {
         }
         BackendSpec::Http { .. } => None,
     }
+}
+
+/// Whether `arg` is a Lambda handler (`dir/module.function`, as a runtime
+/// client takes it) whose module file is there.
+fn names_a_handler(arg: &str, cwd: &Path) -> bool {
+    let Some((module, function)) = arg.rsplit_once('.') else {
+        return false;
+    };
+    !function.is_empty()
+        && !function.contains('/')
+        && ["py", "js", "mjs", "cjs"]
+            .iter()
+            .any(|ext| cwd.join(format!("{module}.{ext}")).is_file())
 }
 
 /// Whether `program` names an executable file: with a `/`, relative to
@@ -139,6 +152,19 @@ mod tests {
         for (given, want) in cases {
             assert_eq!(script_arguments(&args(given)), *want, "{given:?}");
         }
+    }
+
+    #[test]
+    fn lambda_handlers_name_their_module_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("fns")).expect("fns dir");
+        std::fs::write(dir.path().join("fns/warm.py"), "").expect("write module");
+        std::fs::write(dir.path().join("app.mjs"), "").expect("write module");
+        assert!(names_a_handler("fns/warm.handler", dir.path()));
+        assert!(names_a_handler("app.handler", dir.path()));
+        assert!(!names_a_handler("fns/cold.handler", dir.path()));
+        assert!(!names_a_handler("fns/warm", dir.path()));
+        assert!(!names_a_handler("fns/warm.", dir.path()));
     }
 
     #[test]
