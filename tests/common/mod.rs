@@ -777,3 +777,35 @@ pub fn copy_quick_start(dest: &Path) {
         .expect("copy gateway.toml");
     copy_dir(&repo_dir().join("examples"), &dest.join("examples"));
 }
+
+/// A file of the repository (a fixture a test copies into its config dir).
+pub fn repo_file(rel: &str) -> Vec<u8> {
+    let path = repo_dir().join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The pids a warm instance's set-up wrote to `file` in `dir`, one a line
+/// (the `SETUP_COUNT_FILE` of `tests/instances/setup_counter.py`).
+pub fn set_up_pids(dir: &Path, file: &str) -> Vec<i32> {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().expect("a pid per set-up line"))
+        .collect()
+}
+
+/// The processes whose environment holds `NAME=VALUE` exactly (read from
+/// `/proc/*/environ`; a zombie's is empty).
+pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{name}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
