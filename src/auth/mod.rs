@@ -97,10 +97,21 @@ pub struct Credentials {
 
 impl Credentials {
     /// True when a scope is `invoke:*`, `invoke:{app}/*` or
-    /// `invoke:{app}/{function}` (exact match, no other wildcards).
+    /// `invoke:{app}/{function}` (exact match, no other wildcards). A class
+    /// method's `function` is its class: one scope covers its methods.
     pub fn may_invoke(&self, app: &str, function: &str) -> bool {
+        self.grants("invoke:", app, function)
+    }
+
+    /// True when a scope lets a worker (`fngate worker`) take the calls of
+    /// `app/function`: `work:*`, `work:{app}/*` or `work:{app}/{function}`.
+    pub fn may_work(&self, app: &str, function: &str) -> bool {
+        self.grants("work:", app, function)
+    }
+
+    fn grants(&self, verb: &str, app: &str, function: &str) -> bool {
         self.scopes.iter().any(|scope| {
-            let Some(target) = scope.strip_prefix("invoke:") else {
+            let Some(target) = scope.strip_prefix(verb) else {
                 return false;
             };
             if target == "*" {

@@ -559,6 +559,17 @@ fn may_invoke_refuses_other_apps_functions_and_partial_scopes() {
 }
 
 #[test]
+fn work_scopes_are_their_own() {
+    assert!(credentials(&["work:demo/square"]).may_work("demo", "square"));
+    assert!(credentials(&["work:*"]).may_work("demo", "square"));
+    assert!(credentials(&["work:demo/*"]).may_work("demo", "square"));
+    // Invoking is not working, nor the other way round.
+    assert!(!credentials(&["invoke:*"]).may_work("demo", "square"));
+    assert!(!credentials(&["work:*"]).may_invoke("demo", "square"));
+    assert!(!credentials(&["work:demo/echo"]).may_work("demo", "square"));
+}
+
+#[test]
 fn api_key_from_new_api_key_is_accepted_and_others_refused() {
     let (key, hash) = new_api_key();
     assert!(key.starts_with("fgk_") && key.len() >= 4 + 43, "{key}");

@@ -308,9 +308,16 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
 
 /// Scopes are `invoke:*`, `invoke:{app}/*` or `invoke:{app}/{function}`.
 pub fn check_scope(scope: &str) -> Result<(), String> {
-    let bad =
-        || format!("'{scope}' is not a scope: use invoke:*, invoke:APP/* or invoke:APP/FUNCTION");
-    let Some(target) = scope.strip_prefix("invoke:") else {
+    let bad = || {
+        format!(
+            "'{scope}' is not a scope: use invoke:*, invoke:APP/* or invoke:APP/FUNCTION \
+             (work:... alike, for workers)"
+        )
+    };
+    let Some(target) = scope
+        .strip_prefix("invoke:")
+        .or_else(|| scope.strip_prefix("work:"))
+    else {
         return Err(bad());
     };
     if target == "*" {
