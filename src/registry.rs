@@ -147,18 +147,15 @@ impl Registry {
                         let protocol = lambda_protocol(config, &spec.app, &spec.name);
                         registry.one_set(spec, pool, protocol)
                     });
-                    let name = match &spec.class {
-                        Some(class) => format!("{}.{class}.{}", spec.app, spec.name),
-                        None => format!("{}.{}", spec.app, spec.name),
-                    };
-                    Target::Invoke(Arc::new(LambdaBackend::new(sets, name, &pool.command)))
+                    let backend = LambdaBackend::new(sets, dotted_name(spec), &pool.command);
+                    Target::Invoke(Arc::new(backend))
                 }
                 BackendSpec::HttpInstances { pool, .. } => {
                     let sets = sets.unwrap_or_else(|| {
                         let protocol = http_protocol(config, clients, &spec.backend);
                         registry.one_set(spec, pool, protocol)
                     });
-                    let backend = InstanceHttpBackend::new(sets, &pool.command);
+                    let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
                     if spec.is_passthrough() {
                         tracing::error!(app = %spec.app, function = %spec.name, "passthrough on http instances is not served yet");
                     }
@@ -308,6 +305,15 @@ impl Registry {
             .collect();
         all.sort_by(|a, b| (&a.app, &a.spec.class, &a.name).cmp(&(&b.app, &b.spec.class, &b.name)));
         all
+    }
+}
+
+/// `app.function` or `app.class.method`: the function's name as a Lambda
+/// runtime client sees it (in its ARN).
+fn dotted_name(spec: &FunctionSpec) -> String {
+    match &spec.class {
+        Some(class) => format!("{}.{class}.{}", spec.app, spec.name),
+        None => format!("{}.{}", spec.app, spec.name),
     }
 }
 

@@ -21,6 +21,8 @@ use crate::invocation::{Invocation, Principal, Trace};
 
 pub struct InstanceHttpBackend {
     sets: Arc<ParameterSets>,
+    /// `app.function`: what a worker's instance is told it runs.
+    name: String,
     command: String,
     /// The instance running each call, for a cancel to stop it.
     running: Arc<DashMap<String, InstanceRef>>,
@@ -39,9 +41,10 @@ impl Drop for Tracked<'_> {
 }
 
 impl InstanceHttpBackend {
-    pub fn new(sets: Arc<ParameterSets>, command: &[String]) -> InstanceHttpBackend {
+    pub fn new(sets: Arc<ParameterSets>, name: String, command: &[String]) -> InstanceHttpBackend {
         InstanceHttpBackend {
             sets,
+            name,
             command: command.join(" "),
             running: Arc::new(DashMap::new()),
         }
@@ -69,7 +72,15 @@ impl InstanceHttpBackend {
             running: &self.running,
             call_id,
         };
-        let result = http_of(&lease).invoke(invocation).await;
+        let http = match lease.endpoint() {
+            Endpoint::Http(http) => http,
+            // A worker on another machine calls its own instance.
+            Endpoint::Remote(_) | Endpoint::Lambda(_) => {
+                let delivery = super::lambda::delivery(invocation, &self.name);
+                return super::lambda::run_event(lease, delivery, invocation).await;
+            }
+        };
+        let result = http.invoke(invocation).await;
         if result.is_ok() {
             lease.succeeded();
         }
@@ -126,10 +137,14 @@ impl InstanceHttpBackend {
     }
 }
 
+/// The leased instance's HTTP server: passthrough functions take no
+/// workers, so their instances are all local HTTP servers.
 fn http_of(lease: &Lease) -> &HttpBackend {
     match lease.endpoint() {
         Endpoint::Http(http) => http,
-        Endpoint::Lambda(_) => unreachable!("an http pool's instances are HTTP servers"),
+        Endpoint::Lambda(_) | Endpoint::Remote(_) => {
+            unreachable!("a passthrough function's instances are HTTP servers")
+        }
     }
 }
 

@@ -38,45 +38,62 @@ impl LambdaBackend {
         let lease = tokio::time::timeout_at(invocation.deadline, pool.lease())
             .await
             .map_err(|_| BackendError::Timeout)??;
-        let Endpoint::Lambda(mailbox) = lease.endpoint() else {
-            unreachable!("a lambda pool's instances speak the Runtime API");
-        };
-        let ended = mailbox.deliver(self.delivery(invocation))?;
-        // From here until its answer, the instance is this call's: if the
-        // call ends early, so does the instance.
-        let mut running = Running(Some(lease));
-        match tokio::time::timeout_at(invocation.deadline, ended).await {
-            Ok(Ok(reply)) => {
-                let lease = running.0.take().expect("the lease is held until here");
-                if reply.is_ok() {
-                    lease.succeeded();
-                }
-                reply
+        run_event(lease, delivery(invocation, &self.name), invocation).await
+    }
+}
+
+/// Hands `delivery` to the leased instance (its Runtime API mailbox, or a
+/// worker's queue) and waits for its end until the deadline. From the
+/// hand-over until its answer the instance is this call's: if the call
+/// ends early (timeout, cancel, caller gone), the instance is stopped.
+pub(crate) async fn run_event(
+    lease: Lease,
+    delivery: Delivery,
+    invocation: &Invocation,
+) -> Result<Bytes, BackendError> {
+    let ended = match lease.endpoint() {
+        Endpoint::Lambda(mailbox) => mailbox.deliver(delivery)?,
+        Endpoint::Remote(worker) => worker.deliver(delivery)?,
+        Endpoint::Http(_) => {
+            return Err(BackendError::Garbage(
+                "an HTTP instance takes requests, not events".to_owned(),
+            ));
+        }
+    };
+    let mut running = Running(Some(lease));
+    match tokio::time::timeout_at(invocation.deadline, ended).await {
+        Ok(Ok(reply)) => {
+            let lease = running.0.take().expect("the lease is held until here");
+            if reply.is_ok() {
+                lease.succeeded();
             }
-            Ok(Err(_)) => Err(BackendError::Crashed(
-                "the instance stopped during the call".to_owned(),
-            )),
-            Err(_) => {
-                tracing::warn!(call_id = %invocation.call_id.as_str(), "call past its timeout: stopping its instance");
-                Err(BackendError::Timeout)
-            }
+            reply
+        }
+        Ok(Err(_)) => Err(BackendError::Crashed(
+            "the instance stopped during the call".to_owned(),
+        )),
+        Err(_) => {
+            tracing::warn!(call_id = %invocation.call_id.as_str(), "call past its timeout: stopping its instance");
+            Err(BackendError::Timeout)
         }
     }
+}
 
-    fn delivery(&self, invocation: &Invocation) -> Delivery {
-        let context = serde_json::json!({
-            "call_id": invocation.call_id.as_str(),
-            "app": &*invocation.app,
-            "function": &*invocation.function,
-        });
-        Delivery {
-            call_id: invocation.call_id.as_str().to_owned(),
-            event: Bytes::from(invocation.to_json()),
-            deadline_ms: invocation.deadline_ms,
-            arn: format!("arn:aws:lambda:local:000000000000:function:{}", self.name),
-            trace_id: xray_trace_id(&invocation.trace.traceparent),
-            client_context: context.to_string(),
-        }
+/// The event and its Runtime API headers for `invocation`; `name` is the
+/// function name in its ARN.
+pub(crate) fn delivery(invocation: &Invocation, name: &str) -> Delivery {
+    let context = serde_json::json!({
+        "call_id": invocation.call_id.as_str(),
+        "app": &*invocation.app,
+        "function": &*invocation.function,
+    });
+    Delivery {
+        call_id: invocation.call_id.as_str().to_owned(),
+        event: Bytes::from(invocation.to_json()),
+        deadline_ms: invocation.deadline_ms,
+        arn: format!("arn:aws:lambda:local:000000000000:function:{name}"),
+        trace_id: xray_trace_id(&invocation.trace.traceparent),
+        client_context: context.to_string(),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
+use super::remote::Remote;
 use super::runtime_api::{self, Mailbox};
 use super::{HttpInstance, Protocol};
 use crate::backend::BackendError;
@@ -31,6 +32,8 @@ pub enum Endpoint {
     Lambda(Arc<Mailbox>),
     /// Its HTTP server, as an `http` backend of one replica.
     Http(Box<HttpBackend>),
+    /// A worker on another machine, which polls the gateway for its calls.
+    Remote(Arc<Remote>),
 }
 
 /// A ready instance, as its pool and the calls leasing it see it.
@@ -43,6 +46,17 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A worker's instance, and the token that retires it.
+    pub(super) fn remote(id: u64, remote: Arc<Remote>) -> (Arc<Instance>, CancellationToken) {
+        let stop = CancellationToken::new();
+        let instance = Arc::new(Instance {
+            id,
+            endpoint: Endpoint::Remote(remote),
+            stop: stop.clone(),
+        });
+        (instance, stop)
+    }
+
     /// Asks the instance's task to stop it: SIGTERM to its process group,
     /// SIGKILL after `exit_grace`.
     pub(super) fn stop(&self) {

@@ -13,6 +13,7 @@
 
 mod instance;
 mod pool;
+pub mod remote;
 pub mod runtime_api;
 mod sets;
 

@@ -17,7 +17,8 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::instance::{self, Instance};
+use super::instance::{self, Endpoint, Instance};
+use super::remote::Remote;
 use super::{Instances, Protocol};
 use crate::backend::BackendError;
 use crate::config::PoolSpec;
@@ -65,6 +66,8 @@ struct State {
     start_failure: Option<BackendError>,
     /// When a call last came (for the least recently used parameter set).
     last_used: Option<Instant>,
+    /// Attached workers, by the id they chose, and their instance ids.
+    workers: HashMap<String, u64>,
     maintained: bool,
     closed: bool,
 }
@@ -73,6 +76,15 @@ struct Live {
     instance: Arc<Instance>,
     busy: usize,
     idle_since: Instant,
+    /// A worker on another machine: never started, scaled or idled here.
+    remote: bool,
+}
+
+impl State {
+    /// Instances this gateway runs itself, ready or starting.
+    fn local(&self) -> usize {
+        self.ready.values().filter(|live| !live.remote).count() + self.starting
+    }
 }
 
 /// A unit of an instance's capacity, handed to a waiting call.
@@ -257,9 +269,9 @@ impl Pool {
         }
         state.waiters.retain(|waiter| !waiter.is_closed());
         let per_instance = self.spec.instance_concurrency.max(1);
-        let live = state.ready.len() + state.starting;
+        let live = state.local();
         let for_waiters = state.waiters.len().div_ceil(per_instance);
-        let wanted = (state.ready.len() + for_waiters).max(self.spec.min_instances);
+        let wanted = (live - state.starting + for_waiters).max(self.spec.min_instances);
         let room = self.spec.max_instances.saturating_sub(live);
         let more = wanted.saturating_sub(live).min(room);
         for _ in 0..more {
@@ -286,6 +298,7 @@ impl Pool {
                 instance: instance.clone(),
                 busy: 0,
                 idle_since: Instant::now(),
+                remote: false,
             },
         );
         for _ in 0..self.spec.instance_concurrency.max(1) {
@@ -463,12 +476,12 @@ impl Pool {
         let mut idle: Vec<(Instant, u64)> = state
             .ready
             .iter()
-            .filter(|(_, live)| live.busy == 0 && live.idle_since + timeout <= now)
+            .filter(|(_, live)| !live.remote && live.busy == 0 && live.idle_since + timeout <= now)
             .map(|(&id, live)| (live.idle_since, id))
             .collect();
         idle.sort();
         for (_, id) in idle {
-            if state.ready.len() + state.starting <= self.spec.min_instances {
+            if state.local() <= self.spec.min_instances {
                 break;
             }
             if let Some(live) = state.ready.remove(&id) {
@@ -480,20 +493,82 @@ impl Pool {
     }
 
     fn next_wake(&self, state: &State) -> Option<Instant> {
-        let idle = (state.ready.len() > self.spec.min_instances)
+        let idle = (state.local() > self.spec.min_instances)
             .then(|| {
                 state
                     .ready
                     .values()
-                    .filter(|live| live.busy == 0)
+                    .filter(|live| !live.remote && live.busy == 0)
                     .map(|live| live.idle_since + self.spec.idle_timeout)
                     .min()
             })
             .flatten();
-        let wants_start = !state.waiters.is_empty()
-            || state.ready.len() + state.starting < self.spec.min_instances;
+        let wants_start = !state.waiters.is_empty() || state.local() < self.spec.min_instances;
         let retry = state.retry_at.filter(|_| wants_start);
         [idle, retry].into_iter().flatten().min()
+    }
+
+    /// The worker `worker` (the id it chose) as an instance of this pool:
+    /// attached at its first poll, with `instance_concurrency` units, until
+    /// it lapses (see [`super::remote`]) or its instance is retired.
+    pub fn worker(&self, worker: &str) -> Result<Arc<Remote>, BackendError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(shutting_down());
+        }
+        let attached = state.workers.get(worker).and_then(|id| state.ready.get(id));
+        if let Some(live) = attached
+            && let Endpoint::Remote(remote) = &live.instance.endpoint
+        {
+            return Ok(remote.clone());
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        let remote = Remote::new(worker.to_owned());
+        let (instance, stop) = Instance::remote(id, remote.clone());
+        state.ready.insert(
+            id,
+            Live {
+                instance,
+                busy: 0,
+                idle_since: Instant::now(),
+                remote: true,
+            },
+        );
+        state.workers.insert(worker.to_owned(), id);
+        for _ in 0..self.spec.instance_concurrency.max(1) {
+            self.give(&mut state, id);
+        }
+        drop(state);
+        tracing::info!(pool = %self.label, worker, "a worker joined");
+        self.instances
+            .spawn(self.arc().watch_worker(id, remote.clone(), stop));
+        Ok(remote)
+    }
+
+    /// Watches a worker until it lapses or its instance is retired; then
+    /// detaches it.
+    async fn watch_worker(self: Arc<Self>, id: u64, remote: Arc<Remote>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(super::remote::WATCH_EVERY) => {
+                    if remote.lapsed() {
+                        break;
+                    }
+                }
+                () = stop.cancelled() => break,
+                () = self.closing.cancelled() => break,
+            }
+        }
+        remote.close();
+        tracing::info!(pool = %self.label, worker = %remote.worker, "a worker left");
+        let mut state = self.lock();
+        state.ready.remove(&id);
+        state.free.retain(|&free| free != id);
+        if state.workers.get(&remote.worker) == Some(&id) {
+            state.workers.remove(&remote.worker);
+        }
+        self.start_wanted(&mut state);
     }
 
     /// How many instances are ready and how many are starting (for tests
