@@ -763,8 +763,8 @@ async fn aws_lambda_ric_for_node_serves_calls_errors_and_init_errors() {
         "this test needs aws-lambda-ric: npm install in {}",
         node.display()
     );
-    // aws-lambda-ric finds the handler in LAMBDA_TASK_ROOT (the config
-    // folder) and reads its name from _HANDLER.
+    // Run unchanged, as `aws-lambda-ric MODULE.FUNCTION`: it loads the
+    // module from LAMBDA_TASK_ROOT (the config folder).
     let command = |handler: &str| format!("[{:?}, \"{handler}\"]", ric.to_str().unwrap());
     let gw = builder()
         .file("handler.js", repo_file("tests/instances/node/handler.js"))
@@ -775,12 +775,12 @@ async fn aws_lambda_ric_for_node_serves_calls_errors_and_init_errors() {
         .toml(&warm_fn(
             "node",
             &command("handler.handler"),
-            "max_instances = 1\nenv._HANDLER = \"handler.handler\"",
+            "max_instances = 1",
         ))
         .toml(&failing_fns(
             "node_broken",
             &command("init_error.handler"),
-            "env._HANDLER = \"init_error.handler\"",
+            "",
         ))
         .start()
         .await;
