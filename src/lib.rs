@@ -23,6 +23,7 @@ pub mod store;
 pub mod tls;
 pub mod translate;
 pub mod webhooks;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,57 @@
+//! The local instance's process, as both kinds of instance start it: the
+//! worker's command in the worker's own folder and environment (less the
+//! worker's token), its stdout beside its stderr on the worker's stderr,
+//! started and contained by `processes`.
+
+use std::os::fd::AsFd;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::options::WorkerOptions;
+use crate::processes::FunctionProcess;
+
+/// How long an instance may take to be ready (the gateway's default
+/// `init_timeout`; the protocol does not carry the function's own).
+pub(super) const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopped instance gets between SIGTERM and SIGKILL (the
+/// gateway's default `exit_grace`).
+pub(super) const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Largest result an instance may give: a bound on the worker's memory,
+/// above any gateway's result limit (which the gateway enforces).
+pub(super) const MAX_RESULT: u64 = 256 << 20;
+
+/// Starts the instance's process with `env` on top of the worker's own
+/// environment. The token stays with the worker: a function that needs to
+/// call the gateway gets its own credential per call.
+pub(super) async fn start(
+    options: &WorkerOptions,
+    env: &[(&str, String)],
+) -> Result<FunctionProcess, String> {
+    let program = &options.command[0];
+    let mut command = Command::new(program);
+    command
+        .args(&options.command[1..])
+        .env_remove(&options.token_env)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    match std::io::stderr().as_fd().try_clone_to_owned() {
+        Ok(stderr) => command.stdout(Stdio::from(stderr)),
+        Err(_) => command.stdout(Stdio::null()),
+    };
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    FunctionProcess::start(command)
+        .await
+        .map_err(|e| format!("cannot start {program:?}: {e}"))
+}
+
+/// An exit status, or why it could not be read, for the log and errors.
+pub(super) fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
