@@ -213,6 +213,9 @@ async fn describe(
 }
 
 #[cfg(test)]
+mod protocol_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
