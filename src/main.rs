@@ -55,6 +55,9 @@ enum Command {
         #[arg(long, default_value = "my-service")]
         name: String,
     },
+    /// Serve a function's calls from this machine: run COMMAND as its
+    /// instance and pull its calls from the gateway.
+    Worker(fngate::worker::WorkerArgs),
 }
 
 /// Exit status for an unusable configuration, or anything else that
@@ -73,7 +76,11 @@ fn exit_status(error: &anyhow::Error) -> u8 {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    if let Some(Command::Keygen { name }) = &cli.command {
+    let command = match cli.command {
+        Some(Command::Worker(args)) => return worker(args),
+        command => command,
+    };
+    if let Some(Command::Keygen { name }) = &command {
         keygen(name);
         return ExitCode::SUCCESS;
     }
@@ -87,13 +94,15 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{}: {warning}", config.file.display());
     }
-    match cli.command.unwrap_or(Command::Serve) {
+    match command.unwrap_or(Command::Serve) {
         Command::Check => {
             check(&config);
             ExitCode::SUCCESS
         }
         Command::Token { sub, scope, ttl } => token(&config, &sub, &scope, &ttl),
-        Command::Keygen { .. } => unreachable!("handled before the config is read"),
+        Command::Keygen { .. } | Command::Worker(_) => {
+            unreachable!("handled before the config is read")
+        }
         Command::Serve => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -216,6 +225,40 @@ fn run(config: Config) -> anyhow::Result<()> {
         served?;
         Ok(())
     })
+}
+
+/// `fngate worker`: no config file; 0 on a clean stop, 1 when the gateway
+/// refuses the worker, 2 for bad arguments.
+fn worker(args: fngate::worker::WorkerArgs) -> ExitCode {
+    let failed = |e: fngate::worker::WorkerError| {
+        eprintln!("fngate worker: {e}");
+        ExitCode::from(e.exit_code())
+    };
+    let options = match fngate::worker::WorkerOptions::try_from(args) {
+        Ok(options) => options,
+        Err(e) => return failed(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fngate worker: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let served = fngate::worker::run(options, shutdown).await;
+        fngate::processes::kill_all();
+        served
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed(e),
+    }
 }
 
 /// SIGTERM or Ctrl-C starts a graceful drain; a second one exits at once.
