@@ -461,6 +461,8 @@ async fn a_pool_backing_off_its_failing_starts_stays_idle() {
     let gw = failing_pool(&marker).await;
     // The fifth failure holds the next start back 1.6 s.
     backing_off_after(&gw, &marker, 5).await;
+    // Idleness is measured over a window of the backoff: nothing happens
+    // in it to wait for.
     let before = cpu_time(gw.pid);
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
