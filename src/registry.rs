@@ -36,6 +36,8 @@ pub struct Function {
     pub target: Target,
     pub schema: Option<jsonschema::Validator>,
     pub limiter: Limiter,
+    /// The warm instance sets its calls run on (lambda, http with command).
+    pub instances: Option<Arc<ParameterSets>>,
 }
 
 /// The class a method belongs to.
@@ -116,9 +118,19 @@ impl Registry {
             class_sets.insert((class.app.clone(), class.name.clone()), sets);
         }
         for spec in &config.functions {
-            let sets = match &spec.class {
-                Some(class) => class_sets.get(&(spec.app.clone(), class.clone())).cloned(),
-                None => None,
+            // A method shares its class's instance sets; a warm function
+            // has one set of its own.
+            let function_sets = match (&spec.class, &spec.backend) {
+                (Some(class), _) => class_sets.get(&(spec.app.clone(), class.clone())).cloned(),
+                (None, BackendSpec::Lambda { pool }) => {
+                    let protocol = lambda_protocol(config, &spec.app, &spec.name);
+                    Some(registry.one_set(spec, pool, protocol))
+                }
+                (None, BackendSpec::HttpInstances { pool, .. }) => {
+                    let protocol = http_protocol(config, clients, &spec.backend);
+                    Some(registry.one_set(spec, pool, protocol))
+                }
+                (None, BackendSpec::Exec { .. } | BackendSpec::Http { .. }) => None,
             };
             let target = match &spec.backend {
                 BackendSpec::Exec { command, cwd, env } => {
@@ -143,18 +155,16 @@ impl Registry {
                     }
                 }
                 BackendSpec::Lambda { pool } => {
-                    let sets = sets.unwrap_or_else(|| {
-                        let protocol = lambda_protocol(config, &spec.app, &spec.name);
-                        registry.one_set(spec, pool, protocol)
-                    });
+                    let sets = function_sets
+                        .clone()
+                        .expect("a lambda function has instances");
                     let backend = LambdaBackend::new(sets, dotted_name(spec), &pool.command);
                     Target::Invoke(Arc::new(backend))
                 }
                 BackendSpec::HttpInstances { pool, .. } => {
-                    let sets = sets.unwrap_or_else(|| {
-                        let protocol = http_protocol(config, clients, &spec.backend);
-                        registry.one_set(spec, pool, protocol)
-                    });
+                    let sets = function_sets
+                        .clone()
+                        .expect("an http function with a command has instances");
                     let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
                     if spec.is_passthrough() {
                         tracing::error!(app = %spec.app, function = %spec.name, "passthrough on http instances is not served yet");
@@ -188,6 +198,7 @@ impl Registry {
                 key: key.into(),
                 class,
                 limiter: Limiter::new(spec.concurrency, spec.queue),
+                instances: function_sets,
                 spec: spec.clone(),
                 target,
                 schema,

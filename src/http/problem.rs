@@ -50,6 +50,8 @@ pub enum ApiError {
         "the function's backend is unreachable, crashed or answered something that is not a result"
     )]
     BackendError,
+    #[error("{0}")]
+    NotWorkable(String),
     #[error("the function's instance failed to start: its init reported {kind}")]
     InstanceInitFailed { kind: String },
     #[error("the function is at its concurrency and queue limits; retry later")]
@@ -125,6 +127,7 @@ impl ApiError {
                 "headers_too_large",
             ),
             ApiError::FunctionError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "function_error"),
+            ApiError::NotWorkable(_) => (StatusCode::CONFLICT, "not_workable"),
             ApiError::BackendError | ApiError::InstanceInitFailed { .. } => {
                 (StatusCode::BAD_GATEWAY, "backend_error")
             }

@@ -224,7 +224,11 @@ impl Pool {
             }
             let (sender, receiver) = oneshot::channel();
             state.waiters.push_back(sender);
-            self.start_wanted(&mut state);
+            if self.start_wanted(&mut state) {
+                // Held back by a backoff: the maintenance task starts one
+                // when it ends.
+                self.changed.notify_one();
+            }
             receiver
         };
         self.ensure_maintained();
@@ -258,14 +262,15 @@ impl Pool {
 
     /// Starts the instances the pool should have now: enough for the
     /// waiting calls (counting those starting) and `min_instances`, within
-    /// `max_instances`, unless a failure's backoff holds starts back.
-    fn start_wanted(&self, state: &mut State) {
+    /// `max_instances`, unless a failure's backoff holds starts back: then
+    /// it returns true, and the maintenance task (which wakes when the
+    /// backoff ends) starts them.
+    fn start_wanted(&self, state: &mut State) -> bool {
         if state.closed || self.instances.is_stopping() {
-            return;
+            return false;
         }
         if state.retry_at.is_some_and(|at| Instant::now() < at) {
-            self.changed.notify_one();
-            return;
+            return true;
         }
         state.waiters.retain(|waiter| !waiter.is_closed());
         let per_instance = self.spec.instance_concurrency.max(1);
@@ -280,6 +285,7 @@ impl Pool {
             let id = state.next_id;
             self.instances.spawn(instance::run(self.arc(), id));
         }
+        false
     }
 
     /// An instance is ready: its capacity goes to the waiting calls first.
@@ -351,18 +357,22 @@ impl Pool {
             state.free.retain(|&free| free != id);
             live.instance.stop();
         }
-        self.start_wanted(&mut state);
+        if self.start_wanted(&mut state) {
+            drop(state);
+            self.changed.notify_one();
+        }
     }
 
     /// A start failed (the process did not start, exited, timed out or
-    /// reported an init error): the next start backs off, and while
-    /// nothing else runs the waiting calls get the error at once.
+    /// reported an init error): the next start backs off, and while no
+    /// instance is ready the waiting calls get the error at once (the other
+    /// starts under way most likely fail alike; a call is not held for them).
     pub(super) fn start_failed(&self, error: BackendError) {
         tracing::warn!(pool = %self.label, error = %error, "an instance failed to start");
         let mut state = self.lock();
         state.starting -= 1;
         self.back_off(&mut state);
-        if state.ready.is_empty() && state.starting == 0 {
+        if state.ready.is_empty() {
             for waiter in state.waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));
             }
@@ -546,6 +556,16 @@ impl Pool {
         Ok(remote)
     }
 
+    /// The worker `worker`, when it is attached.
+    pub fn attached_worker(&self, worker: &str) -> Option<Arc<Remote>> {
+        let state = self.lock();
+        let live = state.ready.get(state.workers.get(worker)?)?;
+        match &live.instance.endpoint {
+            Endpoint::Remote(remote) => Some(remote.clone()),
+            Endpoint::Lambda(_) | Endpoint::Http(_) => None,
+        }
+    }
+
     /// Watches a worker until it lapses or its instance is retired; then
     /// detaches it.
     async fn watch_worker(self: Arc<Self>, id: u64, remote: Arc<Remote>, stop: CancellationToken) {
@@ -568,7 +588,10 @@ impl Pool {
         if state.workers.get(&remote.worker) == Some(&id) {
             state.workers.remove(&remote.worker);
         }
-        self.start_wanted(&mut state);
+        if self.start_wanted(&mut state) {
+            drop(state);
+            self.changed.notify_one();
+        }
     }
 
     /// How many instances are ready and how many are starting (for tests

@@ -338,13 +338,6 @@ async fn report_error(
 async fn read_report(
     request: Request<Incoming>,
 ) -> Result<(String, String), Response<Full<Bytes>>> {
-    #[derive(serde::Deserialize, Default)]
-    struct Report {
-        #[serde(rename = "errorType")]
-        kind: Option<String>,
-        #[serde(rename = "errorMessage")]
-        message: Option<String>,
-    }
     let header_kind = request
         .headers()
         .get("lambda-runtime-function-error-type")
@@ -361,17 +354,32 @@ async fn read_report(
             )
         })?
         .to_bytes();
-    let report: Report = serde_json::from_slice(&body).unwrap_or_default();
+    Ok(error_report(&body, header_kind))
+}
+
+/// An error report's type and message, from `{"errorType", "errorMessage"}`
+/// (`header_kind` when the body names no type; `Unhandled` when neither
+/// does).
+pub(crate) fn error_report(body: &[u8], header_kind: Option<String>) -> (String, String) {
+    #[derive(serde::Deserialize, Default)]
+    struct Report {
+        #[serde(rename = "errorType")]
+        kind: Option<String>,
+        #[serde(rename = "errorMessage")]
+        message: Option<String>,
+    }
+    let report: Report = serde_json::from_slice(body).unwrap_or_default();
     let kind = report
         .kind
         .filter(|k| !k.is_empty())
         .or(header_kind)
         .unwrap_or_else(|| "Unhandled".to_owned());
-    Ok((kind, report.message.unwrap_or_default()))
+    (kind, report.message.unwrap_or_default())
 }
 
-/// The answer to `invocation/next`: the event, with its headers.
-fn event(delivery: &Delivery) -> Response<Full<Bytes>> {
+/// The answer to `invocation/next`: the event, with its headers (also a
+/// worker's `next`).
+pub(crate) fn event(delivery: &Delivery) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(delivery.event.clone()));
     let headers = response.headers_mut();
     headers.insert(
