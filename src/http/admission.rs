@@ -1,12 +1,13 @@
-//! Who may call: credentials checked against a function's `public` flag
-//! and scopes, and the caller's rate limit, before any work is done.
+//! What may come in, before any work is done: a request head within its
+//! size limit, then the caller: credentials checked against a function's
+//! `public` flag and scopes, and the caller's rate limit.
 
 use std::net::SocketAddr;
 
 use axum::extract::Request;
 
-use super::AppState;
 use super::problem::ApiError;
+use super::state::AppState;
 use crate::auth::{AuthError, Credentials};
 use crate::invocation::Principal;
 use crate::registry::Function;
@@ -48,6 +49,22 @@ impl Caller {
             (None, client) => client.clone(),
         }
     }
+}
+
+/// Refuses a request whose headers (names, values and their framing)
+/// pass `max_header_bytes`: nothing is looked up or checked for it.
+pub fn admit_headers(state: &AppState, request: &Request) -> Result<(), ApiError> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > state.max_header_bytes {
+        return Err(ApiError::HeadersTooLarge {
+            limit: state.max_header_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The caller, with the connection's client certificate, past the rate limit.

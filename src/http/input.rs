@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::AppState;
 use super::problem::ApiError;
+use super::state::AppState;
 use crate::registry::Function;
 use crate::translate::{self, Arguments, InputRules};
 
@@ -72,6 +72,27 @@ pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The largest body `function` takes: its own `max_body`, else the server's.
 pub fn body_limit(state: &AppState, function: &Function) -> u64 {
     function.spec.max_body.unwrap_or(state.max_body)
+}
+
+/// Refuses a request for a passthrough function that the function would
+/// not take, whether it is forwarded now or spawned: a method it does not
+/// allow, a path suffix with a dot-segment, a declared body over its
+/// limit. Nothing of the body is read yet; returns the body's limit.
+pub fn check_passthrough(
+    state: &AppState,
+    function: &Function,
+    suffix: &str,
+    request: &Request,
+) -> Result<u64, ApiError> {
+    if !function.spec.allows(request.method()) {
+        return Err(ApiError::MethodNotAllowed {
+            allow: function.spec.allow_header(),
+        });
+    }
+    check_suffix(suffix)?;
+    let limit = body_limit(state, function);
+    check_declared_length(request.headers().get(header::CONTENT_LENGTH), limit)?;
+    Ok(limit)
 }
 
 /// Refuses a body whose `Content-Length` is over `limit`, before any of it

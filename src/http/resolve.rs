@@ -1,0 +1,206 @@
+//! Which route a path names: the gateway's own routes, a spawned call, or
+//! a deployed function and what to do with it. Paths are matched raw and
+//! undecoded, so an encoded name (`%2F`, `%2e`) never reaches a function
+//! other than the one named. Classes (`/{app}/{class}/{method}`) will be
+//! one more arm of the registry lookup here, and `/map` one more
+//! [`Action`].
+
+use std::sync::Arc;
+
+use super::context::RouteLabel;
+use super::problem::ApiError;
+use crate::backend::Backend;
+use crate::backend::http::HttpBackend;
+use crate::registry::{Function, Lookup, Registry, Target};
+
+/// What a request's path names, borrowed from the path and the registry
+/// for as long as the request is handled.
+pub enum Route<'a> {
+    /// `/_/health`.
+    Health,
+    /// `/_/ready`.
+    Ready,
+    /// `/calls/{id}`: `id` is whatever follows, checked by the route.
+    Call { id: &'a str },
+    /// `/{app}/{function}[...]`.
+    Function {
+        function: &'a Arc<Function>,
+        action: Action<'a>,
+    },
+}
+
+/// What a path asks of a function; the method and headers have their say
+/// in the route family.
+pub enum Action<'a> {
+    /// `/{app}/{function}`: a sync call (or a spawn, with
+    /// `Prefer: respond-async`).
+    Invoke { backend: &'a Arc<dyn Backend> },
+    /// `/{app}/{function}/spawn`.
+    Spawn,
+    /// Anything under a passthrough function, `suffix` included (it is
+    /// never special there, `/spawn` neither).
+    Forward {
+        backend: &'a HttpBackend,
+        suffix: &'a str,
+    },
+    /// A path past a function that names nothing there: its 404, answered
+    /// once the caller is admitted, as a call of the function would be.
+    NotFound(ApiError),
+}
+
+/// A path resolved: its route, or why none, and the label the access log
+/// shows either way.
+pub struct Resolved<'a> {
+    pub label: RouteLabel,
+    pub route: Result<Route<'a>, ApiError>,
+}
+
+/// Resolves `path` (no query) against `registry`.
+pub fn resolve<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
+    let fixed = |label, route| Resolved {
+        label: RouteLabel::Fixed(label),
+        route: Ok(route),
+    };
+    match path {
+        "/_/health" => fixed("/_/health", Route::Health),
+        "/_/ready" => fixed("/_/ready", Route::Ready),
+        _ => match path.strip_prefix("/calls/") {
+            Some(id) => fixed("/calls/{id}", Route::Call { id }),
+            None => function(registry, path),
+        },
+    }
+}
+
+/// `/{app}/{function}[...]`, or the 404 that says which name is unknown.
+fn function<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
+    let unmatched = |error| Resolved {
+        label: RouteLabel::unmatched(path),
+        route: Err(error),
+    };
+    let Some((app, name, suffix)) = split_path(path) else {
+        let app = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        return unmatched(if registry.has_app(app) {
+            ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: String::new(),
+            }
+        } else {
+            ApiError::AppNotFound {
+                app: app.to_owned(),
+            }
+        });
+    };
+    match registry.lookup(app, name) {
+        Lookup::Found(function) => Resolved {
+            label: RouteLabel::Function(function.app.clone(), function.name.clone()),
+            route: Ok(Route::Function {
+                function,
+                action: action(function, suffix),
+            }),
+        },
+        Lookup::NoApp => unmatched(ApiError::AppNotFound {
+            app: app.to_owned(),
+        }),
+        Lookup::NoFunction => unmatched(ApiError::FunctionNotFound {
+            app: app.to_owned(),
+            function: name.to_owned(),
+        }),
+    }
+}
+
+/// What the path after `/{app}/{function}` asks of `function`.
+fn action<'a>(function: &'a Function, suffix: &'a str) -> Action<'a> {
+    match &function.target {
+        Target::Passthrough(backend) => Action::Forward { backend, suffix },
+        Target::Invoke(backend) => match suffix {
+            "" => Action::Invoke { backend },
+            "/spawn" => Action::Spawn,
+            _ => Action::NotFound(ApiError::FunctionNotFound {
+                app: function.spec.app.clone(),
+                function: format!("{}{suffix}", function.spec.name),
+            }),
+        },
+    }
+}
+
+/// Splits `/{app}/{function}{suffix}`; `suffix` is empty or starts with `/`.
+fn split_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (app, rest) = rest.split_once('/')?;
+    let (function, suffix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    (!app.is_empty() && !function.is_empty()).then_some((app, function, suffix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::state;
+
+    #[test]
+    fn paths_split_into_app_function_and_suffix() {
+        assert_eq!(split_path("/demo/square"), Some(("demo", "square", "")));
+        assert_eq!(split_path("/demo/square/"), Some(("demo", "square", "/")));
+        assert_eq!(split_path("/web/site/a/b"), Some(("web", "site", "/a/b")));
+        assert_eq!(split_path("/demo"), None);
+        assert_eq!(split_path("/demo/"), None);
+        assert_eq!(split_path("//x"), None);
+        assert_eq!(split_path("/"), None);
+    }
+
+    #[test]
+    fn paths_resolve_to_their_routes() {
+        let state = state::for_tests();
+        let route = |path| resolve(&state.registry, path).route;
+        assert!(matches!(route("/_/health"), Ok(Route::Health)));
+        assert!(matches!(route("/_/ready"), Ok(Route::Ready)));
+        assert!(matches!(
+            route("/calls/fc-1"),
+            Ok(Route::Call { id: "fc-1" })
+        ));
+        let action = |path| match route(path) {
+            Ok(Route::Function { function, action }) => {
+                assert_eq!(&*function.name, "square");
+                action
+            }
+            _ => panic!("{path} is not a function's route"),
+        };
+        assert!(matches!(action("/demo/square"), Action::Invoke { .. }));
+        assert!(matches!(action("/demo/square/spawn"), Action::Spawn));
+        assert!(matches!(
+            action("/demo/square/spawn/x"),
+            Action::NotFound(ApiError::FunctionNotFound { function, .. }) if function == "square/spawn/x"
+        ));
+        assert!(matches!(
+            route("/nope/square"),
+            Err(ApiError::AppNotFound { .. })
+        ));
+        assert!(matches!(
+            route("/demo/sq"),
+            Err(ApiError::FunctionNotFound { .. })
+        ));
+        assert!(matches!(
+            route("/demo/"),
+            Err(ApiError::FunctionNotFound { .. })
+        ));
+        assert!(matches!(
+            route("/demo%2Fsquare/x"),
+            Err(ApiError::AppNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn labels_name_the_function_never_the_suffix() {
+        let state = state::for_tests();
+        let label = |path| resolve(&state.registry, path).label.to_string();
+        assert_eq!(label("/demo/square/spawn"), "/demo/square");
+        assert_eq!(label("/calls/fc-1"), "/calls/{id}");
+        assert_eq!(label("/nope/square"), "-");
+    }
+}
