@@ -352,7 +352,7 @@ fn python(dir: &Path, name: &str, script: &str) -> Vec<String> {
 }
 
 fn lambda_spec(timeout_ms: u64) -> Value {
-    json!({"protocol": "lambda", "path": "/", "ready_path": null,
+    json!({"protocol": "lambda", "path": null, "ready_path": null,
            "instance_concurrency": 1, "timeout_ms": timeout_ms})
 }
 

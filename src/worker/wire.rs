@@ -26,8 +26,8 @@ const FORWARDED: [HeaderName; 4] = [
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub(super) struct FunctionSpec {
     pub protocol: Protocol,
-    /// Where an http instance takes its calls.
-    #[serde(default = "root")]
+    /// Where an http instance takes its calls (absent or `null`: `/`).
+    #[serde(default = "root", deserialize_with = "path_or_root")]
     pub path: String,
     /// Answers 2xx once an http instance is ready (`None`: once it accepts
     /// connections).
@@ -41,6 +41,11 @@ pub(super) struct FunctionSpec {
 
 fn root() -> String {
     "/".to_owned()
+}
+
+fn path_or_root<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let path: Option<String> = serde::Deserialize::deserialize(d)?;
+    Ok(path.unwrap_or_else(root))
 }
 
 fn one() -> usize {
@@ -226,6 +231,13 @@ mod tests {
         assert_eq!(spec.path, "/");
         assert_eq!(spec.ready_path, None);
         assert_eq!(spec.instance_concurrency, 1);
+        // A lambda function has no path: it may say so with null.
+        let spec = FunctionSpec::parse(
+            br#"{"protocol": "lambda", "path": null, "ready_path": null,
+                 "instance_concurrency": 1, "timeout_ms": 1500}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.path, "/");
     }
 
     #[test]
