@@ -74,6 +74,18 @@ pub fn body_limit(state: &AppState, function: &Function) -> u64 {
     function.spec.max_body.unwrap_or(state.max_body)
 }
 
+/// Refuses a method `function` does not allow (its `methods`), as its
+/// sync calls, passthrough requests and their spawns with
+/// `Prefer: respond-async` do.
+pub fn check_method(function: &Function, method: &Method) -> Result<(), ApiError> {
+    if !function.spec.allows(method) {
+        return Err(ApiError::MethodNotAllowed {
+            allow: function.spec.allow_header(),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a request for a passthrough function that the function would
 /// not take, whether it is forwarded now or spawned: a method it does not
 /// allow, a path suffix with a dot-segment, a declared body over its
@@ -84,11 +96,7 @@ pub fn check_passthrough(
     suffix: &str,
     request: &Request,
 ) -> Result<u64, ApiError> {
-    if !function.spec.allows(request.method()) {
-        return Err(ApiError::MethodNotAllowed {
-            allow: function.spec.allow_header(),
-        });
-    }
+    check_method(function, request.method())?;
     check_suffix(suffix)?;
     let limit = body_limit(state, function);
     check_declared_length(request.headers().get(header::CONTENT_LENGTH), limit)?;

@@ -25,10 +25,15 @@ pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response<Body
 /// The function's result, as a sync call and a finished spawned call answer it.
 pub fn result_response(call_id: &str, result: impl Into<Body>) -> Response<Body> {
     let mut response = json_response(StatusCode::OK, result);
+    insert_call_id(&mut response, call_id);
+    response
+}
+
+/// `X-Call-Id`, on every answer about one call: a client can find it again.
+pub fn insert_call_id(response: &mut Response<Body>, call_id: &str) {
     if let Ok(value) = HeaderValue::from_str(call_id) {
         response.headers_mut().insert(names::X_CALL_ID, value);
     }
-    response
 }
 
 /// The 303 to `/calls/{id}` for a sync call that runs past the sync wait:
@@ -42,9 +47,7 @@ pub fn see_other(call_id: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&format!("/calls/{call_id}")) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    if let Ok(value) = HeaderValue::from_str(call_id) {
-        response.headers_mut().insert("x-call-id", value);
-    }
+    insert_call_id(&mut response, call_id);
     response
 }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::config::DEFAULT_TIMEOUT;
 use crate::http::admission::Caller;
 use crate::http::problem::ApiError;
-use crate::http::respond::{json_response, result_response, see_other};
+use crate::http::respond::{insert_call_id, json_response, result_response, see_other};
 use crate::http::state::AppState;
 use crate::invocation::Trace;
 use crate::registry::Lookup;
@@ -190,9 +190,7 @@ fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Respons
             if let Some(Ok(value)) = content_type.as_deref().map(HeaderValue::from_str) {
                 response.headers_mut().insert(header::CONTENT_TYPE, value);
             }
-            if let Ok(value) = HeaderValue::from_str(&record.id) {
-                response.headers_mut().insert("x-call-id", value);
-            }
+            insert_call_id(&mut response, &record.id);
             Ok(response)
         }
         (CallState::Succeeded, Some(Outcome::Succeeded(body))) => {
@@ -240,9 +238,7 @@ fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Respons
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
-            if let Ok(value) = HeaderValue::from_str(&record.id) {
-                response.headers_mut().insert("x-call-id", value);
-            }
+            insert_call_id(&mut response, &record.id);
             Ok(response)
         }
     }

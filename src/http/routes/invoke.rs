@@ -35,11 +35,7 @@ pub async fn invoke(
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
     let spec = &function.spec;
-    if !spec.allows(request.method()) {
-        return Err(ApiError::MethodNotAllowed {
-            allow: spec.allow_header(),
-        });
-    }
+    input::check_method(function, request.method())?;
     let arguments = input::arguments(state, function, request).await?;
     let slot = function
         .limiter

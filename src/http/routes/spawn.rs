@@ -97,12 +97,10 @@ fn check<'a>(
             allow: "POST".to_owned(),
         }),
         (Asked::Path, _) => Ok(""),
-        (Asked::Prefer { .. }, Target::Invoke(_)) if !function.spec.allows(request.method()) => {
-            Err(ApiError::MethodNotAllowed {
-                allow: function.spec.allow_header(),
-            })
+        (Asked::Prefer { suffix }, Target::Invoke(_)) => {
+            input::check_method(function, request.method())?;
+            Ok(suffix)
         }
-        (Asked::Prefer { suffix }, Target::Invoke(_)) => Ok(suffix),
         (Asked::Prefer { suffix }, Target::Passthrough(_)) => {
             input::check_passthrough(state, function, suffix, request)?;
             Ok(suffix)
@@ -154,13 +152,10 @@ fn accepted_response(accepted: &Accepted, base: &str) -> Response<Body> {
         "status_url": format!("{base}{location}"),
     });
     let mut response = json_response(StatusCode::ACCEPTED, body.to_string());
-    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, value);
+        response.headers_mut().insert(header::LOCATION, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&accepted.id) {
-        headers.insert("x-call-id", value);
-    }
+    respond::insert_call_id(&mut response, &accepted.id);
     response
 }
 
