@@ -61,7 +61,7 @@ impl Instance {
             .map(|dir| dir.display().to_string())
             .unwrap_or_default();
         // What the gateway's own lambda instances are started with.
-        let env = [
+        let mut env = vec![
             ("AWS_LAMBDA_RUNTIME_API", addr.to_string()),
             ("AWS_LAMBDA_FUNCTION_NAME", identity.function_name.clone()),
             ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
@@ -70,6 +70,15 @@ impl Instance {
             ("AWS_LAMBDA_LOG_STREAM_NAME", target.to_string()),
             ("LAMBDA_TASK_ROOT", cwd),
         ];
+        // Lambda's convention: the command's last word is the handler
+        // (`aws-lambda-ric app.handler`); Node's runtime client reads it
+        // only from `_HANDLER`.
+        let command = &worker.options.command;
+        if let [_, .., handler] = command.as_slice()
+            && std::env::var_os("_HANDLER").is_none()
+        {
+            env.push(("_HANDLER", handler.clone()));
+        }
         let mut process = local::start(&worker.options, &env).await?;
         let ready = tokio::select! {
             ready = mailbox.ready() => ready.map_err(|e| match e {

@@ -60,7 +60,8 @@ while True:
     out = {"pid": os.getpid(), "x": kw.get("x"),
            "deadline": response.getheader("Lambda-Runtime-Deadline-Ms"),
            "arn": response.getheader("Lambda-Runtime-Invoked-Function-Arn"),
-           "name": os.environ.get("AWS_LAMBDA_FUNCTION_NAME")}
+           "name": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"),
+           "handler": os.environ.get("_HANDLER")}
     request("POST", f"/invocation/{rid}/response", json.dumps(out))
 "#;
 
@@ -410,6 +411,13 @@ async fn lambda_worker_posts_results_and_errors_and_replaces_a_crashed_instance(
         "arn:aws:lambda:local:000000000000:function:demo.fn"
     );
     assert_eq!(ended.body["name"], "demo.fn");
+    assert!(
+        ended.body["handler"]
+            .as_str()
+            .is_some_and(|h| h.ends_with("runtime.py")),
+        "the command's last word is the handler: {}",
+        ended.body
+    );
     assert!(
         ended.body["deadline"]
             .as_str()
