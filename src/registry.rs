@@ -271,12 +271,14 @@ impl Registry {
     }
 
     pub fn lookup(&self, app: &str, function: &str) -> Lookup<'_> {
-        match self.apps.get(app) {
+        match self
+            .apps
+            .get(app)
+            .and_then(|functions| functions.get(function))
+        {
+            Some(found) => Lookup::Found(found),
+            None if self.has_app(app) => Lookup::NoFunction,
             None => Lookup::NoApp,
-            Some(functions) => match functions.get(function) {
-                Some(found) => Lookup::Found(found),
-                None => Lookup::NoFunction,
-            },
         }
     }
 

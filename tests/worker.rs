@@ -279,7 +279,6 @@ async fn started(marker: &Path) -> i32 {
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn worker_serves_sync_and_spawned_calls_with_a_scoped_token_and_stops_on_sigterm() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -313,7 +312,6 @@ async fn worker_serves_sync_and_spawned_calls_with_a_scoped_token_and_stops_on_s
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn http_worker_serves_calls_with_a_work_star_token() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -339,7 +337,6 @@ async fn http_worker_serves_calls_with_a_work_star_token() {
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn a_wrong_token_is_401_and_the_worker_exits_1() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -352,7 +349,6 @@ async fn a_wrong_token_is_401_and_the_worker_exits_1() {
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn a_token_without_the_work_scope_is_403_and_the_worker_exits_1() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -372,7 +368,6 @@ async fn a_token_without_the_work_scope_is_403_and_the_worker_exits_1() {
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn an_unknown_function_is_404_and_one_without_instances_409_and_the_worker_exits_1() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -391,7 +386,6 @@ async fn an_unknown_function_is_404_and_one_without_instances_409_and_the_worker
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn a_worker_killed_mid_call_has_its_spawned_call_run_again_with_attempt_2() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;
@@ -419,7 +413,6 @@ async fn a_worker_killed_mid_call_has_its_spawned_call_run_again_with_attempt_2(
 }
 
 #[tokio::test]
-#[ignore = "needs the gateway's /_/work routes"]
 async fn a_worker_killed_mid_call_makes_its_sync_call_502() {
     let keys = Keys::new();
     let gw = gateway(&keys).start().await;

@@ -240,6 +240,14 @@ impl BackendSpec {
 }
 
 impl FunctionSpec {
+    /// `function`, or `class/method` for a class's method: its name in paths.
+    pub fn route_name(&self) -> String {
+        match &self.class {
+            Some(class) => format!("{class}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     pub fn is_passthrough(&self) -> bool {
         self.backend.is_passthrough()
     }

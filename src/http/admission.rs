@@ -111,15 +111,47 @@ pub fn admit_call(
             let credentials = auth
                 .authenticate(request.headers())
                 .map_err(|error| refuse(state, request, error))?;
-            if !credentials.may_invoke(&function.app, &function.name) {
+            // A class's methods share its scope: `invoke:{app}/{class}`.
+            let name = match &function.class {
+                Some(of) => &of.class,
+                None => &function.name,
+            };
+            if !credentials.may_invoke(&function.app, name) {
                 return Err(ApiError::Forbidden {
-                    scope: format!("invoke:{}/{}", function.app, function.name),
+                    scope: format!("invoke:{}/{name}", function.app),
                 });
             }
             Some(credentials)
         }
     };
     admitted(state, request, credentials)
+}
+
+/// Admits a worker (`fngate worker`) of `function`: credentials are
+/// required, with a scope that holds `work:{app}/{function}`. A gateway
+/// without `[auth]` checks no credentials, so it admits no workers.
+pub fn admit_worker(
+    state: &AppState,
+    function: &Function,
+    request: &Request,
+) -> Result<Caller, ApiError> {
+    let Some(auth) = &state.auth else {
+        return Err(ApiError::Unauthorized {
+            description: Some(
+                "this gateway checks no credentials ([auth] is not set), so it admits no workers"
+                    .to_owned(),
+            ),
+        });
+    };
+    let credentials = auth
+        .authenticate(request.headers())
+        .map_err(|error| refuse(state, request, error))?;
+    if !credentials.may_work(&function.app, &function.name) {
+        return Err(ApiError::Forbidden {
+            scope: format!("work:{}/{}", function.app, function.name),
+        });
+    }
+    admitted(state, request, Some(credentials))
 }
 
 /// Admits a reader or canceller of a call: credentials are optional, but

@@ -21,6 +21,8 @@ pub enum RouteLabel {
     Fixed(&'static str),
     /// `/{app}/{function}` of a deployed function.
     Function(Arc<str>, Arc<str>),
+    /// `/{app}/{class}/{method}` of a class's method.
+    Method(Arc<str>, Arc<str>, Arc<str>),
     /// No route: shown as `-`; the path (cut to [`UNMATCHED_PATH_MAX`]
     /// bytes, never the query) is logged at debug level.
     Unmatched(Box<str>),
@@ -50,6 +52,7 @@ impl std::fmt::Display for RouteLabel {
         match self {
             RouteLabel::Fixed(label) => f.write_str(label),
             RouteLabel::Function(app, function) => write!(f, "/{app}/{function}"),
+            RouteLabel::Method(app, class, method) => write!(f, "/{app}/{class}/{method}"),
             RouteLabel::Unmatched(_) => f.write_str("-"),
         }
     }

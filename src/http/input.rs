@@ -7,10 +7,57 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use std::sync::Arc;
+
 use super::problem::ApiError;
 use super::state::AppState;
+use crate::invocation::ClassCall;
 use crate::registry::Function;
 use crate::translate::{self, Arguments, InputRules};
+
+/// A class method's call: its class and the values of the class's
+/// parameters, from the query (`?size=large`; a missing one is empty).
+/// `None` for a function.
+pub fn class_call(
+    function: &Function,
+    query: Option<&str>,
+) -> Result<Option<Arc<ClassCall>>, ApiError> {
+    let Some(of) = &function.class else {
+        return Ok(None);
+    };
+    let mut values: Vec<Option<String>> = vec![None; of.parameters.len()];
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if let Some(i) = of.parameters.iter().position(|name| *name == key) {
+            if values[i].is_some() {
+                return Err(ApiError::InvalidArguments(format!(
+                    "the class parameter '{key}' is given twice"
+                )));
+            }
+            values[i] = Some(value.into_owned());
+        }
+    }
+    let values = values.into_iter().map(Option::unwrap_or_default).collect();
+    Ok(function.class_call(values))
+}
+
+/// The query without a class's parameter keys, which never become
+/// keyword arguments.
+fn without_parameters(function: &Function, query: &str) -> String {
+    let Some(of) = function
+        .class
+        .as_ref()
+        .filter(|of| !of.parameters.is_empty())
+    else {
+        return query.to_owned();
+    };
+    let mut kept = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if !of.parameters.iter().any(|name| *name == key) {
+            kept.append_pair(&key, &value);
+        }
+    }
+    kept.finish()
+}
 
 /// The arguments of a call: query string, and the body for methods other
 /// than `GET`. Refuses bad input before anything runs or is stored.
@@ -23,7 +70,10 @@ pub async fn arguments(
         .headers()
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
-    let query = request.uri().query().map(str::to_owned);
+    let query = request
+        .uri()
+        .query()
+        .map(|query| without_parameters(function, query));
     let body = if request.method() == Method::GET {
         Bytes::new()
     } else {

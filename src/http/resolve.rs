@@ -1,17 +1,17 @@
 //! Which route a path names: the gateway's own routes, a spawned call, or
 //! a deployed function and what to do with it. Paths are matched raw and
 //! undecoded, so an encoded name (`%2F`, `%2e`) never reaches a function
-//! other than the one named. Classes (`/{app}/{class}/{method}`) will be
-//! one more arm of the registry lookup here, and `/map` one more
-//! [`Action`].
+//! other than the one named. A class's methods are
+//! `/{app}/{class}/{method}[...]`; `/map` will be one more [`Action`].
 
 use std::sync::Arc;
 
 use super::context::RouteLabel;
 use super::problem::ApiError;
+use super::routes::work::WorkRoute;
 use crate::backend::Backend;
 use crate::backend::http::HttpBackend;
-use crate::registry::{Function, Lookup, Registry, Target};
+use crate::registry::{Class, Function, Lookup, Registry, Target};
 
 /// What a request's path names, borrowed from the path and the registry
 /// for as long as the request is handled.
@@ -26,6 +26,11 @@ pub enum Route<'a> {
     Function {
         function: &'a Arc<Function>,
         action: Action<'a>,
+    },
+    /// `/_/work/{app}/{function}[...]`: a worker's request.
+    Work {
+        function: &'a Arc<Function>,
+        route: WorkRoute<'a>,
     },
 }
 
@@ -66,7 +71,10 @@ pub fn resolve<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
         "/_/ready" => fixed("/_/ready", Route::Ready),
         _ => match path.strip_prefix("/calls/") {
             Some(id) => fixed("/calls/{id}", Route::Call { id }),
-            None => function(registry, path),
+            None => match path.strip_prefix("/_/work") {
+                Some(rest) => work(registry, rest, path),
+                None => function(registry, path),
+            },
         },
     }
 }
@@ -105,10 +113,77 @@ fn function<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
         Lookup::NoApp => unmatched(ApiError::AppNotFound {
             app: app.to_owned(),
         }),
-        Lookup::NoFunction => unmatched(ApiError::FunctionNotFound {
+        Lookup::NoFunction => match registry.class(app, name) {
+            Some(class) => method(class, app, suffix, path),
+            None => unmatched(ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: name.to_owned(),
+            }),
+        },
+    }
+}
+
+/// `/_/work/{app}/{function}[...]`: `rest` follows `/_/work`.
+fn work<'a>(registry: &'a Registry, rest: &'a str, path: &'a str) -> Resolved<'a> {
+    let unmatched = |error| Resolved {
+        label: RouteLabel::unmatched(path),
+        route: Err(error),
+    };
+    let Some((app, name, suffix)) = split_path(rest) else {
+        return unmatched(ApiError::AppNotFound { app: String::new() });
+    };
+    let function = match registry.lookup(app, name) {
+        Lookup::Found(function) => function,
+        Lookup::NoApp => {
+            return unmatched(ApiError::AppNotFound {
+                app: app.to_owned(),
+            });
+        }
+        Lookup::NoFunction => {
+            return unmatched(ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: name.to_owned(),
+            });
+        }
+    };
+    match WorkRoute::parse(suffix) {
+        Some(route) => Resolved {
+            label: RouteLabel::Fixed("/_/work/{app}/{function}"),
+            route: Ok(Route::Work { function, route }),
+        },
+        None => unmatched(ApiError::FunctionNotFound {
             app: app.to_owned(),
-            function: name.to_owned(),
+            function: format!("{name}{suffix}"),
         }),
+    }
+}
+
+/// `/{app}/{class}/{method}[...]`: `suffix` is what follows the class.
+fn method<'a>(class: &'a Class, app: &str, suffix: &'a str, path: &'a str) -> Resolved<'a> {
+    let rest = suffix.strip_prefix('/').unwrap_or_default();
+    let (name, after) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match class.method(name) {
+        Some(function) => Resolved {
+            label: RouteLabel::Method(
+                function.app.clone(),
+                class.name.clone(),
+                function.name.clone(),
+            ),
+            route: Ok(Route::Function {
+                function,
+                action: action(function, after),
+            }),
+        },
+        None => Resolved {
+            label: RouteLabel::unmatched(path),
+            route: Err(ApiError::FunctionNotFound {
+                app: app.to_owned(),
+                function: format!("{}/{name}", class.name),
+            }),
+        },
     }
 }
 
@@ -121,7 +196,7 @@ fn action<'a>(function: &'a Function, suffix: &'a str) -> Action<'a> {
             "/spawn" => Action::Spawn,
             _ => Action::NotFound(ApiError::FunctionNotFound {
                 app: function.spec.app.clone(),
-                function: format!("{}{suffix}", function.spec.name),
+                function: format!("{}{suffix}", function.spec.route_name()),
             }),
         },
     }

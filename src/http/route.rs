@@ -16,7 +16,7 @@ use super::admission::{self, Caller};
 use super::context::RouteLabel;
 use super::problem::ApiError;
 use super::resolve::{self, Action, Resolved, Route};
-use super::routes::{calls, health, invoke, passthrough, spawn};
+use super::routes::{calls, health, invoke, passthrough, spawn, work};
 use super::state::AppState;
 use crate::backend::Backend;
 use crate::backend::http::HttpBackend;
@@ -69,6 +69,11 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
         }) => {
             passthrough::forward(state, function, backend, &caller, suffix, &trace, request).await
         }
+        Ok(Admitted::Work {
+            function,
+            route,
+            caller,
+        }) => Box::pin(work::work(state, function, route, &caller, request)).await,
     };
     respond(result, label, &trace)
 }
@@ -98,6 +103,12 @@ enum Admitted<'a> {
         caller: Caller,
         suffix: &'a str,
     },
+    /// A worker's request (`fngate worker`).
+    Work {
+        function: &'a Arc<Function>,
+        route: work::WorkRoute<'a>,
+        caller: Caller,
+    },
 }
 
 /// Admits the caller as the route asks (a function's scopes, or a call's
@@ -116,6 +127,14 @@ fn admit<'a>(
             return Ok(Admitted::Call { id, caller });
         }
         Route::Function { function, action } => (function, action),
+        Route::Work { function, route } => {
+            let caller = admission::admit_worker(state, function, request)?;
+            return Ok(Admitted::Work {
+                function,
+                route,
+                caller,
+            });
+        }
     };
     let caller = admission::admit_call(state, function, request)?;
     Ok(match action {

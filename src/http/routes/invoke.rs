@@ -36,6 +36,7 @@ pub async fn invoke(
 ) -> Result<Response<Body>, ApiError> {
     let spec = &function.spec;
     input::check_method(function, request.method())?;
+    let class = input::class_call(function, request.uri().query())?;
     let arguments = input::arguments(state, function, request).await?;
     let slot = function
         .limiter
@@ -53,7 +54,7 @@ pub async fn invoke(
         attempt: 1,
         trace: trace.clone(),
         principal: caller.principal(),
-        class: None,
+        class,
     });
     let owner = if spec.public { None } else { caller.owner() };
     sync_call(state, function, backend.clone(), invocation, owner, slot).await

@@ -7,3 +7,4 @@ pub mod health;
 pub mod invoke;
 pub mod passthrough;
 pub mod spawn;
+pub mod work;

@@ -53,7 +53,10 @@ pub async fn spawn(
         Some(value) => Some(callback_url(state, value)?),
     };
     let base = base_url::external_base(&request);
-    let (input, digest) = read_input(state, function, suffix, request).await?;
+    let class = input::class_call(function, request.uri().query())?;
+    let parameters = class.map(|class| class.parameters.clone());
+    let (input, digest) =
+        read_input(state, function, suffix, parameters.as_deref(), request).await?;
     let options = SpawnOptions {
         owner: if function.spec.public {
             None
@@ -63,7 +66,7 @@ pub async fn spawn(
         principal: caller.principal(),
         idempotency: idempotency_key.map(|key| (key, digest)),
         callback_url,
-        parameters: None,
+        parameters,
     };
     let accepted = state
         .calls
@@ -114,12 +117,18 @@ async fn read_input(
     state: &AppState,
     function: &Function,
     suffix: &str,
+    parameters: Option<&str>,
     request: Request,
 ) -> Result<(SpawnInput, Vec<u8>), ApiError> {
     match &function.target {
         Target::Invoke(_) => {
             let arguments = input::arguments(state, function, request).await?;
-            let digest = digest(&[arguments.args.as_bytes(), arguments.kwargs.as_bytes()]);
+            let (args, kwargs) = (arguments.args.as_bytes(), arguments.kwargs.as_bytes());
+            // A class method's parameters pick its instances: part of the request.
+            let digest = match parameters {
+                None => digest(&[args, kwargs]),
+                Some(parameters) => digest(&[args, kwargs, parameters.as_bytes()]),
+            };
             Ok((SpawnInput::Arguments(arguments), digest))
         }
         Target::Passthrough(_) => {
