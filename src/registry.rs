@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::backend::exec::ExecBackend;
+use crate::backend::forward::Forwarder;
 use crate::backend::http::{HttpBackend, HttpClients};
 use crate::backend::instance_http::InstanceHttpBackend;
 use crate::backend::lambda::LambdaBackend;
@@ -21,7 +22,7 @@ pub enum Target {
     /// Invocations through the `Backend` trait.
     Invoke(Arc<dyn Backend>),
     /// Requests forwarded unchanged to an HTTP service.
-    Passthrough(Arc<HttpBackend>),
+    Passthrough(Arc<Forwarder>),
 }
 
 pub struct Function {
@@ -149,7 +150,7 @@ impl Registry {
                     let backend =
                         HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
                     if *passthrough {
-                        Target::Passthrough(Arc::new(backend))
+                        Target::Passthrough(Arc::new(Forwarder::Urls(backend)))
                     } else {
                         Target::Invoke(Arc::new(backend))
                     }
@@ -167,9 +168,10 @@ impl Registry {
                         .expect("an http function with a command has instances");
                     let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
                     if spec.is_passthrough() {
-                        tracing::error!(app = %spec.app, function = %spec.name, "passthrough on http instances is not served yet");
+                        Target::Passthrough(Arc::new(Forwarder::Instances(backend)))
+                    } else {
+                        Target::Invoke(Arc::new(backend))
                     }
-                    Target::Invoke(Arc::new(backend))
                 }
             };
             let schema = spec.input_schema.as_ref().map(|schema| {

@@ -3,6 +3,7 @@
 //! deadline and stop their work when the returned future is dropped.
 
 pub mod exec;
+pub mod forward;
 pub mod http;
 pub mod instance_http;
 pub mod lambda;

@@ -10,7 +10,7 @@ use super::context::RouteLabel;
 use super::problem::ApiError;
 use super::routes::work::WorkRoute;
 use crate::backend::Backend;
-use crate::backend::http::HttpBackend;
+use crate::backend::forward::Forwarder;
 use crate::registry::{Class, Function, Lookup, Registry, Target};
 
 /// What a request's path names, borrowed from the path and the registry
@@ -45,7 +45,7 @@ pub enum Action<'a> {
     /// Anything under a passthrough function, `suffix` included (it is
     /// never special there, `/spawn` neither).
     Forward {
-        backend: &'a HttpBackend,
+        backend: &'a Forwarder,
         suffix: &'a str,
     },
     /// A path past a function that names nothing there: its 404, answered

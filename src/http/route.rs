@@ -19,7 +19,7 @@ use super::resolve::{self, Action, Resolved, Route};
 use super::routes::{calls, health, invoke, passthrough, spawn, work};
 use super::state::AppState;
 use crate::backend::Backend;
-use crate::backend::http::HttpBackend;
+use crate::backend::forward::Forwarder;
 use crate::invocation::Trace;
 use crate::registry::Function;
 
@@ -99,7 +99,7 @@ enum Admitted<'a> {
     },
     Forward {
         function: &'a Arc<Function>,
-        backend: &'a HttpBackend,
+        backend: &'a Forwarder,
         caller: Caller,
         suffix: &'a str,
     },

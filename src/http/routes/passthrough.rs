@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use http::Response;
 
-use crate::backend::http::{ForwardError, HttpBackend};
+use crate::backend::forward::Forwarder;
+use crate::backend::http::ForwardError;
 use crate::http::admission::Caller;
 use crate::http::problem::ApiError;
 use crate::http::state::AppState;
@@ -21,7 +22,7 @@ use crate::registry::Function;
 pub async fn forward(
     state: &Arc<AppState>,
     function: &Arc<Function>,
-    backend: &HttpBackend,
+    backend: &Forwarder,
     caller: &Caller,
     suffix: &str,
     trace: &Trace,
