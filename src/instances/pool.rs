@@ -68,6 +68,9 @@ struct State {
     last_used: Option<Instant>,
     /// Attached workers, by the id they chose, and their instance ids.
     workers: HashMap<String, u64>,
+    /// Replacements owed for instances stopped mid-call or crashed: each
+    /// is started even when no call waits (it idles out like any other).
+    owed: usize,
     maintained: bool,
     closed: bool,
 }
@@ -276,9 +279,11 @@ impl Pool {
         let per_instance = self.spec.instance_concurrency.max(1);
         let live = state.local();
         let for_waiters = state.waiters.len().div_ceil(per_instance);
-        let wanted = (live - state.starting + for_waiters).max(self.spec.min_instances);
+        let wanted =
+            (live - state.starting + for_waiters.max(state.owed)).max(self.spec.min_instances);
         let room = self.spec.max_instances.saturating_sub(live);
         let more = wanted.saturating_sub(live).min(room);
+        state.owed = state.owed.saturating_sub(more);
         for _ in 0..more {
             state.starting += 1;
             state.next_id += 1;
@@ -356,6 +361,9 @@ impl Pool {
         if let Some(live) = state.ready.remove(&id) {
             state.free.retain(|&free| free != id);
             live.instance.stop();
+            if !live.remote {
+                state.owed += 1;
+            }
         }
         if self.start_wanted(&mut state) {
             drop(state);
@@ -391,10 +399,13 @@ impl Pool {
     /// replacement backs off.
     pub(super) fn gone(&self, id: u64, crashed: bool) {
         let mut state = self.lock();
-        state.ready.remove(&id);
+        let was_serving = state.ready.remove(&id).is_some();
         state.free.retain(|&free| free != id);
         if crashed {
             self.back_off(&mut state);
+            if was_serving {
+                state.owed += 1;
+            }
         }
         self.start_wanted(&mut state);
         drop(state);
@@ -513,7 +524,8 @@ impl Pool {
                     .min()
             })
             .flatten();
-        let wants_start = !state.waiters.is_empty() || state.local() < self.spec.min_instances;
+        let wants_start =
+            !state.waiters.is_empty() || state.owed > 0 || state.local() < self.spec.min_instances;
         let retry = state.retry_at.filter(|_| wants_start);
         [idle, retry].into_iter().flatten().min()
     }
