@@ -150,7 +150,7 @@ impl Registry {
                     let backend =
                         HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
                     if *passthrough {
-                        Target::Passthrough(Arc::new(Forwarder::Urls(backend)))
+                        Target::Passthrough(Arc::new(Forwarder::Urls(Box::new(backend))))
                     } else {
                         Target::Invoke(Arc::new(backend))
                     }
@@ -168,7 +168,7 @@ impl Registry {
                         .expect("an http function with a command has instances");
                     let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
                     if spec.is_passthrough() {
-                        Target::Passthrough(Arc::new(Forwarder::Instances(backend)))
+                        Target::Passthrough(Arc::new(Forwarder::Instances(Box::new(backend))))
                     } else {
                         Target::Invoke(Arc::new(backend))
                     }

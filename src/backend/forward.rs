@@ -13,9 +13,9 @@ use crate::invocation::{Principal, Trace};
 /// Where a passthrough function's requests go.
 pub enum Forwarder {
     /// Its configured `urls`.
-    Urls(HttpBackend),
+    Urls(Box<HttpBackend>),
     /// Its warm HTTP instances.
-    Instances(InstanceHttpBackend),
+    Instances(Box<InstanceHttpBackend>),
 }
 
 impl Forwarder {
@@ -60,7 +60,7 @@ impl Forwarder {
 
     pub fn describe(&self) -> String {
         match self {
-            Forwarder::Urls(urls) => super::Backend::describe(urls),
+            Forwarder::Urls(urls) => super::Backend::describe(urls.as_ref()),
             Forwarder::Instances(instances) => instances.describe(),
         }
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use super::context::RouteLabel;
 use super::problem::ApiError;
-use super::routes::work::WorkRoute;
 use crate::backend::Backend;
 use crate::backend::forward::Forwarder;
 use crate::registry::{Class, Function, Lookup, Registry, Target};
@@ -51,6 +50,46 @@ pub enum Action<'a> {
     /// A path past a function that names nothing there: its 404, answered
     /// once the caller is admitted, as a call of the function would be.
     NotFound(ApiError),
+}
+
+/// Where a worker's request goes, after `/_/work/{app}/{function}`.
+pub enum WorkRoute<'a> {
+    /// `GET`: how to run the function's instances.
+    Describe,
+    /// `POST /next`: the next call.
+    Next,
+    /// `POST /calls/{id}/heartbeat`.
+    Heartbeat(&'a str),
+    /// `POST /calls/{id}/response`.
+    Response(&'a str),
+    /// `POST /calls/{id}/error`.
+    Error(&'a str),
+}
+
+impl WorkRoute<'_> {
+    /// The route of `rest`, the path after `/_/work/{app}/{function}`.
+    pub fn parse(rest: &str) -> Option<WorkRoute<'_>> {
+        if rest.is_empty() {
+            return Some(WorkRoute::Describe);
+        }
+        if rest == "/next" {
+            return Some(WorkRoute::Next);
+        }
+        let (id, end) = rest.strip_prefix("/calls/")?.split_once('/')?;
+        match end {
+            "heartbeat" => Some(WorkRoute::Heartbeat(id)),
+            "response" => Some(WorkRoute::Response(id)),
+            "error" => Some(WorkRoute::Error(id)),
+            _ => None,
+        }
+    }
+
+    pub fn method(&self) -> http::Method {
+        match self {
+            WorkRoute::Describe => http::Method::GET,
+            _ => http::Method::POST,
+        }
+    }
 }
 
 /// A path resolved: its route, or why none, and the label the access log
@@ -216,6 +255,33 @@ fn split_path(path: &str) -> Option<(&str, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_paths_parse() {
+        assert!(matches!(WorkRoute::parse(""), Some(WorkRoute::Describe)));
+        assert!(matches!(WorkRoute::parse("/next"), Some(WorkRoute::Next)));
+        assert!(matches!(
+            WorkRoute::parse("/calls/fc-1/heartbeat"),
+            Some(WorkRoute::Heartbeat("fc-1"))
+        ));
+        assert!(matches!(
+            WorkRoute::parse("/calls/fc-1/response"),
+            Some(WorkRoute::Response("fc-1"))
+        ));
+        assert!(matches!(
+            WorkRoute::parse("/calls/fc-1/error"),
+            Some(WorkRoute::Error("fc-1"))
+        ));
+        for bad in [
+            "/",
+            "/nex",
+            "/calls/fc-1",
+            "/calls/fc-1/other",
+            "/calls//x/y",
+        ] {
+            assert!(WorkRoute::parse(bad).is_none(), "{bad}");
+        }
+    }
     use crate::http::state;
 
     #[test]

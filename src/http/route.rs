@@ -106,7 +106,7 @@ enum Admitted<'a> {
     /// A worker's request (`fngate worker`).
     Work {
         function: &'a Arc<Function>,
-        route: work::WorkRoute<'a>,
+        route: resolve::WorkRoute<'a>,
         caller: Caller,
     },
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use crate::backend::{BackendError, result_json};
 use crate::config::BackendSpec;
 use crate::http::admission::Caller;
 use crate::http::problem::ApiError;
+use crate::http::resolve::WorkRoute;
 use crate::http::respond::json_response;
 use crate::http::state::AppState;
 use crate::instances::remote::{Polled, Remote};
@@ -26,46 +27,6 @@ const POLL_WAIT: Duration = Duration::from_secs(20);
 
 /// Largest error report a worker may post.
 const MAX_REPORT: usize = 1 << 20;
-
-/// Where a worker's request goes, after `/_/work/{app}/{function}`.
-pub enum WorkRoute<'a> {
-    /// `GET`: how to run the function's instances.
-    Describe,
-    /// `POST /next`: the next call.
-    Next,
-    /// `POST /calls/{id}/heartbeat`.
-    Heartbeat(&'a str),
-    /// `POST /calls/{id}/response`.
-    Response(&'a str),
-    /// `POST /calls/{id}/error`.
-    Error(&'a str),
-}
-
-impl WorkRoute<'_> {
-    /// The route of `rest`, the path after `/_/work/{app}/{function}`.
-    pub fn parse(rest: &str) -> Option<WorkRoute<'_>> {
-        if rest.is_empty() {
-            return Some(WorkRoute::Describe);
-        }
-        if rest == "/next" {
-            return Some(WorkRoute::Next);
-        }
-        let (id, end) = rest.strip_prefix("/calls/")?.split_once('/')?;
-        match end {
-            "heartbeat" => Some(WorkRoute::Heartbeat(id)),
-            "response" => Some(WorkRoute::Response(id)),
-            "error" => Some(WorkRoute::Error(id)),
-            _ => None,
-        }
-    }
-
-    fn method(&self) -> Method {
-        match self {
-            WorkRoute::Describe => Method::GET,
-            _ => Method::POST,
-        }
-    }
-}
 
 /// Answers a worker's request for `function` (its caller already admitted
 /// with a `work:` scope).
@@ -228,36 +189,4 @@ fn empty(status: StatusCode) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn worker_paths_parse() {
-        assert!(matches!(WorkRoute::parse(""), Some(WorkRoute::Describe)));
-        assert!(matches!(WorkRoute::parse("/next"), Some(WorkRoute::Next)));
-        assert!(matches!(
-            WorkRoute::parse("/calls/fc-1/heartbeat"),
-            Some(WorkRoute::Heartbeat("fc-1"))
-        ));
-        assert!(matches!(
-            WorkRoute::parse("/calls/fc-1/response"),
-            Some(WorkRoute::Response("fc-1"))
-        ));
-        assert!(matches!(
-            WorkRoute::parse("/calls/fc-1/error"),
-            Some(WorkRoute::Error("fc-1"))
-        ));
-        for bad in [
-            "/",
-            "/nex",
-            "/calls/fc-1",
-            "/calls/fc-1/other",
-            "/calls//x/y",
-        ] {
-            assert!(WorkRoute::parse(bad).is_none(), "{bad}");
-        }
-    }
 }
