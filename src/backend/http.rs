@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -174,7 +174,7 @@ impl HttpBackend {
                     return Err(BackendError::Crashed(format!("{url}: {e}")));
                 }
             };
-            let answer = self.read_answer(response).await;
+            let answer = read_answer(response, self.max_result).await;
             // The answer was read to its end (or its connection closes):
             // the connection may serve the next call.
             drop(lease);
@@ -206,36 +206,47 @@ impl HttpBackend {
             Err(e) => Err(SendError::Failed(error_chain(&e))),
         }
     }
+}
 
-    async fn read_answer(
-        &self,
-        response: Response<hyper::body::Incoming>,
-    ) -> Result<Bytes, BackendError> {
-        let status = response.status();
-        let limit = usize::try_from(self.max_result).unwrap_or(usize::MAX);
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| BackendError::Crashed(format!("reading the answer: {e}")))?
-            .to_bytes();
-        if status.is_success() {
-            return result_json(body);
-        }
-        if let Some(reported) = reported_error(&body) {
-            return Err(reported);
-        }
-        let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)])
-            .trim()
-            .to_owned();
-        Err(BackendError::Function {
-            kind: format!("HTTP {}", status.as_u16()),
-            message: if text.is_empty() {
-                status.to_string()
-            } else {
-                text
-            },
-        })
+/// Reads a function's HTTP answer, at most `max_result` bytes of it, as an
+/// invocation's outcome (`result_of`). Warm HTTP instances are read the same
+/// way, by the gateway and by `fngate worker`.
+pub(crate) async fn read_answer(
+    response: Response<hyper::body::Incoming>,
+    max_result: u64,
+) -> Result<Bytes, BackendError> {
+    let status = response.status();
+    let limit = usize::try_from(max_result).unwrap_or(usize::MAX);
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| BackendError::Crashed(format!("reading the answer: {e}")))?
+        .to_bytes();
+    result_of(status, body)
+}
+
+/// A function's HTTP answer as an invocation's outcome: a 2xx JSON body is
+/// the result; otherwise `{"error": {"type", "message"}}` is the function's
+/// error as it said, and any other body (its first bytes) the message of an
+/// `HTTP <status>` error.
+fn result_of(status: StatusCode, body: Bytes) -> Result<Bytes, BackendError> {
+    if status.is_success() {
+        return result_json(body);
     }
+    if let Some(reported) = reported_error(&body) {
+        return Err(reported);
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)])
+        .trim()
+        .to_owned();
+    Err(BackendError::Function {
+        kind: format!("HTTP {}", status.as_u16()),
+        message: if text.is_empty() {
+            status.to_string()
+        } else {
+            text
+        },
+    })
 }
 
 /// Sends an invocation request on one of the replica's keep-alive
@@ -362,5 +373,44 @@ mod tests {
         strip_gateway_headers(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-kept"], "yes");
+    }
+
+    fn answered(status: u16, body: &'static str) -> Result<Bytes, BackendError> {
+        result_of(StatusCode::from_u16(status).unwrap(), Bytes::from(body))
+    }
+
+    #[test]
+    fn a_2xx_json_answer_is_the_result_and_garbage_is_not() {
+        assert_eq!(answered(200, " 1764\n").unwrap(), "1764");
+        assert_eq!(answered(201, "").unwrap(), "null");
+        assert!(matches!(
+            answered(200, "<html>"),
+            Err(BackendError::Garbage(_))
+        ));
+    }
+
+    #[test]
+    fn a_reported_error_keeps_its_type_and_other_answers_name_their_status() {
+        match answered(
+            500,
+            r#"{"error": {"type": "TypeError", "message": "x must be a number"}}"#,
+        ) {
+            Err(BackendError::Function { kind, message }) => {
+                assert_eq!(kind, "TypeError");
+                assert_eq!(message, "x must be a number");
+            }
+            other => panic!("{other:?}"),
+        }
+        match answered(503, "  busy  ") {
+            Err(BackendError::Function { kind, message }) => {
+                assert_eq!(kind, "HTTP 503");
+                assert_eq!(message, "busy");
+            }
+            other => panic!("{other:?}"),
+        }
+        match answered(404, "") {
+            Err(BackendError::Function { message, .. }) => assert_eq!(message, "404 Not Found"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -273,10 +273,12 @@ fn http_endpoint(port: u16, http: &HttpInstance) -> Result<HttpBackend, BackendE
     ))
 }
 
-/// Probes until the instance accepts a connection and, with a
+/// Probes until the instance on `port` accepts a connection and, with a
 /// `ready_path`, answers it with a 2xx. (No signal exists for a server
 /// that starts listening: probing, with short pauses, is how it is seen.)
-async fn probe_until_ready(port: u16, ready_path: Option<&str>) {
+/// It never gives up: the caller bounds it by the instance's exit and its
+/// init timeout.
+pub(crate) async fn probe_until_ready(port: u16, ready_path: Option<&str>) {
     let mut pause = Duration::from_millis(2);
     loop {
         if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {

@@ -27,6 +27,7 @@ use crate::backend::BackendError;
 use crate::backend::http::HttpClients;
 
 pub use instance::Endpoint;
+pub(crate) use instance::probe_until_ready;
 pub use pool::{InstanceRef, Lease, Pool};
 pub use sets::ParameterSets;
 

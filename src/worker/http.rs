@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Request, header};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -21,22 +21,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::call::{self, Assignment, Outcome, Ran};
-use super::local::{self, EXIT_GRACE, INIT_TIMEOUT, MAX_RESULT};
+use super::local::{self, EXIT_GRACE, MAX_RESULT};
 use super::wire::Call;
 use super::{Stop, Worker, WorkerError};
-use crate::backend::{BackendError, reported_error, result_json};
+use crate::backend::BackendError;
+use crate::backend::http::read_answer;
+use crate::instances::probe_until_ready;
 use crate::invocation::names;
 use crate::processes::FunctionProcess;
-
-/// How much of a failed answer's body becomes the error message (as the
-/// gateway's http backend keeps).
-const ERROR_BODY_LIMIT: usize = 4096;
-
-/// How long one readiness probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The longest pause between two readiness probes.
-const PROBE_PAUSE: Duration = Duration::from_millis(25);
 
 type Local = Client<HttpConnector, Full<Bytes>>;
 
@@ -162,64 +154,13 @@ impl Instance<'_> {
     async fn start(&self) -> Result<(FunctionProcess, u16), String> {
         let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
         let env = [("PORT", port.to_string())];
-        let mut process = local::start(&self.worker.options, &env).await?;
+        let process = local::start(&self.worker.options, &env).await?;
         let ready_path = self.worker.spec.ready_path.as_deref();
-        let ready = tokio::select! {
-            () = self.until_ready(port, ready_path) => Ok(()),
-            status = process.wait() => Err(format!(
-                "the instance exited before it was ready ({})",
-                local::exit_text(status)
-            )),
-            () = tokio::time::sleep(INIT_TIMEOUT) => Err(format!(
-                "the instance was not ready within {}",
-                humantime::format_duration(INIT_TIMEOUT)
-            )),
+        let ready = async {
+            probe_until_ready(port, ready_path).await;
+            Ok(())
         };
-        match ready {
-            Ok(()) => Ok((process, port)),
-            Err(why) => {
-                let _ = process.stop(EXIT_GRACE).await;
-                Err(why)
-            }
-        }
-    }
-
-    /// Probes until the instance accepts a connection and, with a
-    /// `ready_path`, answers it 2xx.
-    async fn until_ready(&self, port: u16, ready_path: Option<&str>) {
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let ready = match ready_path {
-                None => tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-                    .await
-                    .is_ok(),
-                Some(path) => tokio::time::timeout(PROBE_TIMEOUT, self.probe(port, path))
-                    .await
-                    .unwrap_or(false),
-            };
-            if ready {
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(PROBE_PAUSE);
-        }
-    }
-
-    async fn probe(&self, port: u16, path: &str) -> bool {
-        let Ok(request) =
-            Request::get(format!("http://127.0.0.1:{port}{path}")).body(Full::new(Bytes::new()))
-        else {
-            return false;
-        };
-        match self.client.request(request).await {
-            Ok(response) => {
-                let ok = response.status().is_success();
-                // Read to its end, so the connection may serve a call.
-                let _ = response.into_body().collect().await;
-                ok
-            }
-            Err(_) => false,
-        }
+        Ok((local::until_ready(process, ready).await?, port))
     }
 
     /// One unit of the instance's capacity: polls while the instance can
@@ -294,14 +235,7 @@ impl Instance<'_> {
                 BackendError::Crashed(format!("the instance dropped the call: {e}"))
             }
         })?;
-        let status = response.status();
-        let limit = usize::try_from(MAX_RESULT).unwrap_or(usize::MAX);
-        let body = Limited::new(response.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| BackendError::Crashed(format!("reading the answer: {e}")))?
-            .to_bytes();
-        answer(status, body)
+        read_answer(response, MAX_RESULT).await
     }
 }
 
@@ -330,30 +264,6 @@ async fn gone(state: &mut watch::Receiver<State>, generation: u64) -> String {
         Ok(State::Exited { status, .. }) => status,
         _ => "it was stopped".to_owned(),
     }
-}
-
-/// An instance's answer, read as the gateway's http backend reads one: a
-/// 2xx JSON body is the result; otherwise `{"error": {"type", "message"}}`
-/// is the function's error as it said, and any other body the message of
-/// an `HTTP <status>` error.
-fn answer(status: StatusCode, body: Bytes) -> Result<Bytes, BackendError> {
-    if status.is_success() {
-        return result_json(body);
-    }
-    if let Some(reported) = reported_error(&body) {
-        return Err(reported);
-    }
-    let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_LIMIT)])
-        .trim()
-        .to_owned();
-    Err(BackendError::Function {
-        kind: format!("HTTP {}", status.as_u16()),
-        message: if text.is_empty() {
-            status.to_string()
-        } else {
-            text
-        },
-    })
 }
 
 /// The X-Ray trace header of a Lambda call as a W3C `traceparent`:
@@ -389,45 +299,6 @@ fn free_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answered(status: u16, body: &'static str) -> Result<Bytes, BackendError> {
-        answer(StatusCode::from_u16(status).unwrap(), Bytes::from(body))
-    }
-
-    #[test]
-    fn a_2xx_json_answer_is_the_result_and_garbage_is_not() {
-        assert_eq!(answered(200, " 1764\n").unwrap(), "1764");
-        assert_eq!(answered(201, "").unwrap(), "null");
-        assert!(matches!(
-            answered(200, "<html>"),
-            Err(BackendError::Garbage(_))
-        ));
-    }
-
-    #[test]
-    fn a_reported_error_keeps_its_type_and_other_answers_name_their_status() {
-        match answered(
-            500,
-            r#"{"error": {"type": "TypeError", "message": "x must be a number"}}"#,
-        ) {
-            Err(BackendError::Function { kind, message }) => {
-                assert_eq!(kind, "TypeError");
-                assert_eq!(message, "x must be a number");
-            }
-            other => panic!("{other:?}"),
-        }
-        match answered(503, "  busy  ") {
-            Err(BackendError::Function { kind, message }) => {
-                assert_eq!(kind, "HTTP 503");
-                assert_eq!(message, "busy");
-            }
-            other => panic!("{other:?}"),
-        }
-        match answered(404, "") {
-            Err(BackendError::Function { message, .. }) => assert_eq!(message, "404 Not Found"),
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn an_xray_trace_header_becomes_a_traceparent() {

@@ -12,7 +12,7 @@ use tokio_util::sync::DropGuard;
 
 use super::backoff::Backoff;
 use super::call::{self, Assignment, Outcome, Ran};
-use super::local::{self, EXIT_GRACE, INIT_TIMEOUT, MAX_RESULT};
+use super::local::{self, EXIT_GRACE, MAX_RESULT};
 use super::wire::Call;
 use super::{Stop, Worker, WorkerError};
 use crate::backend::BackendError;
@@ -79,25 +79,14 @@ impl Instance {
         {
             env.push(("_HANDLER", handler.clone()));
         }
-        let mut process = local::start(&worker.options, &env).await?;
-        let ready = tokio::select! {
-            ready = mailbox.ready() => ready.map_err(|e| match e {
+        let process = local::start(&worker.options, &env).await?;
+        let ready = async {
+            mailbox.ready().await.map_err(|e| match e {
                 BackendError::Unreachable(why) => why,
                 other => other.to_string(),
-            }),
-            status = process.wait() => Err(format!(
-                "the instance exited before it was ready ({})",
-                local::exit_text(status)
-            )),
-            () = tokio::time::sleep(INIT_TIMEOUT) => Err(format!(
-                "the instance was not ready within {}",
-                humantime::format_duration(INIT_TIMEOUT)
-            )),
+            })
         };
-        if let Err(why) = ready {
-            let _ = process.stop(EXIT_GRACE).await;
-            return Err(why);
-        }
+        let process = local::until_ready(process, ready).await?;
         tracing::info!(
             pid = process.id().as_raw(),
             "the instance is ready; polling for calls"

@@ -48,6 +48,33 @@ pub(super) async fn start(
         .map_err(|e| format!("cannot start {program:?}: {e}"))
 }
 
+/// The started instance's `process` once `ready` says it can take calls;
+/// if the process exits first, `ready` fails, or the init timeout passes,
+/// the process is stopped and the error says which.
+pub(super) async fn until_ready(
+    mut process: FunctionProcess,
+    ready: impl Future<Output = Result<(), String>>,
+) -> Result<FunctionProcess, String> {
+    let ready = tokio::select! {
+        ready = ready => ready,
+        status = process.wait() => Err(format!(
+            "the instance exited before it was ready ({})",
+            exit_text(status)
+        )),
+        () = tokio::time::sleep(INIT_TIMEOUT) => Err(format!(
+            "the instance was not ready within {}",
+            humantime::format_duration(INIT_TIMEOUT)
+        )),
+    };
+    match ready {
+        Ok(()) => Ok(process),
+        Err(why) => {
+            let _ = process.stop(EXIT_GRACE).await;
+            Err(why)
+        }
+    }
+}
+
 /// An exit status, or why it could not be read, for the log and errors.
 pub(super) fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {
