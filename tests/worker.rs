@@ -17,72 +17,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Gateway, GatewayBuilder, assert_problem, eventually, json_ok, process_alive};
+use common::{
+    BIN, Gateway, GatewayBuilder, assert_problem, eventually, json_ok, process_alive, repo_file,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a worker may take to start polling, or to exit.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A Lambda runtime client (standard library only). A call whose kwargs
-/// name `started` writes its pid to that file (atomically) and, on its
-/// first attempt only, sleeps `sleep` seconds; every call answers who
-/// served it, its `x` and `attempt`, its pid, and whether the worker's
-/// token reached the instance's environment.
-const RUNTIME_PY: &str = r#"
-import http.client, json, os, time
-host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].rsplit(":", 1)
-def request(method, path, body=None):
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    conn.request(method, "/2018-06-01/runtime" + path, body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response, data
-while True:
-    response, body = request("GET", "/invocation/next")
-    rid = response.getheader("Lambda-Runtime-Aws-Request-Id")
-    event = json.loads(body)
-    kw = event.get("kwargs") or {}
-    if kw.get("started"):
-        with open(kw["started"] + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(kw["started"] + ".tmp", kw["started"])
-        if event.get("attempt") == 1:
-            time.sleep(float(kw.get("sleep", 0)))
-    out = {"served_by": os.environ.get("SERVED_BY"), "x": kw.get("x"),
-           "attempt": event.get("attempt"), "pid": os.getpid(),
-           "token_visible": "FNGATE_WORKER_TOKEN" in os.environ}
-    request("POST", f"/invocation/{rid}/response", json.dumps(out))
-"#;
-
-/// An HTTP instance on $PORT: `GET /healthz`; `POST /invoke` answers who
-/// served it, its `x`, and the call id header it got.
-const SERVER_PY: &str = r#"
-import json, os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *args):
-        pass
-    def answer(self, status, document):
-        body = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self.answer(200 if self.path == "/healthz" else 404, {})
-    def do_POST(self):
-        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        kw = event.get("kwargs") or {}
-        self.answer(200, {"served_by": os.environ.get("SERVED_BY"), "x": kw.get("x"),
-                          "call_id": self.headers.get("X-Fngate-Call-Id"),
-                          "event_call_id": event.get("call_id")})
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
 
 /// API keys and their hashes for the gateway's `[[auth.api_keys]]`.
 struct Keys {
@@ -141,8 +84,8 @@ command = ["python3", "-c", "print(1)"]
 public = true
 "#;
     Gateway::builder()
-        .file("runtime.py", RUNTIME_PY)
-        .file("server.py", SERVER_PY)
+        .file("runtime.py", repo_file("tests/instances/worker_runtime.py"))
+        .file("server.py", repo_file("tests/instances/worker_server.py"))
         .toml(&auth)
         .toml(functions)
 }

@@ -36,66 +36,12 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// A Lambda runtime client: each call's kwargs say what to do (`sleep`
 /// seconds, `crash` with status 3, `fail` with a ValueError); a result
 /// shows the pid, `x`, the headers and the environment it saw.
-const RUNTIME_PY: &str = r#"
-import http.client, json, os, time
-host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].rsplit(":", 1)
-def request(method, path, body=None):
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    conn.request(method, "/2018-06-01/runtime" + path, body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response, data
-while True:
-    response, body = request("GET", "/invocation/next")
-    rid = response.getheader("Lambda-Runtime-Aws-Request-Id")
-    kw = json.loads(body).get("kwargs") or {}
-    time.sleep(float(kw.get("sleep", 0)))
-    if kw.get("crash"):
-        os._exit(3)
-    if kw.get("fail"):
-        report = {"errorType": "ValueError", "errorMessage": kw["fail"]}
-        request("POST", f"/invocation/{rid}/error", json.dumps(report))
-        continue
-    out = {"pid": os.getpid(), "x": kw.get("x"),
-           "deadline": response.getheader("Lambda-Runtime-Deadline-Ms"),
-           "arn": response.getheader("Lambda-Runtime-Invoked-Function-Arn"),
-           "name": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"),
-           "handler": os.environ.get("_HANDLER")}
-    request("POST", f"/invocation/{rid}/response", json.dumps(out))
-"#;
+const RUNTIME_PY: &str = include_str!("../../tests/instances/worker_runtime.py");
 
 /// An HTTP instance on $PORT: `GET /healthz`; `POST /invoke` sleeps
 /// `kwargs.sleep`, then answers `{"pid", "x", "call_id"}`, or with `fail` a
 /// reported TypeError.
-const SERVER_PY: &str = r#"
-import json, os, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *args):
-        pass
-    def answer(self, status, document):
-        body = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        self.answer(200 if self.path == "/healthz" else 404, {})
-    def do_POST(self):
-        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        kw = event.get("kwargs") or {}
-        time.sleep(float(kw.get("sleep", 0)))
-        if self.path != "/invoke":
-            return self.answer(404, {"error": {"type": "NotFound", "message": self.path}})
-        if kw.get("fail"):
-            return self.answer(500, {"error": {"type": "TypeError", "message": kw["fail"]}})
-        self.answer(200, {"pid": os.getpid(), "x": kw.get("x"),
-                          "call_id": self.headers.get("X-Fngate-Call-Id")})
-ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+const SERVER_PY: &str = include_str!("../../tests/instances/worker_server.py");
 
 /// A call's end, as the worker posted it.
 #[derive(Debug)]
