@@ -67,8 +67,13 @@ impl Instance {
 /// How long an HTTP instance's readiness probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The longest pause between two readiness probes of an HTTP instance.
-const PROBE_PAUSE: Duration = Duration::from_millis(25);
+/// The pause between two readiness probes of an HTTP instance in its first
+/// second: a refused loopback connect costs microseconds, and a cold
+/// start should not wait long for its instance to be seen.
+const PROBE_PAUSE: Duration = Duration::from_millis(1);
+
+/// The pause after the first second, for instances with a long set-up.
+const SLOW_PROBE_PAUSE: Duration = Duration::from_millis(10);
 
 /// What an instance is started with, by protocol.
 enum Prepared {
@@ -279,7 +284,7 @@ fn http_endpoint(port: u16, http: &HttpInstance) -> Result<HttpBackend, BackendE
 /// It never gives up: the caller bounds it by the instance's exit and its
 /// init timeout.
 pub(crate) async fn probe_until_ready(port: u16, ready_path: Option<&str>) {
-    let mut pause = Duration::from_millis(2);
+    let started = tokio::time::Instant::now();
     loop {
         if let Ok(stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
             let ready = match ready_path {
@@ -292,8 +297,12 @@ pub(crate) async fn probe_until_ready(port: u16, ready_path: Option<&str>) {
                 return;
             }
         }
+        let pause = if started.elapsed() < Duration::from_secs(1) {
+            PROBE_PAUSE
+        } else {
+            SLOW_PROBE_PAUSE
+        };
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(PROBE_PAUSE);
     }
 }
 
