@@ -27,6 +27,10 @@ use crate::config::PoolSpec;
 /// it doubles with each failure in a row.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The longest an idle instance above `min_instances` runs past its
+/// `idle_timeout` before it is seen and stopped.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// The longest pause between two failed starts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -341,18 +345,15 @@ impl Pool {
 
     fn release(&self, id: u64) {
         let mut state = self.lock();
-        let idle = match state.ready.get_mut(&id) {
-            Some(live) => {
-                live.busy -= 1;
-                live.busy == 0
-            }
+        match state.ready.get_mut(&id) {
+            Some(live) => live.busy -= 1,
             None => return,
-        };
-        self.give(&mut state, id);
-        drop(state);
-        if idle {
-            self.changed.notify_one();
         }
+        // An instance gone idle wakes no task: the maintenance task looks
+        // again within a quarter of `idle_timeout` (at most a second) while
+        // instances above `min_instances` run; a wake-up per call would cost
+        // more than the call's own work.
+        self.give(&mut state, id);
     }
 
     /// Takes an instance out of service and asks its task to stop it.
@@ -514,16 +515,19 @@ impl Pool {
     }
 
     fn next_wake(&self, state: &State) -> Option<Instant> {
-        let idle = (state.local() > self.spec.min_instances)
-            .then(|| {
-                state
-                    .ready
-                    .values()
-                    .filter(|live| !live.remote && live.busy == 0)
-                    .map(|live| live.idle_since + self.spec.idle_timeout)
-                    .min()
-            })
-            .flatten();
+        // Above min_instances, an instance may go idle at any time without
+        // a wake-up (see `release`): look again within a quarter of the
+        // idle timeout (at most a second), or at the first idle deadline.
+        let idle = (state.local() > self.spec.min_instances).then(|| {
+            let recheck = Instant::now() + (self.spec.idle_timeout / 4).min(IDLE_RECHECK);
+            state
+                .ready
+                .values()
+                .filter(|live| !live.remote && live.busy == 0)
+                .map(|live| live.idle_since + self.spec.idle_timeout)
+                .min()
+                .map_or(recheck, |deadline| deadline.min(recheck))
+        });
         let wants_start =
             !state.waiters.is_empty() || state.owed > 0 || state.local() < self.spec.min_instances;
         let retry = state.retry_at.filter(|_| wants_start);
