@@ -96,6 +96,8 @@ struct Worker {
     child: Option<Child>,
     pid: i32,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr until the worker closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -126,7 +128,7 @@ impl Worker {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
         let kept = stderr.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 kept.lock().expect("stderr lock").push(line);
             }
@@ -135,6 +137,7 @@ impl Worker {
             child: Some(child),
             pid,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -159,10 +162,15 @@ impl Worker {
 
     async fn exit(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("the worker is running");
-        tokio::time::timeout(PATIENCE, child.wait())
+        let status = tokio::time::timeout(PATIENCE, child.wait())
             .await
             .unwrap_or_else(|_| panic!("the worker did not exit; its stderr:\n{}", self.stderr()))
-            .expect("wait for the worker")
+            .expect("wait for the worker");
+        // Its last lines are read once the reader meets the end of stderr.
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(PATIENCE, reader).await;
+        }
+        status
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
