@@ -27,6 +27,7 @@ import time
 import traceback
 
 API = "/2018-06-01/runtime"
+CORK = getattr(socket, "TCP_CORK", None)
 HERE = os.path.abspath(__file__)
 
 
@@ -105,7 +106,14 @@ class RuntimeAPI:
     def request(self, method, path, body=None, headers=None):
         for attempt in range(6):
             try:
+                if self.conn.sock is None:
+                    self.conn.connect()
+                # http.client writes a request's head and body apart: held
+                # back (TCP_CORK, Linux) until both are written, they leave
+                # as one.
+                self.cork(1)
                 self.conn.request(method, API + path, body, headers or {})
+                self.cork(0)
                 response = self.conn.getresponse()
                 return response.status, response.headers, response.read()
             except (OSError, http.client.HTTPException) as e:
@@ -113,6 +121,10 @@ class RuntimeAPI:
                 if attempt == 5:
                     sys.exit(f"lambda_runtime: {method} {path} failed: {e}")
                 time.sleep(0.05 * 2 ** attempt)
+
+    def cork(self, on):
+        if CORK is not None:
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, CORK, on)
 
     def post(self, path, body, headers=None):
         headers = {"Content-Type": "application/json", **(headers or {})}
