@@ -31,25 +31,14 @@ const RUNTIME: &str = r#"["python3", "lambda_runtime.py", "setup_counter.handler
 /// `{"pid", "kwargs"}`.
 const SLEEPY_SERVER_PY: &str = r#"
 import json, os, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from json_http import JsonHandler
 
 if os.environ.get("SETUP_COUNT_FILE"):
     with open(os.environ["SETUP_COUNT_FILE"], "a") as f:
         f.write(f"{os.getpid()}\n")
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, document):
-        body = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class Handler(JsonHandler):
 
     def do_GET(self):
         self.answer(200 if self.path == "/healthz" else 404, {"path": self.path})
@@ -114,6 +103,7 @@ fn builder() -> GatewayBuilder {
         )
         .file("api.py", repo_file("examples/api.py"))
         .file("sleepy_server.py", SLEEPY_SERVER_PY)
+        .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .file("noisy.py", NOISY_PY)
         .file("stubborn.py", STUBBORN_PY)
 }

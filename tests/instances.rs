@@ -89,26 +89,15 @@ while True:
 /// first 3 probes, 200 after.
 const BARRIER_SERVER_PY: &str = r#"
 import json, os, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from json_http import JsonHandler
 
 meet = threading.Barrier(4, timeout=5)
 leave = threading.Barrier(4, timeout=5)
 lock = threading.Lock()
 state = {"in_flight": 0, "probes": 0, "ready": False}
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status, document):
-        body = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class Handler(JsonHandler):
 
     def do_GET(self):
         if self.path != "/ready":
@@ -812,6 +801,7 @@ async fn aws_lambda_ric_for_node_serves_calls_errors_and_init_errors() {
 async fn http_instance_takes_instance_concurrency_calls_at_once_once_ready() {
     let gw = Gateway::builder()
         .file("barrier.py", BARRIER_SERVER_PY)
+        .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .toml(
             "[apps.w.functions.together]\nbackend = \"http\"\n\
              command = [\"python3\", \"barrier.py\"]\npath = \"/invoke\"\n\

@@ -86,6 +86,7 @@ public = true
     Gateway::builder()
         .file("runtime.py", repo_file("tests/instances/worker_runtime.py"))
         .file("server.py", repo_file("tests/instances/worker_server.py"))
+        .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .toml(&auth)
         .toml(functions)
 }

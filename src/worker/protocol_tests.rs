@@ -42,6 +42,8 @@ const RUNTIME_PY: &str = include_str!("../../tests/instances/worker_runtime.py")
 /// `kwargs.sleep`, then answers `{"pid", "x", "call_id"}`, or with `fail` a
 /// reported TypeError.
 const SERVER_PY: &str = include_str!("../../tests/instances/worker_server.py");
+/// The handler `SERVER_PY` builds on, written beside it.
+const JSON_HTTP_PY: &str = include_str!("../../tests/instances/json_http.py");
 
 /// A call's end, as the worker posted it.
 #[derive(Debug)]
@@ -481,6 +483,7 @@ async fn http_worker_polls_instance_concurrency_at_once_and_reads_answers_as_the
                       "instance_concurrency": 2, "timeout_ms": 30000});
     let mut gateway = Gateway::start(spec).await;
     let dir = tempfile::tempdir().unwrap();
+    python(dir.path(), "json_http.py", JSON_HTTP_PY);
     let options = gateway.options(python(dir.path(), "server.py", SERVER_PY));
     let (shutdown, running) = worker(options, TOKEN);
 
