@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Gateway, GatewayBuilder, assert_problem, eventually, header_str, json_ok, process_alive,
-    processes_with_env, repo_file, run_bin, set_up_pids,
+    Gateway, GatewayBuilder, assert_problem, eventually, header_str, json_ok, lambda_fn,
+    process_alive, processes_with_env, repo_file, run_bin, set_up_pids,
 };
 use serde_json::{Value, json};
 
@@ -95,26 +95,12 @@ def handler(event, context):
 /// A gateway whose config dir holds the runtime client, the handler
 /// modules and the HTTP instance fixtures.
 fn builder() -> GatewayBuilder {
-    Gateway::builder()
-        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
-        .file(
-            "setup_counter.py",
-            repo_file("tests/instances/setup_counter.py"),
-        )
+    common::instances_builder()
         .file("api.py", repo_file("examples/api.py"))
         .file("sleepy_server.py", SLEEPY_SERVER_PY)
         .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .file("noisy.py", NOISY_PY)
         .file("stubborn.py", STUBBORN_PY)
-}
-
-/// `[apps.w.functions.NAME]`: a lambda function running `command`, whose
-/// set-ups write to `NAME.setup`, plus `extra` lines.
-fn lambda_fn(name: &str, command: &str, extra: &str) -> String {
-    format!(
-        "\n[apps.w.functions.{name}]\nbackend = \"lambda\"\ncommand = {command}\n\
-         env.SETUP_COUNT_FILE = \"{name}.setup\"\n{extra}\n"
-    )
 }
 
 /// `[apps.w.functions.NAME]`: an http function whose instances run

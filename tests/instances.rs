@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Gateway, GatewayBuilder, assert_problem, eventually, json_ok, process_alive,
+    Gateway, GatewayBuilder, assert_problem, eventually, json_ok, lambda_fn, process_alive,
     processes_with_env, repo_dir, repo_file, set_up_pids,
 };
 use serde_json::{Value, json};
@@ -135,26 +135,8 @@ class Handler(JsonHandler):
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 "#;
 
-/// A gateway whose config dir holds the runtime client and the handler
-/// modules of `tests/instances/`.
 fn builder() -> GatewayBuilder {
-    Gateway::builder()
-        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
-        .file(
-            "setup_counter.py",
-            repo_file("tests/instances/setup_counter.py"),
-        )
-        .file("init_error.py", repo_file("tests/instances/init_error.py"))
-}
-
-/// `[apps.w.functions.NAME]`: a lambda function running `command`, whose
-/// set-ups write to `NAME.setup`, plus `extra` lines (more `env.KEY = ...`
-/// lines may follow).
-fn warm_fn(name: &str, command: &str, extra: &str) -> String {
-    format!(
-        "\n[apps.w.functions.{name}]\nbackend = \"lambda\"\ncommand = {command}\n\
-         env.SETUP_COUNT_FILE = \"{name}.setup\"\n{extra}\n"
-    )
+    common::instances_builder()
 }
 
 /// The `pid` an instance put in its answer.
@@ -269,7 +251,7 @@ const PROMPT: Duration = Duration::from_secs(5);
 /// once, before any other call).
 fn failing_fns(name: &str, command: &str, extra: &str) -> String {
     let extra = format!("init_timeout = \"30s\"\n{extra}");
-    warm_fn(name, command, &extra) + &warm_fn(&format!("{name}_together"), command, &extra)
+    lambda_fn(name, command, &extra) + &lambda_fn(&format!("{name}_together"), command, &extra)
 }
 
 /// POSTs `{}` to `path` (a function whose set-up fails): what is wrong
@@ -333,7 +315,7 @@ async fn assert_init_errors_answer_promptly(gw: &Gateway, name: &str, kind: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_up_runs_once_per_instance_across_200_calls() {
     let gw = builder()
-        .toml(&warm_fn("counted", RUNTIME, "max_instances = 2"))
+        .toml(&lambda_fn("counted", RUNTIME, "max_instances = 2"))
         .start()
         .await;
     let answers = call_many(&gw, "/w/counted", 200, 8, |i| json!({"i": i})).await;
@@ -360,7 +342,7 @@ async fn set_up_runs_once_per_instance_across_200_calls() {
 #[tokio::test]
 async fn crashed_instance_is_replaced_and_the_next_call_succeeds() {
     let gw = builder()
-        .toml(&warm_fn("crashy", RUNTIME, "max_instances = 1"))
+        .toml(&lambda_fn("crashy", RUNTIME, "max_instances = 1"))
         .start()
         .await;
     let client = gw.client();
@@ -400,7 +382,7 @@ async fn init_error_answers_502_naming_its_type_at_once() {
 /// carries `MARKER=marker`.
 async fn failing_pool(marker: &str) -> Gateway {
     builder()
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "failing",
             r#"["sh", "-c", "echo start >> starts.txt; exec python3 lambda_runtime.py init_error.handler"]"#,
             &format!("min_instances = 1\ninit_timeout = \"30s\"\nenv.MARKER = \"{marker}\""),
@@ -482,7 +464,7 @@ async fn sigterm_stops_the_gateway_promptly_while_a_pool_backs_off() {
 #[tokio::test]
 async fn call_past_its_timeout_is_504_and_its_instance_is_replaced() {
     let gw = builder()
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "slow",
             RUNTIME,
             "max_instances = 1\ntimeout = \"1s\"\nexit_grace = \"1s\"",
@@ -509,7 +491,7 @@ async fn call_past_its_timeout_is_504_and_its_instance_is_replaced() {
 async fn cancelling_a_running_spawned_call_kills_its_instance() {
     let gw = builder()
         .file("started.py", STARTED_PY)
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "cancel",
             r#"["python3", "lambda_runtime.py", "started.handler"]"#,
             "max_instances = 1\ntimeout = \"60s\"\nexit_grace = \"1s\"",
@@ -559,7 +541,7 @@ async fn cancelling_a_running_spawned_call_kills_its_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_scales_up_to_max_instances_and_back_to_min_instances() {
     let gw = builder()
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "elastic",
             RUNTIME,
             "min_instances = 1\nmax_instances = 3\nidle_timeout = \"1s\"\nexit_grace = \"1s\"",
@@ -596,7 +578,7 @@ async fn pool_scales_up_to_max_instances_and_back_to_min_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_calls_through_four_instances_each_get_their_own_answer() {
     let gw = builder()
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "many",
             RUNTIME,
             "min_instances = 4\nmax_instances = 4\nconcurrency = 32\nqueue = 32",
@@ -643,7 +625,7 @@ fn marked(marker: &str) -> GatewayBuilder {
     let env = format!("env.MARKER = \"{marker}\"\nmin_instances = 1\nexit_grace = \"2s\"");
     builder()
         .file("api.py", repo_file("examples/api.py"))
-        .toml(&warm_fn("marked", RUNTIME, &env))
+        .toml(&lambda_fn("marked", RUNTIME, &env))
         .toml(&format!(
             "\n[apps.w.functions.api]\nbackend = \"http\"\ncommand = [\"python3\", \"api.py\"]\n\
              path = \"/invoke\"\nready_path = \"/healthz\"\n{env}\n"
@@ -710,7 +692,7 @@ async fn awslambdaric_serves_calls_errors_and_init_errors() {
         "this test needs awslambdaric: pip install awslambdaric"
     );
     let gw = builder()
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "ric",
             r#"["python3", "-m", "awslambdaric", "setup_counter.handler"]"#,
             "max_instances = 1",
@@ -763,7 +745,7 @@ async fn aws_lambda_ric_for_node_serves_calls_errors_and_init_errors() {
             "init_error.js",
             repo_file("tests/instances/node/init_error.js"),
         )
-        .toml(&warm_fn(
+        .toml(&lambda_fn(
             "node",
             &command("handler.handler"),
             "max_instances = 1",
@@ -916,7 +898,7 @@ async fn runtime_api_gives_an_instance_the_lambda_headers_and_refuses_stray_post
 #[tokio::test]
 async fn spawned_lambda_call_answers_its_result() {
     let gw = builder()
-        .toml(&warm_fn("spawned", RUNTIME, ""))
+        .toml(&lambda_fn("spawned", RUNTIME, ""))
         .start()
         .await;
     let client = gw.client();
@@ -930,7 +912,7 @@ async fn spawned_lambda_call_answers_its_result() {
 #[tokio::test]
 async fn pending_lambda_calls_survive_kill_9_of_the_gateway() {
     let config = || {
-        builder().toml(&warm_fn(
+        builder().toml(&lambda_fn(
             "durable",
             RUNTIME,
             "concurrency = 1\nmax_instances = 1",

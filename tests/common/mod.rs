@@ -809,3 +809,25 @@ pub fn processes_with_env(name: &str, value: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// A gateway whose config dir holds the standard-library Lambda runtime
+/// client and the warm-instance handler modules of `tests/instances/`.
+pub fn instances_builder() -> GatewayBuilder {
+    Gateway::builder()
+        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+        .file(
+            "setup_counter.py",
+            repo_file("tests/instances/setup_counter.py"),
+        )
+        .file("init_error.py", repo_file("tests/instances/init_error.py"))
+}
+
+/// `[apps.w.functions.NAME]`: a lambda function running `command` (a TOML
+/// array), whose set-ups write to `NAME.setup`, plus `extra` lines (more
+/// `env.KEY = ...` lines may follow).
+pub fn lambda_fn(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "\n[apps.w.functions.{name}]\nbackend = \"lambda\"\ncommand = {command}\n\
+         env.SETUP_COUNT_FILE = \"{name}.setup\"\n{extra}\n"
+    )
+}
