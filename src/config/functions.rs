@@ -82,6 +82,7 @@ impl Context {
                 "a passthrough function forwards requests unchanged, so it cannot have an input schema",
             ));
         }
+        let policies = self.call_policies(key, raw, &callee.backend)?;
         Ok(FunctionSpec {
             app: callee.app.to_owned(),
             name: callee.name.to_owned(),
@@ -97,6 +98,10 @@ impl Context {
                 .transpose()?,
             expose_errors: raw.expose_errors.unwrap_or(true),
             class: callee.class.map(str::to_owned),
+            stream: policies.stream,
+            may_call: policies.may_call,
+            retries: policies.retries,
+            batch: policies.batch,
         })
     }
 

@@ -6,6 +6,7 @@ mod apps;
 mod classes;
 mod commands;
 mod functions;
+mod policies;
 mod pools;
 mod raw;
 mod security;
@@ -22,6 +23,7 @@ use http::{Method, Uri};
 use apps::Apps;
 use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
+pub use policies::{BatchSpec, CallTarget, RetryPolicy};
 pub use security::{
     AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,
     check_scope,
@@ -103,6 +105,10 @@ pub struct ServerConfig {
     pub result_buffer_per_connection: u64,
     /// The same bound over every connection of the gateway.
     pub result_buffer_total: u64,
+    /// Inputs one map call may have (more: 413).
+    pub max_map_inputs: usize,
+    /// How deep function-to-function calls may nest (deeper: 508).
+    pub max_call_depth: u32,
 }
 
 /// Where the server certificate comes from.
@@ -152,6 +158,15 @@ pub struct FunctionSpec {
     /// The class this function is a method of (`/{app}/{class}/{name}`);
     /// its backend is the class's, and it shares the class's instances.
     pub class: Option<String>,
+    /// The function yields items (NDJSON or SSE to the client) instead of
+    /// one result.
+    pub stream: bool,
+    /// What its calls' `FNGATE_CALL_TOKEN` may invoke (empty: nothing).
+    pub may_call: Vec<CallTarget>,
+    /// How a spawned call or map input that failed or timed out runs again.
+    pub retries: Option<RetryPolicy>,
+    /// Calls that arrive together go to the backend as one invocation.
+    pub batch: Option<BatchSpec>,
 }
 
 /// A class (`[apps.APP.classes.NAME]`): one set of warm instances whose

@@ -46,6 +46,8 @@ pub struct RawServer {
     pub body_min_rate: Option<String>,
     pub result_buffer_per_connection: Option<String>,
     pub result_buffer_total: Option<String>,
+    pub max_map_inputs: Option<u32>,
+    pub max_call_depth: Option<u32>,
 }
 
 /// `listen = "127.0.0.1:8443"` or `listen = ["127.0.0.1:8443", "[::1]:8443"]`.
@@ -151,6 +153,35 @@ pub struct RawFunction {
     pub idle_timeout: Option<String>,
     pub init_timeout: Option<String>,
     pub exit_grace: Option<String>,
+    pub stream: Option<bool>,
+    pub may_call: Option<Vec<String>>,
+    pub retries: Option<RawRetries>,
+    pub batch: Option<RawBatch>,
+}
+
+/// `retries = 3`, or the table with its backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawRetries {
+    Count(i64),
+    Policy(RawRetryPolicy),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryPolicy {
+    pub max_retries: i64,
+    pub backoff_coefficient: Option<f64>,
+    pub initial_delay: Option<String>,
+    pub max_delay: Option<String>,
+}
+
+/// `batch = { max_size = 32, wait = "10ms" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    pub max_size: i64,
+    pub wait: String,
 }
 
 impl RawFunction {

@@ -151,6 +151,14 @@ impl Context {
                 raw.result_buffer_total.as_deref(),
                 1 << 30,
             )?,
+            max_map_inputs: positive("server.max_map_inputs", raw.max_map_inputs, 25_000)? as usize,
+            max_call_depth: match raw.max_call_depth {
+                None => 8,
+                Some(n @ 1..=64) => n,
+                Some(_) => {
+                    return Err(self.invalid("server.max_call_depth", "must be between 1 and 64"));
+                }
+            },
         })
     }
 

@@ -388,3 +388,4 @@ fn exec_env_cannot_forge_what_fngate_sets() {
 
 mod classes;
 mod instances;
+mod policies;
