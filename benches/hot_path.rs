@@ -100,6 +100,9 @@ fn invocation(arguments: &Arguments) -> Invocation {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         },
         principal: None,
+        call_token: None,
+        parent: None,
+        batch: None,
     }
 }
 

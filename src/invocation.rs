@@ -83,6 +83,23 @@ pub struct Invocation {
     pub principal: Option<Principal>,
     /// Set for a class method: its class and parameter set.
     pub class: Option<Arc<ClassCall>>,
+    /// The credential this call's function calls other functions with
+    /// (`FNGATE_CALL_TOKEN`): exec gets it in its environment, http in the
+    /// `X-Fngate-Call-Token` header, lambda as the event's `call_token`.
+    pub call_token: Option<Arc<str>>,
+    /// Set when another function's call made this one with its token.
+    pub parent: Option<Arc<ParentCall>>,
+    /// A batch's calls, as the JSON array text of their `{"args",
+    /// "kwargs"}`: the invocation request's `batch` member.
+    pub batch: Option<String>,
+}
+
+/// The call that made a nested call, through its call token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentCall {
+    pub call_id: String,
+    /// How deep this call nests: 1 for a call made by a client's call.
+    pub depth: u32,
 }
 
 /// What a class method's invocation carries besides its function's.
@@ -154,8 +171,19 @@ impl Invocation {
         }
     }
 
-    /// The invocation request body sent to backends.
+    /// The invocation request body sent to `exec` and `http` backends
+    /// (which get the call token beside it, not in it).
     pub fn to_json(&self) -> Vec<u8> {
+        self.write_json(false)
+    }
+
+    /// The invocation request with the call token as its `call_token`
+    /// member: a Lambda event, whose runtime sees nothing else.
+    pub fn to_json_with_token(&self) -> Vec<u8> {
+        self.write_json(true)
+    }
+
+    fn write_json(&self, with_token: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.args.len() + self.kwargs.len());
         out.extend_from_slice(b"{\"call_id\":\"");
         out.extend_from_slice(self.call_id.as_str().as_bytes());
@@ -176,6 +204,17 @@ impl Invocation {
             push_quoted(&mut out, &class.class);
             out.extend_from_slice(b",\"parameters\":");
             out.extend_from_slice(class.parameters.as_bytes());
+        }
+        if let Some(batch) = &self.batch {
+            out.extend_from_slice(b",\"batch\":");
+            out.extend_from_slice(batch.as_bytes());
+        }
+        match &self.call_token {
+            Some(token) if with_token => {
+                out.extend_from_slice(b",\"call_token\":");
+                push_quoted(&mut out, token);
+            }
+            _ => {}
         }
         out.push(b'}');
         out
@@ -269,6 +308,9 @@ mod tests {
                 traceparent: String::new(),
             },
             principal: None,
+            call_token: Some("tok.en".into()),
+            parent: None,
+            batch: None,
         };
         let text = String::from_utf8(inv.to_json()).unwrap();
         assert_eq!(
@@ -278,6 +320,14 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&text.replace("1e400", "1")).unwrap();
         assert_eq!(parsed["function"], "square");
+        let event = String::from_utf8(inv.to_json_with_token()).unwrap();
+        assert!(event.ends_with(",\"attempt\":1,\"call_token\":\"tok.en\"}"), "{event}");
+        let batched = Invocation {
+            batch: Some("[{\"args\":[1],\"kwargs\":{}}]".into()),
+            ..inv
+        };
+        let text = String::from_utf8(batched.to_json()).unwrap();
+        assert!(text.ends_with(",\"batch\":[{\"args\":[1],\"kwargs\":{}}]}"), "{text}");
     }
 
     #[test]

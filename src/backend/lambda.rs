@@ -89,7 +89,7 @@ pub(crate) fn delivery(invocation: &Invocation, name: &str) -> Delivery {
     });
     Delivery {
         call_id: invocation.call_id.as_str().to_owned(),
-        event: Bytes::from(invocation.to_json()),
+        event: Bytes::from(invocation.to_json_with_token()),
         deadline_ms: invocation.deadline_ms,
         arn: format!("arn:aws:lambda:local:000000000000:function:{name}"),
         trace_id: xray_trace_id(&invocation.trace.traceparent),

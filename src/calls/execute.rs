@@ -63,6 +63,9 @@ impl Calls {
                         trace: trace.clone(),
                         principal: record.principal.clone(),
                         class: function.class_call_stored(record.parameters.as_deref()),
+                        call_token: None,
+                        parent: None,
+                        batch: None,
                     };
                     let result = backend.invoke(&invocation).await;
                     let lost = matches!(result, Err(BackendError::Crashed(_)))

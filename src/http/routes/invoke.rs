@@ -55,6 +55,9 @@ pub async fn invoke(
         trace: trace.clone(),
         principal: caller.principal(),
         class,
+        call_token: None,
+        parent: None,
+        batch: None,
     });
     let owner = if spec.public { None } else { caller.owner() };
     sync_call(state, function, backend.clone(), invocation, owner, slot).await
