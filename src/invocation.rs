@@ -321,13 +321,19 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&text.replace("1e400", "1")).unwrap();
         assert_eq!(parsed["function"], "square");
         let event = String::from_utf8(inv.to_json_with_token()).unwrap();
-        assert!(event.ends_with(",\"attempt\":1,\"call_token\":\"tok.en\"}"), "{event}");
+        assert!(
+            event.ends_with(",\"attempt\":1,\"call_token\":\"tok.en\"}"),
+            "{event}"
+        );
         let batched = Invocation {
             batch: Some("[{\"args\":[1],\"kwargs\":{}}]".into()),
             ..inv
         };
         let text = String::from_utf8(batched.to_json()).unwrap();
-        assert!(text.ends_with(",\"batch\":[{\"args\":[1],\"kwargs\":{}}]}"), "{text}");
+        assert!(
+            text.ends_with(",\"batch\":[{\"args\":[1],\"kwargs\":{}}]}"),
+            "{text}"
+        );
     }
 
     #[test]
