@@ -13,6 +13,7 @@ use crate::registry::{Function, Target};
 use crate::store::{CallRecord, FailureKind, Outcome};
 
 use super::Calls;
+use super::retry::Rerun;
 
 /// Runs of a spawned call that may be lost to a crashed instance before
 /// the crash is its outcome (502): a call that crashes every instance it
@@ -27,8 +28,9 @@ enum Run {
 }
 
 impl Calls {
-    /// Runs a claimed call in `slot` until it ends or is cancelled, and
-    /// records its end (a cancel has recorded it already).
+    /// Runs a claimed call in `slot` until it ends or is cancelled, runs
+    /// it again as its function's retries say (see `retry`), and records
+    /// its end (a cancel has recorded it already).
     pub(super) async fn run_spawned(
         self: Arc<Self>,
         function: Arc<Function>,
@@ -43,6 +45,32 @@ impl Calls {
             &record.app,
             &record.function,
         );
+        let (mut record, mut slot) = (record, slot);
+        loop {
+            let outcome = match self.run_once(&function, &record, &stop).await {
+                Some(Run::Ended(outcome)) => outcome,
+                Some(Run::Lost) => return self.requeue(&function, &record).await,
+                // Cancelled: the cancel has recorded its end.
+                None => return,
+            };
+            // No slot is held through the pause before another run.
+            drop(slot);
+            match self.rerun(&function, &mut record, &outcome, &stop).await {
+                Rerun::Now(next) => slot = next,
+                Rerun::No => return self.record_end(&record.id, outcome).await,
+                Rerun::Stopped => return,
+            }
+        }
+    }
+
+    /// Runs a claimed call once, with a fresh timeout: how it ended, or
+    /// `None` when a cancel stopped it.
+    async fn run_once(
+        &self,
+        function: &Function,
+        record: &CallRecord,
+        stop: &CancellationToken,
+    ) -> Option<Run> {
         let trace = Trace {
             request_id: Arc::from(record.id.as_str()),
             traceparent: format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>()),
@@ -100,17 +128,11 @@ impl Calls {
                 ))),
             }
         };
-        let run = tokio::select! {
+        tokio::select! {
             run = work => Some(run),
             // Cancelled: the backend stopped what ran it (see `Running`).
             () = stop.cancelled() => None,
-        };
-        match run {
-            Some(Run::Ended(outcome)) => self.record_end(&record.id, outcome).await,
-            Some(Run::Lost) => self.requeue(&function, &record).await,
-            None => {}
         }
-        drop(slot);
     }
 }
 

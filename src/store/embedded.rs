@@ -503,6 +503,10 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.write(move |reply| Write::Requeue(id, reply)))
     }
 
+    fn retrying(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Retrying(id, reply)))
+    }
+
     fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>> {
         Box::pin(self.write(Write::Recover))
     }

@@ -343,6 +343,11 @@ pub trait CallStore: Send + Sync {
     /// when it is not running (cancelled meanwhile, or unknown).
     fn requeue(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
 
+    /// A running call about to run again after a retry's pause (it stayed
+    /// running through it) counts the attempt: `attempt` + 1, started now.
+    /// False when it is not running (cancelled meanwhile, or unknown).
+    fn retrying(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+
     /// At start-up: calls left running by a previous process go back to
     /// pending. Returns how many calls are pending, per function.
     fn recover(&self) -> BoxFuture<'_, Result<PendingCounts, StoreError>>;

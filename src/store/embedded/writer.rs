@@ -46,6 +46,7 @@ pub(super) enum Write {
     Finish(String, Outcome, i64, Reply<bool>),
     Cancel(String, i64, i64, Reply<Cancelled>),
     Requeue(String, Reply<bool>),
+    Retrying(String, Reply<bool>),
     Recover(Reply<PendingCounts>),
     Sweep(i64, Reply<u64>),
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
@@ -63,6 +64,7 @@ enum Answer {
     Finished(bool),
     Cancelled(Cancelled),
     Requeued(bool),
+    Retried(bool),
     Recovered(PendingCounts),
     Swept(u64),
     Noted,
@@ -81,6 +83,7 @@ impl Write {
             (Write::Finish(_, _, _, r), Ok(Answer::Finished(v))) => send(r, v),
             (Write::Cancel(_, _, _, r), Ok(Answer::Cancelled(v))) => send(r, v),
             (Write::Requeue(_, r), Ok(Answer::Requeued(v))) => send(r, v),
+            (Write::Retrying(_, r), Ok(Answer::Retried(v))) => send(r, v),
             (Write::Recover(r), Ok(Answer::Recovered(v))) => send(r, v),
             (Write::Sweep(_, r), Ok(Answer::Swept(v))) => send(r, v),
             (Write::DeliveryAttempted(_, _, _, r), Ok(Answer::Noted)) => send(r, ()),
@@ -98,6 +101,7 @@ impl Write {
             Write::Finish(_, _, _, r) => fail(r, error),
             Write::Cancel(_, _, _, r) => fail(r, error),
             Write::Requeue(_, r) => fail(r, error),
+            Write::Retrying(_, r) => fail(r, error),
             Write::Recover(r) => fail(r, error),
             Write::Sweep(_, r) => fail(r, error),
             Write::DeliveryAttempted(_, _, _, r) => fail(r, error),
@@ -302,6 +306,13 @@ fn apply(tx: &Connection, write: &Write, pending: &mut u64) -> Result<Answer, ru
                 *pending += 1;
             }
             Answer::Requeued(requeued)
+        }
+        Write::Retrying(id, _) => {
+            let counted = tx.execute(
+                "UPDATE calls SET attempt = attempt + 1, started_ms = ?2 WHERE id = ?1 AND state = 1",
+                params![id, now_ms()],
+            )? == 1;
+            Answer::Retried(counted)
         }
         Write::Recover(_) => {
             let counts = recover(tx)?;
