@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::backend::batch::BatchBackend;
 use crate::backend::exec::ExecBackend;
 use crate::backend::forward::Forwarder;
 use crate::backend::http::{HttpBackend, HttpClients};
@@ -173,6 +174,13 @@ impl Registry {
                         Target::Invoke(Arc::new(backend))
                     }
                 }
+            };
+            // A batched function's calls gather in front of its backend.
+            let target = match (target, &spec.batch) {
+                (Target::Invoke(backend), Some(batch)) => {
+                    Target::Invoke(Arc::new(BatchBackend::new(backend, batch.clone())))
+                }
+                (target, _) => target,
             };
             let schema = spec.input_schema.as_ref().map(|schema| {
                 jsonschema::validator_for(schema)

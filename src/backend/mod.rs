@@ -2,12 +2,14 @@
 //! POSTs the invocation request to a service. Both honour the invocation's
 //! deadline and stop their work when the returned future is dropped.
 
+pub mod batch;
 pub mod exec;
 pub mod forward;
 pub mod http;
 pub mod instance_http;
 pub mod lambda;
 mod pool;
+pub mod stream;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +59,17 @@ pub trait Backend: Send + Sync {
         &'a self,
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>>;
+
+    /// Runs `invocation` of a streaming function (`stream = true`) and
+    /// returns its items as they come; dropping the stream stops the
+    /// function. A backend that cannot stream answers its one result as
+    /// one item.
+    fn invoke_stream<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<stream::ItemStream, BackendError>> {
+        Box::pin(async move { self.invoke(invocation).await.map(stream::single) })
+    }
 
     /// A one-line description for `fngate check` and logs.
     fn describe(&self) -> String;

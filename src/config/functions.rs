@@ -67,7 +67,12 @@ impl Context {
         if timeout.is_zero() {
             return Err(self.invalid(field("timeout"), "must be above 0"));
         }
-        let concurrency = raw.concurrency.unwrap_or(callee.concurrency);
+        let policies = self.call_policies(key, raw, &callee.backend)?;
+        let concurrency = match (raw.concurrency, &policies.batch) {
+            (Some(concurrency), _) => concurrency,
+            (None, Some(batch)) => batched_concurrency(batch, &callee),
+            (None, None) => callee.concurrency,
+        };
         if concurrency == 0 {
             return Err(self.invalid(field("concurrency"), "must be at least 1"));
         }
@@ -82,7 +87,6 @@ impl Context {
                 "a passthrough function forwards requests unchanged, so it cannot have an input schema",
             ));
         }
-        let policies = self.call_policies(key, raw, &callee.backend)?;
         Ok(FunctionSpec {
             app: callee.app.to_owned(),
             name: callee.name.to_owned(),
@@ -271,4 +275,23 @@ impl Context {
             .map_err(|e| self.invalid(key, format!("not a valid JSON Schema: {e}")))?;
         Ok(schema)
     }
+}
+
+/// A batched function's `concurrency` when its table does not set it: a
+/// function's concurrency counts calls, and each call of a batch holds a
+/// slot, so it is enough for a full batch on every instance at once
+/// (`max_size` x `max_instances` x `instance_concurrency`), or for as many
+/// full batches as the unbatched default allows calls on `urls`; never
+/// less than the unbatched default.
+fn batched_concurrency(batch: &BatchSpec, callee: &Callee<'_>) -> u32 {
+    let batches = match &callee.backend {
+        BackendSpec::Lambda { pool } | BackendSpec::HttpInstances { pool, .. } => {
+            pool.max_instances.saturating_mul(pool.instance_concurrency)
+        }
+        BackendSpec::Http { .. } | BackendSpec::Exec { .. } => callee.concurrency as usize,
+    };
+    let calls = batch.max_size.saturating_mul(batches);
+    u32::try_from(calls)
+        .unwrap_or(u32::MAX)
+        .max(callee.concurrency)
 }

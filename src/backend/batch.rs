@@ -1,0 +1,774 @@
+//! Dynamic batching (`batch = { max_size, wait }`): a `Backend` in front of
+//! a function's real backend that gathers the calls arriving within `wait`
+//! of the first (up to `max_size`) and runs them as ONE invocation whose
+//! `batch` member lists their `{"args", "kwargs"}` in arrival order. The
+//! function answers a JSON array of the same length; element `i` is the
+//! result of call `i`.
+//!
+//! A batch runs in a task of its own, so a caller that leaves (a client
+//! gone, a cancel) does not stop it for the others; only when every caller
+//! has left is the batch stopped, as a cancelled call is. Calls of
+//! different class parameter sets or different principals never share a
+//! batch: they run on different instances, and a function must be able to
+//! tell who it serves from the one invocation's headers.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Backend, BackendError, BoxFuture, RESULT_RULES};
+use crate::config::BatchSpec;
+use crate::invocation::{CallId, ClassCall, Invocation, ParentCall, Principal, Trace};
+use crate::translate::json::{self, Kind};
+
+/// Runs a function's calls in batches on its `inner` backend.
+pub struct BatchBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Arc<dyn Backend>,
+    spec: BatchSpec,
+    /// The batch still gathering calls, per key (at most one each).
+    open: Mutex<HashMap<BatchKey, Gathering>>,
+    /// Tells a gathering batch from a later one of the same key.
+    next_id: AtomicU64,
+}
+
+/// What calls must share to share a batch: the class parameter set (it
+/// picks the instances) and the principal (the invocation's headers name
+/// one caller).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BatchKey {
+    parameters: Option<String>,
+    principal: Option<(String, Option<String>)>,
+}
+
+impl BatchKey {
+    fn of(invocation: &Invocation) -> BatchKey {
+        BatchKey {
+            parameters: invocation.class.as_ref().map(|c| c.parameters.clone()),
+            principal: (invocation.principal.as_ref())
+                .map(|p| (p.subject.clone(), p.issuer.clone())),
+        }
+    }
+}
+
+/// A batch that still takes calls.
+struct Gathering {
+    id: u64,
+    members: Vec<Member>,
+    /// Hands the members to the batch's task when the batch fills up
+    /// before its `wait` is over.
+    full: oneshot::Sender<Vec<Member>>,
+}
+
+/// What every call of one batch has in common (they share a key), taken
+/// from its first call.
+struct Head {
+    app: Arc<str>,
+    function: Arc<str>,
+    class: Option<Arc<ClassCall>>,
+    principal: Option<Principal>,
+}
+
+/// One call of a batch, and where its element goes.
+struct Member {
+    call_id: CallId,
+    args: String,
+    kwargs: String,
+    deadline: Instant,
+    deadline_ms: u64,
+    attempt: u32,
+    trace: Trace,
+    call_token: Option<Arc<str>>,
+    parent: Option<Arc<ParentCall>>,
+    reply: oneshot::Sender<Result<Bytes, BackendError>>,
+}
+
+impl BatchBackend {
+    pub fn new(inner: Arc<dyn Backend>, spec: BatchSpec) -> BatchBackend {
+        BatchBackend {
+            shared: Arc::new(Shared {
+                inner,
+                spec,
+                open: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Puts `invocation` in its key's gathering batch (opening one when
+    /// there is none) and waits for its element.
+    async fn join(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        let member = Member {
+            call_id: invocation.call_id.clone(),
+            args: invocation.args.clone(),
+            kwargs: invocation.kwargs.clone(),
+            deadline: invocation.deadline,
+            deadline_ms: invocation.deadline_ms,
+            attempt: invocation.attempt,
+            trace: invocation.trace.clone(),
+            call_token: invocation.call_token.clone(),
+            parent: invocation.parent.clone(),
+            reply,
+        };
+        self.shared.add(BatchKey::of(invocation), member, || Head {
+            app: invocation.app.clone(),
+            function: invocation.function.clone(),
+            class: invocation.class.clone(),
+            principal: invocation.principal.clone(),
+        });
+        match answer.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BackendError::Crashed(
+                "the batch this call was in ended without an answer".to_owned(),
+            )),
+        }
+    }
+}
+
+impl Shared {
+    /// Adds `member` to the batch of `key`: a full batch leaves for its
+    /// task at once; a new one starts its `wait`.
+    fn add(self: &Arc<Self>, key: BatchKey, member: Member, head: impl FnOnce() -> Head) {
+        let mut open = self.open.lock().expect("batch lock poisoned");
+        if let Some(gathering) = open.get_mut(&key) {
+            gathering.members.push(member);
+            if gathering.members.len() >= self.spec.max_size {
+                let full = open.remove(&key).expect("the batch was just found");
+                // Its task waits for this (or has woken and looks for it).
+                let _ = full.full.send(full.members);
+            }
+            return;
+        }
+        let head = head();
+        if self.spec.max_size <= 1 {
+            drop(open);
+            tokio::spawn(self.clone().run(head, vec![member]));
+            return;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (full, filled) = oneshot::channel();
+        open.insert(
+            key.clone(),
+            Gathering {
+                id,
+                members: vec![member],
+                full,
+            },
+        );
+        drop(open);
+        let ready_at = Instant::now() + self.spec.wait;
+        tokio::spawn(self.clone().gather(key, id, head, ready_at, filled));
+    }
+
+    /// The task of batch `id`: waits until it is full or `ready_at`,
+    /// whichever comes first, then runs it.
+    async fn gather(
+        self: Arc<Self>,
+        key: BatchKey,
+        id: u64,
+        head: Head,
+        ready_at: Instant,
+        mut filled: oneshot::Receiver<Vec<Member>>,
+    ) {
+        let members = tokio::select! {
+            members = &mut filled => members.ok(),
+            () = tokio::time::sleep_until(ready_at) => {
+                let mut open = self.open.lock().expect("batch lock poisoned");
+                match open.get(&key) {
+                    Some(gathering) if gathering.id == id => open.remove(&key).map(|g| g.members),
+                    // It filled up as the wait ended: its members are sent.
+                    _ => None,
+                }
+            }
+        };
+        let members = match members {
+            Some(members) => members,
+            None => match filled.await {
+                Ok(members) => members,
+                Err(_) => return,
+            },
+        };
+        self.run(head, members).await;
+    }
+
+    /// Runs one batch and gives each caller still there its element.
+    async fn run(self: Arc<Self>, head: Head, mut members: Vec<Member>) {
+        let now = Instant::now();
+        members.retain(|m| !m.reply.is_closed());
+        // A call whose deadline passed while it waited is not sent.
+        let (late, mut members): (Vec<Member>, Vec<Member>) =
+            members.into_iter().partition(|m| m.deadline <= now);
+        for member in late {
+            let _ = member.reply.send(Err(BackendError::Timeout));
+        }
+        if members.is_empty() {
+            return;
+        }
+        let invocation = batch_invocation(&head, &members);
+        tracing::debug!(
+            call_id = %invocation.call_id,
+            size = members.len(),
+            calls = %members.iter().map(|m| m.call_id.as_str()).collect::<Vec<_>>().join(","),
+            "batch sent"
+        );
+        let outcome = {
+            let mut work = pin!(self.inner.invoke(&invocation));
+            let gone = futures_util::future::join_all(members.iter_mut().map(|m| m.reply.closed()));
+            tokio::select! {
+                outcome = &mut work => Some(outcome),
+                _ = gone => {
+                    // Every caller left: stop what runs the batch while the
+                    // work still holds it, then drop the work.
+                    self.inner.abort(invocation.call_id.as_str());
+                    None
+                }
+            }
+        };
+        let Some(outcome) = outcome else {
+            tracing::debug!(call_id = %invocation.call_id, "every call of the batch left: it was stopped");
+            return;
+        };
+        let elements = outcome.and_then(|body| {
+            let ranges = elements(&body, members.len())?;
+            Ok(ranges
+                .into_iter()
+                .map(|r| body.slice(r))
+                .collect::<Vec<_>>())
+        });
+        match elements {
+            Ok(elements) => {
+                for (member, element) in members.into_iter().zip(elements) {
+                    let _ = member.reply.send(Ok(element));
+                }
+            }
+            Err(e) => {
+                for member in members {
+                    let _ = member.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The one invocation of a batch: a call id of its own, no arguments but
+/// `batch`, the earliest deadline of its calls (with that call's token and
+/// parent), the first call's trace and the highest attempt.
+fn batch_invocation(head: &Head, members: &[Member]) -> Invocation {
+    let earliest = members
+        .iter()
+        .min_by_key(|m| m.deadline)
+        .expect("a batch has at least one call");
+    let mut batch = String::with_capacity(
+        2 + members
+            .iter()
+            .map(|m| 22 + m.args.len() + m.kwargs.len())
+            .sum::<usize>(),
+    );
+    batch.push('[');
+    for (i, member) in members.iter().enumerate() {
+        if i > 0 {
+            batch.push(',');
+        }
+        batch.push_str("{\"args\":");
+        batch.push_str(&member.args);
+        batch.push_str(",\"kwargs\":");
+        batch.push_str(&member.kwargs);
+        batch.push('}');
+    }
+    batch.push(']');
+    Invocation {
+        call_id: CallId::generate(),
+        app: head.app.clone(),
+        function: head.function.clone(),
+        args: "[]".to_owned(),
+        kwargs: "{}".to_owned(),
+        deadline_ms: earliest.deadline_ms,
+        deadline: earliest.deadline,
+        attempt: members.iter().map(|m| m.attempt).max().unwrap_or(1),
+        trace: members[0].trace.clone(),
+        principal: head.principal.clone(),
+        class: head.class.clone(),
+        call_token: earliest.call_token.clone(),
+        parent: earliest.parent.clone(),
+        batch: Some(batch),
+    }
+}
+
+/// The byte ranges of the `count` elements of a batch's result, which must
+/// be a JSON array of exactly that many.
+fn elements(body: &[u8], count: usize) -> Result<Vec<Range<usize>>, BackendError> {
+    let doc = json::check(body, RESULT_RULES)
+        .map_err(|e| BackendError::Garbage(format!("a batch's result is not JSON: {e}")))?;
+    if doc.kind != Kind::Array {
+        return Err(BackendError::Garbage(format!(
+            "a batch of {count} calls must be answered with a JSON array of {count} results"
+        )));
+    }
+    let ranges = array_elements(body, doc.start..doc.end);
+    if ranges.len() != count {
+        return Err(BackendError::Garbage(format!(
+            "a batch of {count} calls was answered with {} results",
+            ranges.len()
+        )));
+    }
+    Ok(ranges)
+}
+
+/// The ranges of the elements of the checked JSON array at `array` in
+/// `body`, each without its surrounding whitespace.
+fn array_elements(body: &[u8], array: Range<usize>) -> Vec<Range<usize>> {
+    let inner = array.start + 1..array.end - 1;
+    let mut ranges = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut start = inner.start;
+    let push = |from: usize, to: usize, ranges: &mut Vec<Range<usize>>| {
+        let text = &body[from..to];
+        let lead = text
+            .iter()
+            .take_while(|&&b| json::is_json_whitespace(b))
+            .count();
+        let trail = text[lead..]
+            .iter()
+            .rev()
+            .take_while(|&&b| json::is_json_whitespace(b))
+            .count();
+        if lead + trail < text.len() {
+            ranges.push(from + lead..to - trail);
+        }
+    };
+    for at in inner.clone() {
+        let byte = body[at];
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth -= 1,
+            b',' if depth == 0 => {
+                push(start, at, &mut ranges);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    push(start, inner.end, &mut ranges);
+    ranges
+}
+
+impl Backend for BatchBackend {
+    fn invoke<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+        Box::pin(self.join(invocation))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, in batches of up to {} calls within {}",
+            self.shared.inner.describe(),
+            self.shared.spec.max_size,
+            humantime::format_duration(self.shared.spec.wait)
+        )
+    }
+
+    /// A cancelled call leaves its batch when its future is dropped; the
+    /// batch goes on for the others (and stops when none is left), so
+    /// nothing is stopped here.
+    fn abort(&self, _call_id: &str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An inner backend that records each invocation (with the time it
+    /// came) and answers with what `answer` makes of its `batch`.
+    struct Recorder {
+        got: Mutex<Vec<(Instant, Invocation)>>,
+        answer: fn(&serde_json::Value) -> Result<Bytes, BackendError>,
+        /// How long each invocation takes.
+        takes: Duration,
+        aborted: Mutex<Vec<String>>,
+        dropped: Arc<AtomicU64>,
+    }
+
+    struct CountDrop(Arc<AtomicU64>);
+
+    impl Drop for CountDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Recorder {
+        fn new(answer: fn(&serde_json::Value) -> Result<Bytes, BackendError>) -> Arc<Recorder> {
+            Recorder::taking(answer, Duration::ZERO)
+        }
+
+        fn taking(
+            answer: fn(&serde_json::Value) -> Result<Bytes, BackendError>,
+            takes: Duration,
+        ) -> Arc<Recorder> {
+            Arc::new(Recorder {
+                got: Mutex::new(Vec::new()),
+                answer,
+                takes,
+                aborted: Mutex::new(Vec::new()),
+                dropped: Arc::new(AtomicU64::new(0)),
+            })
+        }
+
+        fn got(&self) -> Vec<(Instant, Invocation)> {
+            self.got.lock().unwrap().clone()
+        }
+    }
+
+    impl Backend for Recorder {
+        fn invoke<'a>(
+            &'a self,
+            invocation: &'a Invocation,
+        ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
+            Box::pin(async move {
+                let _dropped = CountDrop(self.dropped.clone());
+                (self.got.lock().unwrap()).push((Instant::now(), invocation.clone()));
+                tokio::time::sleep(self.takes).await;
+                let batch: serde_json::Value =
+                    serde_json::from_str(invocation.batch.as_deref().unwrap()).unwrap();
+                (self.answer)(&batch)
+            })
+        }
+
+        fn describe(&self) -> String {
+            "recorder".to_owned()
+        }
+
+        fn abort(&self, call_id: &str) {
+            self.aborted.lock().unwrap().push(call_id.to_owned());
+        }
+    }
+
+    /// Each call's `x` times ten.
+    fn tenfold(batch: &serde_json::Value) -> Result<Bytes, BackendError> {
+        let out: Vec<serde_json::Value> = (batch.as_array().unwrap().iter())
+            .map(|m| serde_json::json!(m["kwargs"]["x"].as_i64().unwrap() * 10))
+            .collect();
+        Ok(Bytes::from(serde_json::to_vec(&out).unwrap()))
+    }
+
+    fn call(x: i64) -> Invocation {
+        Invocation {
+            call_id: CallId::generate(),
+            app: "demo".into(),
+            function: "f".into(),
+            args: "[]".into(),
+            kwargs: format!("{{\"x\":{x}}}"),
+            deadline_ms: 1,
+            deadline: Instant::now() + Duration::from_secs(60),
+            attempt: 1,
+            trace: Trace {
+                request_id: format!("r{x}").into(),
+                traceparent: String::new(),
+            },
+            principal: None,
+            class: None,
+            call_token: None,
+            parent: None,
+            batch: None,
+        }
+    }
+
+    fn batching(inner: Arc<Recorder>, max_size: usize, wait_ms: u64) -> Arc<BatchBackend> {
+        let spec = BatchSpec {
+            max_size,
+            wait: Duration::from_millis(wait_ms),
+        };
+        Arc::new(BatchBackend::new(inner, spec))
+    }
+
+    /// Starts `invocation` on `backend` in a task, and lets it join its batch.
+    async fn start(
+        backend: &Arc<BatchBackend>,
+        invocation: Invocation,
+    ) -> tokio::task::JoinHandle<Result<Bytes, BackendError>> {
+        let backend = backend.clone();
+        let task = tokio::spawn(async move { backend.invoke(&invocation).await });
+        tokio::task::yield_now().await;
+        task
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_call_is_sent_when_the_wait_ends_and_not_later() {
+        let inner = Recorder::new(tenfold);
+        let backend = batching(inner.clone(), 8, 10);
+        let began = Instant::now();
+        let task = start(&backend, call(4)).await;
+        tokio::time::advance(Duration::from_millis(9)).await;
+        tokio::task::yield_now().await;
+        assert!(inner.got().is_empty(), "sent before its wait ended");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(task.await.unwrap().unwrap(), "40");
+        let got = inner.got();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0 - began, Duration::from_millis(10));
+        assert_eq!(
+            got[0].1.batch.as_deref(),
+            Some("[{\"args\":[],\"kwargs\":{\"x\":4}}]")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_is_sent_at_once_and_each_caller_gets_its_element() {
+        let inner = Recorder::new(tenfold);
+        let backend = batching(inner.clone(), 4, 10_000);
+        let began = Instant::now();
+        let mut tasks = Vec::new();
+        for x in 1..=4 {
+            tasks.push(start(&backend, call(x)).await);
+        }
+        for (x, task) in (1..=4).zip(tasks) {
+            assert_eq!(task.await.unwrap().unwrap(), (x * 10).to_string());
+        }
+        let got = inner.got();
+        assert_eq!(got.len(), 1, "one invocation for the four calls");
+        assert_eq!(got[0].0, began, "a full batch does not wait");
+        let invocation = &got[0].1;
+        assert_eq!(
+            (invocation.args.as_str(), invocation.kwargs.as_str()),
+            ("[]", "{}")
+        );
+        let batch: serde_json::Value =
+            serde_json::from_str(invocation.batch.as_deref().unwrap()).unwrap();
+        let xs: Vec<i64> = (batch.as_array().unwrap().iter())
+            .map(|m| m["kwargs"]["x"].as_i64().unwrap())
+            .collect();
+        assert_eq!(xs, [1, 2, 3, 4], "arrival order");
+        // A fifth call opens the next batch.
+        let fifth = start(&backend, call(5)).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(fifth.await.unwrap().unwrap(), "50");
+        assert_eq!(inner.got().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_carries_the_earliest_deadline_and_its_own_call_id() {
+        let inner = Recorder::new(tenfold);
+        let backend = batching(inner.clone(), 2, 10);
+        let mut late = call(1);
+        late.deadline += Duration::from_secs(5);
+        late.deadline_ms = 2000;
+        let mut early = call(2);
+        early.deadline_ms = 1000;
+        early.call_token = Some("early-token".into());
+        early.attempt = 3;
+        let ids = [late.call_id.clone(), early.call_id.clone()];
+        let a = start(&backend, late).await;
+        let b = start(&backend, early).await;
+        assert_eq!(a.await.unwrap().unwrap(), "10");
+        assert_eq!(b.await.unwrap().unwrap(), "20");
+        let invocation = &inner.got()[0].1;
+        assert_eq!(invocation.deadline_ms, 1000);
+        assert_eq!(invocation.call_token.as_deref(), Some("early-token"));
+        assert_eq!(invocation.attempt, 3);
+        assert_eq!(
+            &*invocation.trace.request_id, "r1",
+            "the first call's trace"
+        );
+        assert!(!ids.contains(&invocation.call_id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_length_or_a_non_array_fails_every_call_of_the_batch() {
+        fn short(_: &serde_json::Value) -> Result<Bytes, BackendError> {
+            Ok(Bytes::from_static(b"[1]"))
+        }
+        fn scalar(_: &serde_json::Value) -> Result<Bytes, BackendError> {
+            Ok(Bytes::from_static(b"{\"a\": [1, 2]}"))
+        }
+        for answer in [short as fn(&_) -> _, scalar] {
+            let backend = batching(Recorder::new(answer), 2, 10);
+            let a = start(&backend, call(1)).await;
+            let b = start(&backend, call(2)).await;
+            for task in [a, b] {
+                let error = task.await.unwrap().unwrap_err();
+                assert!(matches!(error, BackendError::Garbage(_)), "{error:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_function_error_is_every_callers_error() {
+        fn fail(_: &serde_json::Value) -> Result<Bytes, BackendError> {
+            Err(BackendError::Function {
+                kind: "ValueError".to_owned(),
+                message: "no".to_owned(),
+            })
+        }
+        let backend = batching(Recorder::new(fail), 2, 10);
+        let a = start(&backend, call(1)).await;
+        let b = start(&backend, call(2)).await;
+        for task in [a, b] {
+            let error = task.await.unwrap().unwrap_err();
+            assert!(
+                matches!(error, BackendError::Function { ref kind, .. } if kind == "ValueError")
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn different_parameter_sets_and_principals_never_share_a_batch() {
+        let inner = Recorder::new(tenfold);
+        let backend = batching(inner.clone(), 2, 10);
+        let with_size = |x, size: &str| Invocation {
+            class: Some(Arc::new(ClassCall::new(
+                "model".into(),
+                &["size".to_owned()],
+                vec![size.to_owned()],
+            ))),
+            ..call(x)
+        };
+        let by = |x, subject: &str| Invocation {
+            principal: Some(Principal {
+                subject: subject.to_owned(),
+                issuer: None,
+            }),
+            ..call(x)
+        };
+        let calls = [
+            with_size(1, "small"),
+            with_size(2, "large"),
+            with_size(3, "small"),
+            with_size(4, "large"),
+            by(5, "ada"),
+            by(6, "bob"),
+            by(7, "ada"),
+            by(8, "bob"),
+        ];
+        let mut tasks = Vec::new();
+        for invocation in calls {
+            tasks.push(start(&backend, invocation).await);
+        }
+        for (x, task) in (1..=8).zip(tasks) {
+            assert_eq!(task.await.unwrap().unwrap(), (x * 10).to_string());
+        }
+        let mut batches: Vec<Vec<i64>> = (inner.got().iter())
+            .map(|(_, invocation)| {
+                let batch: serde_json::Value =
+                    serde_json::from_str(invocation.batch.as_deref().unwrap()).unwrap();
+                (batch.as_array().unwrap().iter())
+                    .map(|m| m["kwargs"]["x"].as_i64().unwrap())
+                    .collect()
+            })
+            .collect();
+        batches.sort();
+        assert_eq!(batches, [[1, 3], [2, 4], [5, 7], [6, 8]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_leaves_does_not_break_the_batch_for_the_others() {
+        let inner = Recorder::taking(tenfold, Duration::from_millis(100));
+        let backend = batching(inner.clone(), 3, 10);
+        let a = start(&backend, call(1)).await;
+        let b = start(&backend, call(2)).await;
+        let c = start(&backend, call(3)).await;
+        // The batch runs; one caller leaves.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        b.abort();
+        assert_eq!(a.await.unwrap().unwrap(), "10");
+        assert_eq!(c.await.unwrap().unwrap(), "30");
+        assert!(inner.aborted.lock().unwrap().is_empty());
+        // A caller gone before the batch is sent is left out of it.
+        let d = start(&backend, call(4)).await;
+        let e = start(&backend, call(5)).await;
+        d.abort();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(e.await.unwrap().unwrap(), "50");
+        let last = &inner.got()[1].1;
+        assert_eq!(
+            last.batch.as_deref(),
+            Some("[{\"args\":[],\"kwargs\":{\"x\":5}}]")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_whose_callers_all_left_is_stopped() {
+        let inner = Recorder::taking(tenfold, Duration::from_secs(30));
+        let backend = batching(inner.clone(), 2, 10);
+        let a = start(&backend, call(1)).await;
+        let b = start(&backend, call(2)).await;
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(inner.got().len(), 1, "the full batch runs");
+        a.abort();
+        b.abort();
+        let _ = (a.await, b.await);
+        // The batch's task sees them gone, stops its run and drops its work.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let batch_id = inner.got()[0].1.call_id.as_str().to_owned();
+        assert_eq!(*inner.aborted.lock().unwrap(), [batch_id]);
+        assert_eq!(inner.dropped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_when_the_batch_leaves_times_out_alone() {
+        let inner = Recorder::new(tenfold);
+        let backend = batching(inner.clone(), 4, 100);
+        let mut short = call(1);
+        short.deadline = Instant::now() + Duration::from_millis(50);
+        let a = start(&backend, short).await;
+        let b = start(&backend, call(2)).await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(matches!(a.await.unwrap(), Err(BackendError::Timeout)));
+        assert_eq!(b.await.unwrap().unwrap(), "20");
+        assert_eq!(inner.got().len(), 1);
+    }
+
+    #[test]
+    fn array_elements_keep_their_text_and_ignore_nested_commas() {
+        let body = br#" [ 1e400 , "a,]b\"," , {"k": [1, {"x": "}"}]}, [], 12345678901234567890123456789 ] "#;
+        let ranges = elements(body, 5).unwrap();
+        let texts: Vec<&str> = ranges
+            .into_iter()
+            .map(|r| std::str::from_utf8(&body[r]).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "1e400",
+                r#""a,]b\",""#,
+                r#"{"k": [1, {"x": "}"}]}"#,
+                "[]",
+                "12345678901234567890123456789"
+            ]
+        );
+        assert!(elements(b"[]", 0).unwrap().is_empty());
+        assert!(matches!(
+            elements(b"[1,2]", 3),
+            Err(BackendError::Garbage(_))
+        ));
+        assert!(matches!(
+            elements(b"nope", 1),
+            Err(BackendError::Garbage(_))
+        ));
+        assert!(matches!(elements(b"7", 1), Err(BackendError::Garbage(_))));
+    }
+}
