@@ -42,7 +42,7 @@ pub fn class_call(
 
 /// The query without a class's parameter keys, which never become
 /// keyword arguments.
-fn without_parameters(function: &Function, query: &str) -> String {
+pub fn without_parameters(function: &Function, query: &str) -> String {
     let Some(of) = function
         .class
         .as_ref()
@@ -85,19 +85,24 @@ pub async fn arguments(
         )
         .await?
     };
-    let rules = InputRules {
-        max_depth: state.max_json_depth,
-        schema: function
-            .schema
-            .as_ref()
-            .zip(function.spec.input_schema.as_ref()),
-    };
+    let rules = input_rules(state, function);
     Ok(translate::arguments(
         content_type.as_deref(),
         &body,
         query.as_deref(),
         &rules,
     )?)
+}
+
+/// How `function`'s input is read: the JSON depth limit and its schema.
+pub fn input_rules<'a>(state: &AppState, function: &'a Function) -> InputRules<'a> {
+    InputRules {
+        max_depth: state.max_json_depth,
+        schema: function
+            .schema
+            .as_ref()
+            .zip(function.spec.input_schema.as_ref()),
+    }
 }
 
 /// The error a request body yields when the client stalls it (no bytes

@@ -28,6 +28,12 @@ pub enum ApiError {
     Unauthorized { description: Option<String> },
     #[error("the credentials do not grant {scope}")]
     Forbidden { scope: String },
+    /// A call token used for a function its calling function's `may_call`
+    /// does not list.
+    #[error("{caller} may not call {target}: its may_call does not list it")]
+    NotInMayCall { caller: String, target: String },
+    #[error("function-to-function calls nest at most {max_depth} deep (max_call_depth)")]
+    LoopDetected { max_depth: u32 },
     #[error("too many requests; retry in {} s", retry_after_seconds(*.retry_after))]
     RateLimited { retry_after: Duration },
     #[error("this route allows only {allow}")]
@@ -44,6 +50,10 @@ pub enum ApiError {
     HeadersTooLarge { limit: usize },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("a map takes at most {limit} inputs (max_map_inputs)")]
+    TooManyInputs { limit: usize },
+    #[error("this input is larger than the limit of {limit} bytes")]
+    InputTooLarge { limit: u64 },
     #[error("the function failed with {kind}")]
     FunctionError { kind: String, message: String },
     #[error(
@@ -108,7 +118,10 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_mismatch")
             }
             ApiError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden { .. } | ApiError::NotInMayCall { .. } => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            ApiError::LoopDetected { .. } => (StatusCode::LOOP_DETECTED, "loop_detected"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
@@ -119,7 +132,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::PayloadTooLarge { .. } => {
+            ApiError::PayloadTooLarge { .. }
+            | ApiError::TooManyInputs { .. }
+            | ApiError::InputTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::HeadersTooLarge { .. } => (
@@ -139,10 +154,11 @@ impl ApiError {
         }
     }
 
-    /// The problem+json response for this error.
-    pub fn into_problem(self, request_id: &str) -> Response<Body> {
+    /// The problem details of this error as JSON (one line), as a
+    /// problem+json body or a map input's `error` member carries them.
+    pub fn problem_json(&self, request_id: &str) -> Vec<u8> {
         let (status, code) = self.status_and_code();
-        let error = match &self {
+        let error = match self {
             ApiError::FunctionError { kind, message } => Some(ReportedError { kind, message }),
             _ => None,
         };
@@ -155,7 +171,13 @@ impl ApiError {
             request_id,
             error,
         };
-        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        serde_json::to_vec(&problem).expect("a problem always serialises")
+    }
+
+    /// The problem+json response for this error.
+    pub fn into_problem(self, request_id: &str) -> Response<Body> {
+        let (status, _) = self.status_and_code();
+        let body = self.problem_json(request_id);
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();

@@ -2,7 +2,7 @@
 //! a deployed function and what to do with it. Paths are matched raw and
 //! undecoded, so an encoded name (`%2F`, `%2e`) never reaches a function
 //! other than the one named. A class's methods are
-//! `/{app}/{class}/{method}[...]`; `/map` will be one more [`Action`].
+//! `/{app}/{class}/{method}[...]`; `/map` is one more [`Action`].
 
 use std::sync::Arc;
 
@@ -41,6 +41,8 @@ pub enum Action<'a> {
     Invoke { backend: &'a Arc<dyn Backend> },
     /// `/{app}/{function}/spawn`.
     Spawn,
+    /// `/{app}/{function}/map`: one call per input, results streamed back.
+    Map { backend: &'a Arc<dyn Backend> },
     /// Anything under a passthrough function, `suffix` included (it is
     /// never special there, `/spawn` neither).
     Forward {
@@ -233,6 +235,7 @@ fn action<'a>(function: &'a Function, suffix: &'a str) -> Action<'a> {
         Target::Invoke(backend) => match suffix {
             "" => Action::Invoke { backend },
             "/spawn" => Action::Spawn,
+            "/map" => Action::Map { backend },
             _ => Action::NotFound(ApiError::FunctionNotFound {
                 app: function.spec.app.clone(),
                 function: format!("{}{suffix}", function.spec.route_name()),
@@ -314,6 +317,7 @@ mod tests {
         };
         assert!(matches!(action("/demo/square"), Action::Invoke { .. }));
         assert!(matches!(action("/demo/square/spawn"), Action::Spawn));
+        assert!(matches!(action("/demo/square/map"), Action::Map { .. }));
         assert!(matches!(
             action("/demo/square/spawn/x"),
             Action::NotFound(ApiError::FunctionNotFound { function, .. }) if function == "square/spawn/x"

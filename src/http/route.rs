@@ -16,7 +16,7 @@ use super::admission::{self, Caller};
 use super::context::RouteLabel;
 use super::problem::ApiError;
 use super::resolve::{self, Action, Resolved, Route};
-use super::routes::{calls, health, invoke, passthrough, spawn, work};
+use super::routes::{calls, health, invoke, map, passthrough, spawn, work};
 use super::state::AppState;
 use crate::backend::Backend;
 use crate::backend::forward::Forwarder;
@@ -61,6 +61,11 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
             caller,
             asked,
         }) => Box::pin(spawn::spawn(state, function, &caller, asked, request)).await,
+        Ok(Admitted::Map {
+            function,
+            backend,
+            caller,
+        }) => Box::pin(map::map(state, function, backend, &caller, &trace, request)).await,
         Ok(Admitted::Forward {
             function,
             backend,
@@ -96,6 +101,12 @@ enum Admitted<'a> {
         function: &'a Arc<Function>,
         caller: Caller,
         asked: spawn::Asked<'a>,
+    },
+    /// `/map`: one call per input.
+    Map {
+        function: &'a Arc<Function>,
+        backend: &'a Arc<dyn Backend>,
+        caller: Caller,
     },
     Forward {
         function: &'a Arc<Function>,
@@ -154,6 +165,11 @@ fn admit<'a>(
             function,
             caller,
             asked: spawn::Asked::Path,
+        },
+        Action::Map { backend } => Admitted::Map {
+            function,
+            backend,
+            caller,
         },
         Action::Forward { suffix, .. } if prefers_async(request) => Admitted::Spawn {
             function,

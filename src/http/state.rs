@@ -26,7 +26,11 @@ pub struct AppState {
     pub max_result: u64,
     pub max_header_bytes: usize,
     pub max_json_depth: usize,
+    /// Most inputs one map takes (`max_map_inputs`).
+    pub max_map_inputs: usize,
     pub sync_wait: Duration,
+    /// Deepest a function-to-function call may nest (`max_call_depth`).
+    pub max_call_depth: u32,
     draining: AtomicBool,
 }
 
@@ -49,7 +53,9 @@ impl AppState {
             max_result: config.server.max_result,
             max_header_bytes: config.server.max_header_bytes,
             max_json_depth: config.server.max_json_depth,
+            max_map_inputs: config.server.max_map_inputs,
             sync_wait: config.server.sync_wait,
+            max_call_depth: config.server.max_call_depth,
             draining: AtomicBool::new(false),
         }
     }

@@ -5,6 +5,7 @@
 pub mod calls;
 pub mod health;
 pub mod invoke;
+pub mod map;
 pub mod passthrough;
 pub mod spawn;
 pub mod work;

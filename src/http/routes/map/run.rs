@@ -1,0 +1,271 @@
+//! Running a map's inputs: a task of its own reads the inputs, runs each
+//! as a call of the function (its own call id and `attempt`, its own
+//! timeout, retried as the function's `retries` say) in the function's
+//! slots, taken as spawned calls take them (sync callers first), and hands
+//! the answer's body each line as it may be written. At most `window`
+//! inputs are started and not yet written. The body going away (the
+//! client left) aborts the task, which drops every call still waiting or
+//! running: an instance running one is stopped, as for a sync caller that
+//! leaves.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http_body::Frame;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::inputs::Inputs;
+use super::lines::{self, Framing, Writer};
+use crate::backend::{Backend, BackendError};
+use crate::http::input;
+use crate::http::problem::ApiError;
+use crate::http::respond::backend_failure;
+use crate::http::state::AppState;
+use crate::invocation::{
+    CallId, ClassCall, Invocation, Principal, Trace, deadline_ms_after, random_hex,
+};
+use crate::registry::Function;
+use crate::translate::{self, Arguments};
+
+/// The order of the answer's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Input order: a finished input waits for the ones before it.
+    Input,
+    /// As the inputs end.
+    Completion,
+}
+
+/// Lines handed to the body and not yet read by it: with the window, all
+/// a map holds of its answer.
+const HANDED_AHEAD: usize = 32;
+
+/// What every input of one map shares.
+pub struct MapCall {
+    pub state: Arc<AppState>,
+    pub function: Arc<Function>,
+    pub backend: Arc<dyn Backend>,
+    pub principal: Option<Principal>,
+    pub trace: Trace,
+    pub class: Option<Arc<ClassCall>>,
+    /// The query the keyword arguments of every input come from (no
+    /// `order`, no class parameters).
+    pub query: Option<String>,
+}
+
+/// Starts running the map: its task, and the answer's body that the task
+/// writes to.
+pub fn start(
+    call: MapCall,
+    inputs: Inputs,
+    order: Order,
+    framing: Framing,
+    window: usize,
+) -> MapBody {
+    let (lines, body) = mpsc::channel(HANDED_AHEAD);
+    let task = tokio::spawn(drive(
+        Arc::new(call),
+        inputs,
+        order,
+        Writer::new(framing),
+        window,
+        lines,
+    ));
+    MapBody {
+        lines: body,
+        task: task.abort_handle(),
+    }
+}
+
+/// An input's call in flight: its index and line once it ends.
+type Running = Pin<Box<dyn Future<Output = (usize, Bytes)> + Send>>;
+
+/// Reads inputs while the window has room, runs them, and hands their
+/// lines on in the map's order as the body takes them; ends once every
+/// input is written, or at once when the body is gone.
+async fn drive(
+    call: Arc<MapCall>,
+    mut inputs: Inputs,
+    order: Order,
+    mut writer: Writer,
+    window: usize,
+    lines: mpsc::Sender<Bytes>,
+) {
+    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+    // Input order: one entry per input started and not yet written,
+    // filled when it ends. Completion order: lines that ended, to write.
+    let mut waiting: VecDeque<Option<Bytes>> = VecDeque::new();
+    let mut written = 0usize;
+    let mut started = 0usize;
+    let mut read_all = false;
+    loop {
+        let held = match order {
+            Order::Input => waiting.len(),
+            Order::Completion => waiting.len() + running.len(),
+        };
+        let may_start = !read_all && held < window;
+        let may_write = matches!(waiting.front(), Some(Some(_)));
+        if read_all && running.is_empty() && waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = lines.closed() => return,
+            permit = lines.reserve(), if may_write => {
+                let Ok(permit) = permit else { return };
+                let line = waiting.pop_front().flatten().expect("the first line has ended");
+                permit.send(writer.item(line));
+                written += 1;
+            }
+            Some((index, line)) = running.next(), if !running.is_empty() => match order {
+                Order::Input => waiting[index - written] = Some(line),
+                Order::Completion => waiting.push_back(Some(line)),
+            },
+            input = inputs.next(), if may_start => match input {
+                None => read_all = true,
+                Some(text) => {
+                    if order == Order::Input {
+                        waiting.push_back(None);
+                    }
+                    running.push(Box::pin(call.clone().input(started, text)));
+                    started += 1;
+                }
+            },
+        }
+    }
+    if let Some(end) = writer.end() {
+        // The body may be gone already; nothing is left to stop then.
+        let _ = lines.send(end).await;
+    }
+}
+
+impl MapCall {
+    /// One input, from its text to its line.
+    async fn input(self: Arc<Self>, index: usize, text: Result<Bytes, ApiError>) -> (usize, Bytes) {
+        let outcome = match text.and_then(|text| self.arguments(&text)) {
+            Ok(arguments) => self.call(arguments).await,
+            Err(error) => Err(error),
+        };
+        (index, lines::line(index, outcome, &self.trace.request_id))
+    }
+
+    /// An input's arguments, checked as a call's body is (with the map's
+    /// query as keyword arguments).
+    fn arguments(&self, text: &[u8]) -> Result<Arguments, ApiError> {
+        let rules = input::input_rules(&self.state, &self.function);
+        Ok(translate::arguments(
+            Some("application/json"),
+            text,
+            self.query.as_deref(),
+            &rules,
+        )?)
+    }
+
+    /// Runs one input's call in a slot taken as a spawned call takes one,
+    /// with a fresh timeout per run, again after a failure while the
+    /// function's `retries` allow (no slot is held through the pause).
+    async fn call(&self, arguments: Arguments) -> Result<Bytes, ApiError> {
+        let function = &self.function;
+        let timeout = function.spec.timeout;
+        let mut invocation = Invocation {
+            call_id: CallId::generate(),
+            app: function.app.clone(),
+            function: function.name.clone(),
+            args: arguments.args,
+            kwargs: arguments.kwargs,
+            deadline_ms: 0,
+            deadline: tokio::time::Instant::now(),
+            attempt: 1,
+            trace: Trace {
+                request_id: self.trace.request_id.clone(),
+                traceparent: child_span(&self.trace.traceparent),
+            },
+            principal: self.principal.clone(),
+            class: self.class.clone(),
+            call_token: None,
+            parent: None,
+            batch: None,
+        };
+        loop {
+            let slot = function.limiter.acquire_background().await;
+            invocation.deadline_ms = deadline_ms_after(timeout);
+            invocation.deadline = tokio::time::Instant::now() + timeout;
+            let outcome = self.backend.invoke(&invocation).await;
+            drop(slot);
+            let error = match outcome {
+                Ok(result) => return Ok(result),
+                Err(error) => error,
+            };
+            let Some(delay) = retry_delay(function, invocation.attempt, &error) else {
+                return Err(backend_failure(function, &invocation.trace, error));
+            };
+            tracing::debug!(
+                request_id = %invocation.trace.request_id,
+                call_id = %invocation.call_id,
+                attempt = invocation.attempt,
+                error = ?error.to_string(),
+                "map input failed; it runs again"
+            );
+            tokio::time::sleep(delay).await;
+            invocation.attempt += 1;
+        }
+    }
+}
+
+/// The pause before another run of an input whose run `attempt` failed
+/// with `error`, under the function's `retries`; `None` when none is left.
+/// Every backend error is a failure or a timeout, which retries cover.
+fn retry_delay(
+    function: &Function,
+    attempt: u32,
+    _error: &BackendError,
+) -> Option<std::time::Duration> {
+    function.spec.retries.as_ref()?.delay_after(attempt)
+}
+
+/// The map's `traceparent` with a span of the input's own: every input's
+/// call continues the client's trace.
+fn child_span(traceparent: &str) -> String {
+    let mut parts = traceparent.split('-');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(version), Some(trace), Some(_), Some(flags)) => {
+            format!("{version}-{trace}-{}-{flags}", random_hex::<8>())
+        }
+        _ => traceparent.to_owned(),
+    }
+}
+
+/// The answer's body: the lines the map's task hands it. Dropped (the
+/// client left, or the connection ended), it aborts the task.
+pub struct MapBody {
+    lines: mpsc::Receiver<Bytes>,
+    task: AbortHandle,
+}
+
+impl http_body::Body for MapBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.lines
+            .poll_recv(cx)
+            .map(|line| line.map(|line| Ok(Frame::data(line))))
+    }
+}
+
+impl Drop for MapBody {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
