@@ -144,3 +144,242 @@ impl Calls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::backend::http::HttpClients;
+    use crate::calls::{CallsConfig, SpawnInput, SpawnOptions};
+    use crate::config::Config;
+    use crate::registry::{Lookup, Registry};
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{CallState, FailureKind};
+    use crate::translate::Arguments;
+
+    fn failed() -> Outcome {
+        Outcome::Failed {
+            kind: FailureKind::Function,
+            error_type: "ValueError".to_owned(),
+            message: "no".to_owned(),
+        }
+    }
+
+    /// `Calls` of one exec function `t/flaky` that retries twice, 10 s
+    /// then 20 s after a failure, with its store in `dir`.
+    fn calls(dir: &std::path::Path) -> (Arc<Calls>, Arc<Function>) {
+        let text = r#"
+            [apps.t.functions.flaky]
+            backend = "exec"
+            command = ["sh", "-c", "cat > /dev/null; exit 1"]
+            retries = { max_retries = 2, initial_delay = "10s", backoff_coefficient = 2.0 }
+        "#;
+        let config = Config::from_toml(&dir.join("gateway.toml"), text).unwrap();
+        let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
+        let Lookup::Found(function) = registry.lookup("t", "flaky") else {
+            panic!("t/flaky is deployed");
+        };
+        let function = function.clone();
+        let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
+        let settings = CallsConfig {
+            result_ttl: Duration::from_secs(60),
+            max_pending: 1000,
+            max_wait: Duration::from_secs(30),
+        };
+        (Arc::new(Calls::new(store, registry, settings)), function)
+    }
+
+    /// A call of `function`, stored and claimed: running, attempt 1.
+    async fn claimed(calls: &Calls, function: &Function) -> CallRecord {
+        let input = SpawnInput::Arguments(Arguments::none());
+        calls
+            .spawn(function, input, SpawnOptions::default())
+            .await
+            .unwrap();
+        let record = calls.store.claim_next("t", "flaky").await.unwrap();
+        let record = record.expect("the call is pending");
+        assert_eq!((record.state, record.attempt), (CallState::Running, 1));
+        record
+    }
+
+    /// Runs `rerun` after `record`'s failed run in a task of its own.
+    fn rerun_in_task(
+        calls: &Arc<Calls>,
+        function: &Arc<Function>,
+        mut record: CallRecord,
+        stop: &CancellationToken,
+    ) -> tokio::task::JoinHandle<(Rerun, CallRecord)> {
+        let (calls, function, stop) = (calls.clone(), function.clone(), stop.clone());
+        tokio::spawn(async move {
+            let rerun = calls.rerun(&function, &mut record, &failed(), &stop).await;
+            (rerun, record)
+        })
+    }
+
+    /// Lets the other tasks run without moving the paused clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn failures_and_timeouts_are_retried_while_runs_are_left() {
+        let policy = RetryPolicy::fixed(2);
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(retry_delay(Some(&policy), 1, &failed()), second);
+        assert_eq!(retry_delay(Some(&policy), 2, &Outcome::TimedOut), second);
+        assert_eq!(retry_delay(Some(&policy), 3, &failed()), None);
+        assert_eq!(retry_delay(None, 1, &failed()), None);
+        let backend = Outcome::Failed {
+            kind: FailureKind::Backend,
+            error_type: "backend_error".to_owned(),
+            message: String::new(),
+        };
+        assert_eq!(retry_delay(Some(&policy), 1, &backend), second);
+    }
+
+    #[test]
+    fn successes_and_passthrough_answers_are_final() {
+        let policy = RetryPolicy::fixed(2);
+        let success = Outcome::Succeeded(b"1".to_vec());
+        assert_eq!(retry_delay(Some(&policy), 1, &success), None);
+        let answered = Outcome::Answered {
+            status: 503,
+            content_type: None,
+            body: Vec::new(),
+        };
+        assert_eq!(retry_delay(Some(&policy), 1, &answered), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_lasts_its_delay_and_no_less() {
+        let (stop, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let delay = Duration::from_secs(4);
+        let waiting = tokio::spawn(async move { pause(delay, &stop, &shutdown).await });
+        tokio::time::advance(delay - Duration::from_millis(1)).await;
+        settle().await;
+        assert!(!waiting.is_finished(), "the pause ended early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(waiting.await.unwrap(), Pause::Elapsed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_or_shutdown_ends_a_pause_at_once() {
+        let (stop, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let start = tokio::time::Instant::now();
+        let long = Duration::from_secs(60);
+        let (s, d) = (stop.clone(), shutdown.clone());
+        let waiting = tokio::spawn(async move { pause(long, &s, &d).await });
+        settle().await;
+        stop.cancel();
+        assert_eq!(waiting.await.unwrap(), Pause::Stopped);
+        let stop = CancellationToken::new();
+        shutdown.cancel();
+        assert_eq!(pause(long, &stop, &shutdown).await, Pause::ShuttingDown);
+        assert_eq!(tokio::time::Instant::now(), start, "no time passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_runs_again_after_its_backoff_with_its_attempt_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let record = claimed(&calls, &function).await;
+        let id = record.id.clone();
+        let stop = CancellationToken::new();
+        let attempt = |calls: &Calls| {
+            let record = calls.store.get(&id).now_or_never().unwrap().unwrap();
+            let record = record.expect("the call is stored");
+            (record.state, record.attempt)
+        };
+        // First retry: 10 s after run 1.
+        let rerun = rerun_in_task(&calls, &function, record, &stop);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        settle().await;
+        assert!(!rerun.is_finished(), "run 2 started before the backoff");
+        assert_eq!(attempt(&calls), (CallState::Running, 1));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let (next, record) = rerun.await.unwrap();
+        assert!(matches!(next, Rerun::Now(_)), "run 2 follows");
+        assert_eq!(record.attempt, 2);
+        assert_eq!(attempt(&calls), (CallState::Running, 2));
+        drop(next);
+        // Second retry: 20 s after run 2 (backoff coefficient 2).
+        let rerun = rerun_in_task(&calls, &function, record, &stop);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(19_999)).await;
+        settle().await;
+        assert!(!rerun.is_finished(), "run 3 started before the backoff");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let (next, record) = rerun.await.unwrap();
+        assert!(matches!(next, Rerun::Now(_)), "run 3 follows");
+        drop(next);
+        assert_eq!(attempt(&calls), (CallState::Running, 3));
+        // Two retries used: run 3's failure is the outcome, with no pause.
+        let start = tokio::time::Instant::now();
+        let (next, _) = rerun_in_task(&calls, &function, record, &stop)
+            .await
+            .unwrap();
+        assert!(matches!(next, Rerun::No), "no run 4");
+        assert_eq!(tokio::time::Instant::now(), start);
+        assert_eq!(attempt(&calls), (CallState::Running, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_during_the_pause_stops_further_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let record = claimed(&calls, &function).await;
+        let id = record.id.clone();
+        let stop = CancellationToken::new();
+        let registry = calls.registry.clone();
+        calls
+            .running
+            .track(id.clone(), stop.clone(), &registry, "t", "flaky");
+        let rerun = rerun_in_task(&calls, &function, record, &stop);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        let cancelled = calls.cancel(&id).await.unwrap();
+        assert_eq!(cancelled, crate::store::Cancelled::Now(CallState::Running));
+        let (next, record) = rerun.await.unwrap();
+        assert!(matches!(next, Rerun::Stopped), "no run 2");
+        assert_eq!(record.attempt, 1);
+        let stored = calls.store.get(&id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.attempt), (CallState::Cancelled, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_cancelled_before_its_attempt_is_counted_does_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let record = claimed(&calls, &function).await;
+        // Cancelled in the store only (as by another replica): the pause
+        // ends, and counting the attempt finds the call no longer running.
+        let cancelled = calls.store.cancel(record.id.clone(), 0, i64::MAX).await;
+        assert!(matches!(cancelled, Ok(crate::store::Cancelled::Now(_))));
+        let stop = CancellationToken::new();
+        let (next, record) = rerun_in_task(&calls, &function, record, &stop)
+            .await
+            .unwrap();
+        assert!(matches!(next, Rerun::Stopped));
+        assert_eq!(record.attempt, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_call_adopted_as_spawned_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let mut record = claimed(&calls, &function).await;
+        record.from_sync = true;
+        let stop = CancellationToken::new();
+        let (next, _) = rerun_in_task(&calls, &function, record, &stop)
+            .await
+            .unwrap();
+        assert!(matches!(next, Rerun::No));
+    }
+}
