@@ -64,8 +64,8 @@ pub struct Trace {
     pub traceparent: String,
 }
 
-/// One call of one function.
-#[derive(Debug, Clone)]
+/// One call of one function. Its `Debug` hides the call token.
+#[derive(Clone)]
 pub struct Invocation {
     pub call_id: CallId,
     pub app: Arc<str>,
@@ -92,6 +92,29 @@ pub struct Invocation {
     /// A batch's calls, as the JSON array text of their `{"args",
     /// "kwargs"}`: the invocation request's `batch` member.
     pub batch: Option<String>,
+}
+
+impl fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invocation")
+            .field("call_id", &self.call_id)
+            .field("app", &self.app)
+            .field("function", &self.function)
+            .field("args", &self.args)
+            .field("kwargs", &self.kwargs)
+            .field("deadline_ms", &self.deadline_ms)
+            .field("attempt", &self.attempt)
+            .field("trace", &self.trace)
+            .field("principal", &self.principal)
+            .field("class", &self.class)
+            .field(
+                "call_token",
+                &self.call_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("parent", &self.parent)
+            .field("batch", &self.batch)
+            .finish()
+    }
 }
 
 /// The call that made a nested call, through its call token.

@@ -91,14 +91,14 @@ fn spawned_grace(config: &Config) -> std::time::Duration {
 
 impl Gateway {
     /// Builds every part from `config` and binds the listeners.
-    pub async fn bind(config: Config) -> Result<Gateway, ServeError> {
+    pub async fn bind(mut config: Config) -> Result<Gateway, ServeError> {
         // 1. TLS: configured files, or the dev CA and certificate.
         let (tls, dev_ca) = tls::server_config(
             &config.server.tls,
             config.server.client_ca.as_deref(),
             config.server.session_resumption,
         )?;
-        if let Some(ca) = dev_ca {
+        if let Some(ca) = &dev_ca {
             tracing::info!(
                 "using the dev certificate; its CA is {} (curl --cacert {} ...)",
                 ca.display(),
@@ -110,13 +110,29 @@ impl Gateway {
             StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.store.path)?),
             StoreKind::Redis => return Err(ServeError::RedisUnavailable),
         };
-        // 3. Backends and the registry of functions.
-        let clients = HttpClients::new();
+        // 3. Listeners, one per worker, bound before the functions are
+        // built: they are told the gateway's own URL (`FNGATE_URL`).
+        let workers = config.server.workers;
+        let mut https: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        for addr in &config.server.listen {
+            for (worker, listener) in https.iter_mut().zip(bind(*addr, workers)?) {
+                worker.push(listener);
+            }
+        }
+        let http = match config.server.http_listen {
+            Some(addr) => bind(addr, workers)?,
+            None => Vec::new(),
+        };
+        let own_url = gateway_url(&https);
+        give_functions_the_gateway(&mut config, &own_url, dev_ca.as_deref());
+        // 4. Backends and the registry of functions.
+        let mut clients = HttpClients::new();
+        clients.set_gateway_url(&own_url);
         let registry = Arc::new(Registry::from_config(&config, &clients));
         for function in registry.functions() {
             tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
         }
-        // 4. Spawned calls and their webhooks.
+        // 5. Spawned calls and their webhooks.
         let calls = Arc::new(Calls::new(
             store.clone(),
             registry.clone(),
@@ -144,24 +160,12 @@ impl Gateway {
                 exposes_errors,
             ))
         });
-        // 5. Credentials, then the router state.
+        // 6. Credentials, then the router state.
         let auth = match &config.auth {
             Some(auth) => Some(Authenticator::new(auth).map_err(ServeError::Auth)?),
             None => None,
         };
         let state = Arc::new(AppState::new(registry, calls, webhooks, auth, &config));
-        // 6. Listeners, one per worker.
-        let workers = config.server.workers;
-        let mut https: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-        for addr in &config.server.listen {
-            for (worker, listener) in https.iter_mut().zip(bind(*addr, workers)?) {
-                worker.push(listener);
-            }
-        }
-        let http = match config.server.http_listen {
-            Some(addr) => bind(addr, workers)?,
-            None => Vec::new(),
-        };
         Ok(Gateway {
             https,
             http,
@@ -329,6 +333,50 @@ fn spawn_worker(
         tracing::error!(error = %e, "cannot start a worker thread");
     }
     ended
+}
+
+/// The gateway's own HTTPS base URL, as functions call it: its first
+/// listen address (the bound port when the config says 0), loopback for
+/// an unspecified address.
+fn gateway_url(https: &[Vec<std::net::TcpListener>]) -> String {
+    let addr = https
+        .first()
+        .and_then(|listeners| listeners.first())
+        .and_then(|listener| listener.local_addr().ok());
+    match addr {
+        Some(SocketAddr::V4(v4)) if v4.ip().is_unspecified() => {
+            format!("https://127.0.0.1:{}", v4.port())
+        }
+        Some(SocketAddr::V6(v6)) if v6.ip().is_unspecified() => {
+            format!("https://[::1]:{}", v6.port())
+        }
+        Some(addr) => format!("https://{addr}"),
+        None => "https://127.0.0.1:8443".to_owned(),
+    }
+}
+
+/// Every exec function and warm instance gets `FNGATE_URL` (and, on the
+/// dev certificate, `FNGATE_CA_FILE`, the dev CA to verify it with) in
+/// its environment. (The config refuses any `FNGATE_*` name in `env`.)
+fn give_functions_the_gateway(config: &mut Config, url: &str, dev_ca: Option<&std::path::Path>) {
+    let mut vars = vec![("FNGATE_URL".to_owned(), url.to_owned())];
+    if let Some(ca) = dev_ca {
+        // Absolute: functions run in their own folders.
+        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
+        vars.push(("FNGATE_CA_FILE".to_owned(), ca.display().to_string()));
+    }
+    let backends = (config.functions.iter_mut().map(|f| &mut f.backend))
+        .chain(config.classes.iter_mut().map(|c| &mut c.backend));
+    for backend in backends {
+        let env = match backend {
+            config::BackendSpec::Exec { env, .. } => env,
+            config::BackendSpec::Lambda { pool } | config::BackendSpec::HttpInstances { pool, .. } => {
+                &mut pool.env
+            }
+            config::BackendSpec::Http { .. } => continue,
+        };
+        env.extend(vars.iter().cloned());
+    }
 }
 
 fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {

@@ -5,6 +5,7 @@
 //! as the principal and scopes of [`Credentials`].
 
 mod api_keys;
+pub mod call_token;
 mod jwt;
 
 use http::HeaderMap;
@@ -14,6 +15,7 @@ use crate::config::AuthConfig;
 use crate::invocation::Principal;
 
 pub use api_keys::new_api_key;
+pub use call_token::{CallGrant, CallTokens};
 pub use jwt::mint_hs256;
 
 /// Checks credentials against the key material of `[auth]`, parsed once at

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 use tokio::time::Instant;
 
+use super::stream::{Framing, ItemDecoder, ItemStream};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::Invocation;
 use crate::processes::FunctionProcess;
@@ -74,6 +75,10 @@ impl ExecBackend {
             .env("FNGATE_CALL_ID", invocation.call_id.as_str())
             .env("FNGATE_REQUEST_ID", &*invocation.trace.request_id)
             .env("TRACEPARENT", &invocation.trace.traceparent);
+        // `FNGATE_URL` (and `FNGATE_CA_FILE`) come with the function's env.
+        if let Some(token) = &invocation.call_token {
+            cmd.env("FNGATE_CALL_TOKEN", &**token);
+        }
         if let Some(principal) = &invocation.principal {
             cmd.env("FNGATE_SUBJECT", &principal.subject);
             if let Some(issuer) = &principal.issuer {
@@ -269,12 +274,162 @@ fn keep_tail(tail: &mut Vec<u8>, keep: usize) {
     }
 }
 
+impl ExecBackend {
+    /// Starts a streaming call: each line the process prints on stdout is
+    /// an item, as it prints it (see [`ExecItems`]).
+    async fn open_stream(&self, invocation: &Invocation) -> Result<ItemStream, BackendError> {
+        let mut process = FunctionProcess::start(self.command(invocation))
+            .await
+            .map_err(|e| {
+                BackendError::Unreachable(format!("cannot start {:?}: {e}", self.command[0]))
+            })?;
+        let (stdin, stdout, stderr) = process.take_stdio();
+        let request = invocation.to_json();
+        let items = ExecItems {
+            _stdin: Aborting(tokio::spawn(async move {
+                let _ = write_request(stdin, &request).await;
+            })),
+            stderr: Aborting(tokio::spawn(async move {
+                let mut tail = Vec::new();
+                if let Some(stderr) = stderr {
+                    let _ = read_tail(stderr, STDERR_TAIL, &mut tail).await;
+                }
+                keep_tail(&mut tail, STDERR_TAIL);
+                tail
+            })),
+            process,
+            stdout: stdout.expect("stdout is piped"),
+            decoder: ItemDecoder::new(Framing::Lines, self.max_result),
+            chunk: vec![0; 16 * 1024],
+            exited: None,
+            grace: None,
+            eof: false,
+            done: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(items, |mut items| async move {
+            let item = items.next().await?;
+            Some((item, items))
+        })))
+    }
+}
+
+/// A streaming call's process: its stdout cut into items as they come,
+/// then its exit (non-zero: an error item with the tail of its stderr).
+/// Dropped, it kills the process and everything it started.
+struct ExecItems {
+    process: FunctionProcess,
+    stdout: tokio::process::ChildStdout,
+    /// Writes the request; stopped with the call.
+    _stdin: Aborting<()>,
+    stderr: Aborting<Vec<u8>>,
+    decoder: ItemDecoder,
+    chunk: Vec<u8>,
+    exited: Option<ExitStatus>,
+    /// Once the process has exited: how long its stdout may stay open.
+    grace: Option<Instant>,
+    eof: bool,
+    done: bool,
+}
+
+/// A task stopped when its handle is dropped.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ExecItems {
+    async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let item = if self.eof {
+                self.decoder.finish()
+            } else {
+                self.decoder.next_item()
+            };
+            if let Some(item) = item {
+                self.done = item.is_err();
+                return Some(item);
+            }
+            if self.eof {
+                self.done = true;
+                return self.ended().await.err().map(Err);
+            }
+            let grace = self.grace;
+            tokio::select! {
+                read = self.stdout.read(&mut self.chunk) => match read {
+                    Ok(0) | Err(_) => self.eof = true,
+                    Ok(n) => self.decoder.push(&self.chunk[..n]),
+                },
+                exited = self.process.wait(), if self.exited.is_none() => {
+                    let exited = exited.map_err(|e| BackendError::Crashed(format!("waiting for the process: {e}")));
+                    match exited {
+                        Ok(status) => {
+                            self.exited = Some(status);
+                            self.grace = Some(Instant::now() + OUTPUT_GRACE);
+                        }
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                // Held open by a process outside the group: take what came.
+                () = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
+                    self.eof = true;
+                }
+            }
+        }
+    }
+
+    /// The process's end, once its stdout has: an exit other than 0 is the
+    /// function's error.
+    async fn ended(&mut self) -> Result<(), BackendError> {
+        let status = match self.exited {
+            Some(status) => status,
+            None => self
+                .process
+                .wait()
+                .await
+                .map_err(|e| BackendError::Crashed(format!("waiting for the process: {e}")))?,
+        };
+        if status.success() {
+            return Ok(());
+        }
+        if status.code().is_none() {
+            return Err(BackendError::Crashed(format!("process ended by {status}")));
+        }
+        let tail = tokio::time::timeout(OUTPUT_GRACE, &mut self.stderr.0)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(&tail).trim().to_owned();
+        Err(BackendError::Function {
+            kind: error_kind(&message)
+                .unwrap_or_else(|| format!("exit status {}", status.code().unwrap_or(-1))),
+            message,
+        })
+    }
+}
+
 impl Backend for ExecBackend {
     fn invoke<'a>(
         &'a self,
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
+    }
+
+    fn invoke_stream<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<ItemStream, BackendError>> {
+        Box::pin(self.open_stream(invocation))
     }
 
     fn describe(&self) -> String {

@@ -38,6 +38,9 @@ const ERROR_BODY_LIMIT: usize = 4096;
 pub struct HttpClients {
     negotiated: Pool,
     h2c: Pool,
+    /// The gateway's own URL, sent with every invocation request as
+    /// `X-Fngate-Url` (functions call other functions there).
+    gateway_url: Option<HeaderValue>,
 }
 
 impl HttpClients {
@@ -45,7 +48,13 @@ impl HttpClients {
         HttpClients {
             negotiated: pool(false),
             h2c: pool(true),
+            gateway_url: None,
         }
+    }
+
+    /// Tells every backend built from these clients the gateway's own URL.
+    pub fn set_gateway_url(&mut self, url: &str) {
+        self.gateway_url = HeaderValue::from_str(url).ok();
     }
 }
 
@@ -107,6 +116,8 @@ pub struct HttpBackend {
     replicas: Vec<Option<Replica>>,
     next: AtomicUsize,
     max_result: u64,
+    /// `X-Fngate-Url` for every invocation request.
+    gateway_url: Option<HeaderValue>,
 }
 
 /// Why one replica gave no answer.
@@ -136,6 +147,7 @@ impl HttpBackend {
             urls,
             next: AtomicUsize::new(0),
             max_result,
+            gateway_url: clients.gateway_url.clone(),
         }
     }
 
@@ -160,7 +172,9 @@ impl HttpBackend {
         for index in self.rotation() {
             let url = &self.urls[index];
             let sent = match &self.replicas[index] {
-                Some(replica) => send_pooled(replica, invocation, body.clone()).await,
+                Some(replica) => {
+                    send_pooled(replica, invocation, body.clone(), self.gateway_url.as_ref()).await
+                }
                 None => self.send_shared(url, invocation, body.clone()).await,
             };
             let (response, lease) = match sent {
@@ -198,7 +212,7 @@ impl HttpBackend {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
             .map_err(|e| SendError::Failed(format!("building the request: {e}")))?;
-        add_call_headers(request.headers_mut(), invocation);
+        add_call_headers(request.headers_mut(), invocation, self.gateway_url.as_ref());
         match self.client.request(request).await {
             Ok(response) => Ok((response, None)),
             // Nothing reached this replica: the next one may take it.
@@ -255,13 +269,14 @@ async fn send_pooled(
     replica: &Replica,
     invocation: &Invocation,
     body: Bytes,
+    gateway_url: Option<&HeaderValue>,
 ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError> {
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = Method::POST;
     request
         .headers_mut()
         .insert(header::CONTENT_TYPE, APPLICATION_JSON);
-    add_call_headers(request.headers_mut(), invocation);
+    add_call_headers(request.headers_mut(), invocation, gateway_url);
     match replica.send(request).await {
         Ok((response, lease)) => Ok((response, Some(lease))),
         Err(e @ PoolError::Connect { .. }) => Err(SendError::Connect(e.to_string())),
@@ -292,13 +307,28 @@ fn set_trace_headers(headers: &mut HeaderMap, trace: &Trace) {
     }
 }
 
-fn add_call_headers(headers: &mut HeaderMap, invocation: &Invocation) {
+fn add_call_headers(
+    headers: &mut HeaderMap,
+    invocation: &Invocation,
+    gateway_url: Option<&HeaderValue>,
+) {
     set_trace_headers(headers, &invocation.trace);
     if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
         headers.insert(names::X_FNGATE_CALL_ID, value);
     }
     set_principal_headers(headers, invocation.principal.as_ref());
+    // A function calls other functions at this URL with this token.
+    if let Some(Ok(mut value)) = invocation.call_token.as_deref().map(HeaderValue::from_str) {
+        value.set_sensitive(true);
+        headers.insert(X_FNGATE_CALL_TOKEN, value);
+    }
+    if let Some(url) = gateway_url {
+        headers.insert(X_FNGATE_URL, url.clone());
+    }
 }
+
+const X_FNGATE_CALL_TOKEN: HeaderName = HeaderName::from_static("x-fngate-call-token");
+const X_FNGATE_URL: HeaderName = HeaderName::from_static("x-fngate-url");
 
 /// `X-Fngate-Subject` and `X-Fngate-Issuer` for an authenticated call.
 fn set_principal_headers(headers: &mut HeaderMap, principal: Option<&Principal>) {

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::call_token::{self, Claims};
 use crate::backend::BackendError;
 use crate::backend::http::StoredRequest;
 use crate::dispatch::Slot;
-use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after, random_hex};
+use crate::invocation::{CallId, Invocation, ParentCall, Trace, deadline_ms_after, random_hex};
 use crate::registry::{Function, Target};
 use crate::store::{CallRecord, FailureKind, Outcome};
 
@@ -71,15 +72,20 @@ impl Calls {
         record: &CallRecord,
         stop: &CancellationToken,
     ) -> Option<Run> {
+        // A call a function spawned continues its parent's trace.
+        let trace_id = match &record.nesting {
+            Some(nesting) => nesting.trace_id.clone(),
+            None => random_hex::<16>(),
+        };
         let trace = Trace {
             request_id: Arc::from(record.id.as_str()),
-            traceparent: format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>()),
+            traceparent: format!("00-{trace_id}-{}-01", random_hex::<8>()),
         };
         let deadline = tokio::time::Instant::now() + function.spec.timeout;
         let work = async {
             match (&function.target, &record.forward) {
                 (Target::Invoke(backend), _) => {
-                    let invocation = Invocation {
+                    let mut invocation = Invocation {
                         call_id: CallId::from_stored(record.id.clone()),
                         app: function.app.clone(),
                         function: function.name.clone(),
@@ -92,9 +98,18 @@ impl Calls {
                         principal: record.principal.clone(),
                         class: function.class_call_stored(record.parameters.as_deref()),
                         call_token: None,
-                        parent: None,
+                        parent: record.nesting.as_ref().map(|nesting| {
+                            Arc::new(ParentCall {
+                                call_id: nesting.parent_call_id.clone(),
+                                depth: nesting.depth,
+                            })
+                        }),
                         batch: None,
                     };
+                    invocation.call_token = Some(self.call_token(function, record, &invocation));
+                    if function.spec.stream {
+                        return stored_stream(function, backend.as_ref(), &invocation).await;
+                    }
                     let result = backend.invoke(&invocation).await;
                     let lost = matches!(result, Err(BackendError::Crashed(_)))
                         && function.spec.backend.has_instances()
@@ -137,6 +152,29 @@ impl Calls {
 }
 
 impl Calls {
+    /// The call token of a spawned call's run: it acts as whoever spawned
+    /// the call, limited to the function's `may_call`.
+    fn call_token(
+        &self,
+        function: &Function,
+        record: &CallRecord,
+        invocation: &Invocation,
+    ) -> Arc<str> {
+        let nesting = record.nesting.as_ref();
+        self.tokens.mint(&Claims {
+            principal: record.principal.as_ref(),
+            owner: record.owner.as_deref(),
+            scopes: nesting.map_or(&[], |n| n.scopes.as_slice()),
+            app: &function.app,
+            function: &function.key,
+            may_call: &function.spec.may_call,
+            call_id: &record.id,
+            depth: nesting.map_or(0, |n| n.depth),
+            trace_id: call_token::trace_id(&invocation.trace.traceparent),
+            expires_ms: invocation.deadline_ms,
+        })
+    }
+
     /// Puts a call whose run was lost back in its function's queue.
     async fn requeue(&self, function: &Function, record: &CallRecord) {
         self.running.forget(&record.id);
@@ -155,6 +193,40 @@ impl Calls {
             }
         }
     }
+}
+
+/// A streaming function's spawned run: its items are kept as NDJSON, the
+/// call's result (`Answered`, 200 `application/x-ndjson`). An error before
+/// the first item ends the call as any call's error does; one after it is
+/// kept as the last line, `{"error": {problem}}`, as a sync client reads it.
+async fn stored_stream(
+    function: &Function,
+    backend: &dyn crate::backend::Backend,
+    invocation: &Invocation,
+) -> Run {
+    use crate::backend::stream;
+    let (mut lines, error) = match stream::open(backend, invocation).await {
+        Ok(items) => stream::collect(items, stream::STORED_LIMIT).await,
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    match error {
+        Some(e) if lines.is_empty() => return Run::Ended(outcome_of(Err(e))),
+        Some(e) => {
+            tracing::warn!(call_id = %invocation.call_id.as_str(), error = ?e.to_string(), "a spawned stream ended with an error");
+            let problem = crate::http::problem::ApiError::from_backend(e, function.spec.timeout)
+                .exposing(function.spec.expose_errors)
+                .problem_json(invocation.call_id.as_str());
+            lines.extend_from_slice(b"{\"error\":");
+            lines.extend_from_slice(&problem);
+            lines.extend_from_slice(b"}\n");
+        }
+        None => {}
+    }
+    Run::Ended(Outcome::Answered {
+        status: 200,
+        content_type: Some(stream::NDJSON.to_owned()),
+        body: lines,
+    })
 }
 
 /// How a backend's answer is stored.

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::CallTokens;
 use crate::registry::Registry;
 use crate::store::{CallStore, now_ms};
 
@@ -53,6 +54,9 @@ pub struct Calls {
     tasks: TaskTracker,
     /// Cancelled when the gateway starts to shut down: long polls answer.
     stopping: CancellationToken,
+    /// Mints every call's `FNGATE_CALL_TOKEN` and checks those presented
+    /// back, under a key of this gateway's own.
+    tokens: CallTokens,
 }
 
 impl Calls {
@@ -68,7 +72,13 @@ impl Calls {
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            tokens: CallTokens::generate(),
         }
+    }
+
+    /// The call tokens of this gateway's calls.
+    pub fn tokens(&self) -> &CallTokens {
+        &self.tokens
     }
 
     pub fn store(&self) -> &Arc<dyn CallStore> {

@@ -1,16 +1,22 @@
 //! What may come in, before any work is done: a request head within its
 //! size limit, then the caller: credentials checked against a function's
-//! `public` flag and scopes, and the caller's rate limit.
+//! `public` flag and scopes (or a function's call token against its
+//! `may_call` and the nesting limit), and the caller's rate limit.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::Request;
+use tokio::time::Instant;
 
 use super::problem::ApiError;
 use super::state::AppState;
-use crate::auth::{AuthError, Credentials};
-use crate::invocation::Principal;
+use crate::auth::call_token::{self, Claims};
+use crate::auth::{AuthError, CallGrant, Credentials};
+use crate::invocation::{Invocation, ParentCall, Principal, Trace, deadline_ms_after, random_hex};
 use crate::registry::Function;
+use crate::store::{Nesting, now_ms};
 
 /// The client's address, set by the listener on every request.
 #[derive(Debug, Clone, Copy)]
@@ -27,15 +33,21 @@ pub struct PlainListener;
 pub struct ClientCertificate(pub Principal);
 
 /// An admitted caller: Bearer credentials when given, else the client
-/// certificate's principal when the connection has one.
+/// certificate's principal when the connection has one; or a function's
+/// call, through its call token, acting as its original caller.
 pub struct Caller {
     pub credentials: Option<Credentials>,
     pub client: Option<Principal>,
+    /// The calling call, when a function calls through its call token.
+    pub nested: Option<Arc<CallGrant>>,
 }
 
 impl Caller {
     /// Who owns what this caller spawns; `None` for an anonymous caller.
     pub fn owner(&self) -> Option<String> {
+        if let Some(grant) = &self.nested {
+            return grant.owner.clone();
+        }
         match (&self.credentials, &self.client) {
             (Some(credentials), _) => Some(credentials.owner()),
             (None, Some(client)) => Some(format!("cert:{}", client.subject)),
@@ -44,10 +56,95 @@ impl Caller {
     }
 
     pub fn principal(&self) -> Option<Principal> {
+        if let Some(grant) = &self.nested {
+            return grant.principal.clone();
+        }
         match (&self.credentials, &self.client) {
             (Some(credentials), _) => Some(credentials.principal.clone()),
             (None, client) => client.clone(),
         }
+    }
+
+    /// The `invoke:` scopes the calls this caller makes may pass on.
+    fn scopes(&self) -> &[String] {
+        match (&self.nested, &self.credentials) {
+            (Some(grant), _) => &grant.scopes,
+            (None, Some(credentials)) => &credentials.scopes,
+            (None, None) => &[],
+        }
+    }
+
+    /// The call that made this one, when a function called through its
+    /// token: its id and how deep the new call nests.
+    pub fn parent(&self) -> Option<Arc<ParentCall>> {
+        let grant = self.nested.as_ref()?;
+        Some(Arc::new(ParentCall {
+            call_id: grant.call_id.clone(),
+            depth: grant.depth + 1,
+        }))
+    }
+
+    /// What a call this caller spawns keeps of its parent, when a function
+    /// spawned it through its token.
+    pub fn nesting(&self) -> Option<Nesting> {
+        let grant = self.nested.as_ref()?;
+        Some(Nesting {
+            parent_call_id: grant.call_id.clone(),
+            depth: grant.depth + 1,
+            trace_id: grant.trace_id.clone(),
+            scopes: grant.scopes.clone(),
+        })
+    }
+
+    /// A call of `timeout`'s deadline, wall clock (ms) and monotonic: a
+    /// nested call's is never later than its parent's.
+    pub fn deadline(&self, timeout: Duration) -> (u64, Instant) {
+        let own_ms = deadline_ms_after(timeout);
+        let now = Instant::now();
+        match &self.nested {
+            Some(grant) if grant.expires_ms < own_ms => {
+                let left = own_ms - grant.expires_ms;
+                let left = timeout.saturating_sub(Duration::from_millis(left));
+                (grant.expires_ms, now + left)
+            }
+            _ => (own_ms, now + timeout),
+        }
+    }
+
+    /// The trace a call goes on with: a nested call continues its
+    /// parent's trace, whatever the request's `traceparent` says.
+    pub fn trace(&self, trace: &Trace) -> Trace {
+        match &self.nested {
+            Some(grant) if call_token::trace_id(&trace.traceparent) != grant.trace_id => Trace {
+                request_id: trace.request_id.clone(),
+                traceparent: format!("00-{}-{}-01", grant.trace_id, random_hex::<8>()),
+            },
+            _ => trace.clone(),
+        }
+    }
+
+    /// The call token of `invocation`, a call of `function` this caller
+    /// made: it acts as this caller, limited to the function's `may_call`.
+    pub fn call_token(
+        &self,
+        state: &AppState,
+        function: &Function,
+        invocation: &Invocation,
+    ) -> Arc<str> {
+        let owner = self.owner();
+        let principal = self.principal();
+        state.calls.tokens().mint(&Claims {
+            principal: principal.as_ref(),
+            owner: owner.as_deref(),
+            scopes: self.scopes(),
+            app: &function.app,
+            function: &function.key,
+            may_call: &function.spec.may_call,
+            call_id: invocation.call_id.as_str(),
+            depth: invocation.parent.as_ref().map_or(0, |parent| parent.depth),
+            trace_id: call_token::trace_id(&invocation.trace.traceparent),
+            expires_ms: invocation.deadline_ms,
+        })
     }
 }
 
@@ -83,6 +180,7 @@ fn admitted(
         Caller {
             credentials,
             client,
+            nested: None,
         },
     )
 }
@@ -104,6 +202,9 @@ pub fn admit_call(
     function: &Function,
     request: &Request,
 ) -> Result<Caller, ApiError> {
+    if let Some(token) = call_token::presented(request.headers()) {
+        return admit_nested(state, function, request, token);
+    }
     let credentials = match &state.auth {
         None => None,
         Some(auth) if function.spec.public => auth.authenticate(request.headers()).ok(),
@@ -125,6 +226,53 @@ pub fn admit_call(
         }
     };
     admitted(state, request, credentials)
+}
+
+/// Admits a call a function makes with its call token: the token must be
+/// this gateway's and unexpired (else 401), the calling function's
+/// `may_call` must list `function` and, for a non-public one while
+/// `[auth]` is on, the original caller's scopes grant it (else 403), and
+/// the call may nest no deeper than `max_call_depth` (else 508).
+fn admit_nested(
+    state: &AppState,
+    function: &Function,
+    request: &Request,
+    token: &str,
+) -> Result<Caller, ApiError> {
+    let grant = state
+        .calls
+        .tokens()
+        .verify(token, now_ms().max(0) as u64)
+        .map_err(|error| refuse(state, request, error))?;
+    let (name, method) = match &function.class {
+        Some(of) => (&*of.class, Some(&*function.name)),
+        None => (&*function.name, None),
+    };
+    if !grant.may_call(&function.app, name, method) {
+        return Err(ApiError::NotInMayCall {
+            caller: grant.caller_name(),
+            target: format!("{}/{}", function.app, function.spec.route_name()),
+        });
+    }
+    if state.auth.is_some() && !function.spec.public && !grant.may_invoke(&function.app, name) {
+        return Err(ApiError::Forbidden {
+            scope: format!("invoke:{}/{name}", function.app),
+        });
+    }
+    if grant.depth >= state.max_call_depth {
+        return Err(ApiError::LoopDetected {
+            max_depth: state.max_call_depth,
+        });
+    }
+    limit(
+        state,
+        request,
+        Caller {
+            credentials: None,
+            client: None,
+            nested: Some(Arc::new(grant)),
+        },
+    )
 }
 
 /// Admits a worker (`fngate worker`) of `function`: credentials are
@@ -157,6 +305,20 @@ pub fn admit_worker(
 /// Admits a reader or canceller of a call: credentials are optional, but
 /// bad ones are refused; the call's owner is checked by the caller.
 pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+    if let Some(token) = call_token::presented(request.headers()) {
+        // A function reading the calls it spawned, as their owner.
+        let grant = state
+            .calls
+            .tokens()
+            .verify(token, now_ms().max(0) as u64)
+            .map_err(|error| refuse(state, request, error))?;
+        let caller = Caller {
+            credentials: None,
+            client: None,
+            nested: Some(Arc::new(grant)),
+        };
+        return limit(state, request, caller);
+    }
     let credentials = match &state.auth {
         None => None,
         Some(auth) => match auth.authenticate(request.headers()) {
@@ -174,6 +336,7 @@ fn refuse(state: &AppState, request: &Request, error: AuthError) -> ApiError {
     let anonymous = Caller {
         credentials: None,
         client: None,
+        nested: None,
     };
     match limit(state, request, anonymous) {
         Ok(_) => unauthorized(error),

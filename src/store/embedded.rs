@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
-    NewCall, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
+    Nesting, NewCall, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
 };
 
 mod startup;
@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The layout `SCHEMA` describes, recorded in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS calls (
     result_status INTEGER,
     result_type TEXT,
     principal TEXT,
-    parameters TEXT
+    parameters TEXT,
+    parent_call_id TEXT,
+    nesting TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -79,7 +81,8 @@ macro_rules! columns {
     () => {
         "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
          started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, \
-         from_sync, forward, result_status, result_type, principal, parameters"
+         from_sync, forward, result_status, result_type, principal, parameters, parent_call_id, \
+         nesting"
     };
 }
 
@@ -87,7 +90,7 @@ const COLUMNS: &str = columns!();
 
 /// How many columns `COLUMNS` names: a query that selects more after them
 /// finds the first at this index.
-const COLUMN_COUNT: usize = 23;
+const COLUMN_COUNT: usize = 25;
 
 const GET_BY_ID: &str = concat!("SELECT ", columns!(), " FROM calls WHERE id = ?1");
 
@@ -262,10 +265,12 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
         .map_err(|e| explain(&e))?;
     // A file written by another layout fails here, at start-up, with
     // what to do, instead of failing every spawn later. Layout 1 lacks the
-    // class parameters' column, added here.
+    // class parameters' column, layout 2 the nested calls' columns: both
+    // are added here.
     writer
         .execute_batch(SCHEMA)
         .and_then(|()| add_parameters_column(&writer))
+        .and_then(|()| add_nesting_columns(&writer))
         .and_then(|()| {
             writer
                 .prepare(&format!(
@@ -304,6 +309,22 @@ fn add_parameters_column(writer: &Connection) -> Result<(), rusqlite::Error> {
     )?;
     if !has_it {
         writer.execute_batch("ALTER TABLE calls ADD COLUMN parameters TEXT")?;
+    }
+    Ok(())
+}
+
+/// Adds `parent_call_id` and `nesting` to a layout-2 `calls` table
+/// (written before functions called functions).
+fn add_nesting_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
+    let has_them: bool = writer.query_row(
+        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parent_call_id'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_them {
+        writer.execute_batch(
+            "ALTER TABLE calls ADD COLUMN parent_call_id TEXT; ALTER TABLE calls ADD COLUMN nesting TEXT;",
+        )?;
     }
     Ok(())
 }
@@ -434,6 +455,16 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
             .get::<_, Option<String>>(21)?
             .and_then(|text| serde_json::from_str(&text).ok()),
         parameters: row.get(22)?,
+        nesting: match row.get::<_, Option<String>>(23)? {
+            None => None,
+            Some(parent_call_id) => Some(Nesting {
+                parent_call_id,
+                ..row
+                    .get::<_, Option<String>>(24)?
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default()
+            }),
+        },
     })
 }
 

@@ -132,7 +132,25 @@ pub struct NewCall {
     pub principal: Option<Principal>,
     /// A class method's parameters, a JSON object (`{"size":"large"}`).
     pub parameters: Option<String>,
+    /// Set when a function's call spawned it with its call token.
+    pub nesting: Option<Nesting>,
     pub created_ms: i64,
+}
+
+/// What a call that another function's call made (through its call
+/// token) keeps of that parent, so its own runs nest under it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Nesting {
+    /// The parent call's id (`parent_call_id` in `GET /calls/{id}`).
+    #[serde(skip)]
+    pub parent_call_id: String,
+    /// How deep this call nests (1 for a call a client's call made).
+    pub depth: u32,
+    /// The W3C trace id its runs continue.
+    pub trace_id: String,
+    /// The original caller's `invoke:` scopes, which its call token passes on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 /// A stored call.
@@ -161,6 +179,8 @@ pub struct CallRecord {
     pub principal: Option<Principal>,
     /// A class method's parameters, a JSON object (`{"size":"large"}`).
     pub parameters: Option<String>,
+    /// Set when a function's call made it with its call token.
+    pub nesting: Option<Nesting>,
 }
 
 impl CallRecord {

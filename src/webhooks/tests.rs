@@ -25,6 +25,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         forward: None,
         principal: None,
         parameters: None,
+        nesting: None,
     }
 }
 
@@ -328,6 +329,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             forward: None,
             principal: None,
             parameters: None,
+            nesting: None,
             owner: None,
             idempotency: None,
             callback_url: Some(url),

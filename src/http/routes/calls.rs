@@ -99,8 +99,17 @@ async fn get(view: &View<'_>, query: Option<&str>) -> Result<Response<Body>, Api
             return Ok(see_other(view.id));
         }
     }
-    render(view.state, view.trace, record)
+    let parent = record.nesting.as_ref().map(|n| n.parent_call_id.clone());
+    let mut response = render(view.state, view.trace, record)?;
+    if let Some(Ok(value)) = parent.as_deref().map(HeaderValue::from_str) {
+        response.headers_mut().insert(X_PARENT_CALL_ID, value);
+    }
+    Ok(response)
 }
+
+/// On the answers about a call that a function's call made with its call
+/// token: that call's id.
+const X_PARENT_CALL_ID: http::HeaderName = http::HeaderName::from_static("x-parent-call-id");
 
 /// A client sent here by a sync call's 303 (curl -L, fetch) waits for the
 /// result as long as the sync call did (or `max_wait`, when longer), and
@@ -228,12 +237,15 @@ fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Respons
         (CallState::TimedOut, _) => Err(ApiError::FunctionTimeout { timeout }),
         (CallState::Cancelled, _) => Err(ApiError::CallCancelled { id: record.id }),
         (state, _) => {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "call_id": record.id,
                 "status": state.as_str(),
                 "created_at": rfc3339(record.created_ms),
                 "attempt": record.attempt,
             });
+            if let Some(nesting) = &record.nesting {
+                body["parent_call_id"] = nesting.parent_call_id.clone().into();
+            }
             let mut response = json_response(StatusCode::ACCEPTED, body.to_string());
             response
                 .headers_mut()

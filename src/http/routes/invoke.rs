@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use http::Response;
 use tokio_util::sync::CancellationToken;
 
+use super::stream;
 use crate::backend::{Backend, BackendError};
 use crate::dispatch::Slot;
 use crate::http::admission::Caller;
@@ -21,7 +22,7 @@ use crate::http::input;
 use crate::http::problem::ApiError;
 use crate::http::respond::{backend_failure, result_response, see_other};
 use crate::http::state::AppState;
-use crate::invocation::{CallId, Invocation, Trace, deadline_ms_after};
+use crate::invocation::{CallId, Invocation, Trace};
 use crate::registry::Function;
 
 /// Runs a sync call of `function` on `backend`: the request's arguments,
@@ -37,28 +38,35 @@ pub async fn invoke(
     let spec = &function.spec;
     input::check_method(function, request.method())?;
     let class = input::class_call(function, request.uri().query())?;
+    let encoding = stream::Encoding::accepted(request.headers());
     let arguments = input::arguments(state, function, request).await?;
     let slot = function
         .limiter
         .acquire()
         .await
         .map_err(|_| ApiError::Overloaded)?;
-    let invocation = Arc::new(Invocation {
+    let (deadline_ms, deadline) = caller.deadline(spec.timeout);
+    let mut invocation = Invocation {
         call_id: CallId::generate(),
         app: function.app.clone(),
         function: function.name.clone(),
         args: arguments.args,
         kwargs: arguments.kwargs,
-        deadline_ms: deadline_ms_after(spec.timeout),
-        deadline: tokio::time::Instant::now() + spec.timeout,
+        deadline_ms,
+        deadline,
         attempt: 1,
-        trace: trace.clone(),
+        trace: caller.trace(trace),
         principal: caller.principal(),
         class,
         call_token: None,
-        parent: None,
+        parent: caller.parent(),
         batch: None,
-    });
+    };
+    invocation.call_token = Some(caller.call_token(state, function, &invocation));
+    let invocation = Arc::new(invocation);
+    if spec.stream {
+        return stream::stream(function, backend, invocation, slot, encoding).await;
+    }
     let owner = if spec.public { None } else { caller.owner() };
     sync_call(state, function, backend.clone(), invocation, owner, slot).await
 }
@@ -167,6 +175,7 @@ mod tests {
         let caller = Caller {
             credentials: None,
             client: None,
+            nested: None,
         };
         let trace = Trace {
             request_id: Arc::from("req-1"),

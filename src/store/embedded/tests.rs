@@ -13,6 +13,7 @@ fn new_call(id: &str) -> NewCall {
         forward: None,
         principal: None,
         parameters: None,
+        nesting: None,
         owner: None,
         idempotency: None,
         callback_url: None,

@@ -337,8 +337,9 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms, from_sync, forward, principal, parameters)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT DO NOTHING",
+             created_ms, started_ms, from_sync, forward, principal, parameters, parent_call_id, nesting)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+         ON CONFLICT DO NOTHING",
     )?;
     let added = statement.execute(params![
         call.id,
@@ -360,6 +361,10 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
             .as_ref()
             .map(|p| serde_json::to_string(p).expect("a principal always serialises")),
         call.parameters,
+        call.nesting.as_ref().map(|n| n.parent_call_id.as_str()),
+        call.nesting
+            .as_ref()
+            .map(|n| serde_json::to_string(n).expect("a call's nesting always serialises")),
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
