@@ -389,3 +389,36 @@ fn exec_env_cannot_forge_what_fngate_sets() {
 mod classes;
 mod instances;
 mod policies;
+
+#[test]
+fn a_batched_function_defaults_to_a_full_batch_per_instance_at_once() {
+    let concurrency = |table: &str| {
+        let config = load(&format!("[apps.demo.functions.f]\n{table}")).unwrap();
+        (config.functions[0].concurrency, config.functions[0].queue)
+    };
+    let lambda = "backend = \"lambda\"\ncommand = [\"python3\", \"f.py\"]\n";
+    let batch = "batch = { max_size = 32, wait = \"10ms\" }\n";
+    // 16 instances (the unbatched default), each with a batch of 32.
+    assert_eq!(concurrency(&format!("{lambda}{batch}")), (512, 512));
+    assert_eq!(
+        concurrency(&format!("{lambda}{batch}max_instances = 2\n")),
+        (64, 64)
+    );
+    let http = "backend = \"http\"\ncommand = [\"python3\", \"api.py\"]\n";
+    assert_eq!(
+        concurrency(&format!(
+            "{http}{batch}max_instances = 2\ninstance_concurrency = 3\n"
+        )),
+        (192, 192)
+    );
+    // Never below the unbatched default; a written concurrency wins.
+    let small = "batch = { max_size = 2, wait = \"10ms\" }\nmax_instances = 1\n";
+    assert_eq!(concurrency(&format!("{lambda}{small}")), (16, 16));
+    assert_eq!(
+        concurrency(&format!("{lambda}{batch}concurrency = 8\n")),
+        (8, 8)
+    );
+    let urls = "backend = \"http\"\nurls = [\"http://127.0.0.1:9001/invoke\"]\n";
+    assert_eq!(concurrency(&format!("{urls}{batch}")), (512, 512));
+    assert_eq!(concurrency(urls), (16, 16));
+}
