@@ -354,6 +354,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_pause_at_once_and_counts_no_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, function) = calls(dir.path());
+        let record = claimed(&calls, &function).await;
+        let id = record.id.clone();
+        let stop = CancellationToken::new();
+        let rerun = rerun_in_task(&calls, &function, record, &stop);
+        settle().await;
+        let at = tokio::time::Instant::now();
+        // What a cancel does to the call running here, after the store.
+        stop.cancel();
+        let (next, record) = rerun.await.unwrap();
+        assert!(matches!(next, Rerun::Stopped), "no run 2");
+        assert_eq!(tokio::time::Instant::now(), at, "the pause ended at once");
+        assert_eq!(record.attempt, 1);
+        let stored = calls.store.get(&id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.attempt), (CallState::Running, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_call_cancelled_before_its_attempt_is_counted_does_not_run_again() {
         let dir = tempfile::tempdir().unwrap();
         let (calls, function) = calls(dir.path());
