@@ -410,6 +410,24 @@ async fn serve_connection<IO>(
                         http::HeaderValue::from_static("close"),
                     );
                 }
+                if response
+                    .extensions()
+                    .get::<crate::backend::StreamedAnswer>()
+                    .is_some()
+                {
+                    // A streamed answer is in flight until its body ends:
+                    // a long wait between two items is not an idle
+                    // connection.
+                    return Ok(response.map(|body| {
+                        axum::body::Body::new(http_body_util::BodyExt::map_frame(
+                            body,
+                            move |frame| {
+                                let _in_flight = &guard;
+                                frame
+                            },
+                        ))
+                    }));
+                }
                 drop(guard);
                 Ok(response)
             }

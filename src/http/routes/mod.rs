@@ -8,4 +8,5 @@ pub mod invoke;
 pub mod map;
 pub mod passthrough;
 pub mod spawn;
+pub mod stream;
 pub mod work;

@@ -1,0 +1,349 @@
+//! Streaming results (`stream = true`) from outside: items reach a real
+//! curl client (`-N`) one by one while the function still runs, over
+//! HTTP/1.1 and HTTP/2, as NDJSON lines or Server-Sent Events; an error
+//! after the first item ends the stream with an error item; a client that
+//! leaves stops the function; a spawned stream keeps its items; and every
+//! backend streams (exec, http urls, lambda instances with the
+//! standard-library client and Node's aws-lambda-ric, http instances).
+//!
+//! "While the function still runs" is shown without timing: the fixture
+//! (`tests/streaming/gated.py`) waits after its first item until the test
+//! creates a gate file, so the first item can only have come before the
+//! function went on.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, GatewayBuilder, assert_problem, eventually, process_alive, repo_file};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// How long one line of a stream may take to come.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A gateway with the fixture next to its config, and `tables`.
+fn builder(tables: &str) -> GatewayBuilder {
+    Gateway::builder()
+        .file("gated.py", repo_file("tests/streaming/gated.py"))
+        .toml(tables)
+}
+
+/// `[apps.s.functions.NAME]`: the fixture as a streaming exec function.
+fn exec_stream(name: &str, extra: &str) -> String {
+    format!(
+        "\n[apps.s.functions.{name}]\nbackend = \"exec\"\ncommand = [\"python3\", \"gated.py\"]\n\
+         stream = true\nmethods = [\"POST\", \"GET\"]\n{extra}\n"
+    )
+}
+
+/// A running `curl -N -i`: its answer's head, then its body line by line.
+struct Curl {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    status: u16,
+    content_type: String,
+}
+
+impl Curl {
+    /// POSTs `body` to `path` with curl over `protocol` (`--http1.1` or
+    /// `--http2`), with `extra` arguments, and reads the answer's head.
+    async fn post(gw: &Gateway, protocol: &str, path: &str, body: &Value, extra: &[&str]) -> Curl {
+        let port = gw.addr.port();
+        let mut child = Command::new("curl")
+            .args(["-sS", "-N", "-i", protocol, "--cacert"])
+            .arg(gw.ca_path())
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(body.to_string())
+            .args(extra)
+            .arg(gw.url(path))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn curl");
+        let stdout = child.stdout.take().expect("curl stdout is piped");
+        let mut curl = Curl {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            status: 0,
+            content_type: String::new(),
+        };
+        let status_line = curl.line().await.expect("an HTTP status line");
+        curl.status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        while let Some(line) = curl.line().await {
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-type") {
+                    curl.content_type = value.trim().to_owned();
+                }
+            }
+        }
+        curl
+    }
+
+    /// The next line of the answer (without its line end), None at its end.
+    async fn line(&mut self) -> Option<String> {
+        tokio::time::timeout(LINE_TIMEOUT, self.lines.next_line())
+            .await
+            .expect("curl printed its next line in time")
+            .expect("read curl's output")
+            .map(|line| line.trim_end_matches('\r').to_owned())
+    }
+
+    /// The next line, as JSON.
+    async fn item(&mut self) -> Value {
+        let line = self.line().await.expect("one more line");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
+    }
+
+    /// The next Server-Sent Event: its name (`message` when none) and data.
+    async fn event(&mut self) -> (String, String) {
+        let (mut name, mut data) = ("message".to_owned(), Vec::new());
+        loop {
+            let line = self.line().await.expect("the event goes on");
+            if line.is_empty() {
+                return (name, data.join("\n"));
+            }
+            if let Some(value) = line.strip_prefix("event:") {
+                name = value.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+            }
+        }
+    }
+
+    /// Waits for curl to exit after its answer ended; its success.
+    async fn ended(mut self) -> bool {
+        assert_eq!(self.line().await, None, "the answer has no more lines");
+        tokio::time::timeout(LINE_TIMEOUT, self.child.wait())
+            .await
+            .expect("curl exits once the answer ended")
+            .expect("wait for curl")
+            .success()
+    }
+}
+
+/// The pid the fixture wrote to `file` in `dir`, once it has.
+async fn pid_in(dir: &Path, file: &str) -> i32 {
+    let path = dir.join(file);
+    assert!(
+        eventually(LINE_TIMEOUT, || path.exists()).await,
+        "the function wrote its pid to {file}"
+    );
+    std::fs::read_to_string(&path)
+        .expect("read the pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+fn open_gate(dir: &Path, gate: &str) {
+    std::fs::write(dir.join(gate), b"").expect("create the gate file");
+}
+
+#[tokio::test]
+async fn ndjson_items_reach_curl_while_the_function_still_runs_on_h1_and_h2() {
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    for protocol in ["--http1.1", "--http2"] {
+        let gate = format!("gate{protocol}");
+        let pidfile = format!("pid{protocol}");
+        let started = Instant::now();
+        let mut curl = Curl::post(
+            &gw,
+            protocol,
+            "/s/gated",
+            &json!({"gate": gate, "pidfile": pidfile, "count": 3}),
+            &[],
+        )
+        .await;
+        assert_eq!(curl.status, 200, "{protocol}");
+        assert_eq!(curl.content_type, "application/x-ndjson", "{protocol}");
+        assert_eq!(curl.item().await, json!({"item": 1}), "{protocol}");
+        let first = started.elapsed();
+        // The function waits for the gate: the item came before it went on.
+        let pid = pid_in(&gw.dir, &pidfile).await;
+        assert!(process_alive(pid), "{protocol}: the function still runs");
+        assert!(!gw.dir.join(&gate).exists());
+        open_gate(&gw.dir, &gate);
+        assert_eq!(curl.item().await, json!({"item": 2}), "{protocol}");
+        assert_eq!(curl.item().await, json!({"item": 3}), "{protocol}");
+        let last = started.elapsed();
+        assert!(curl.ended().await, "{protocol}: curl succeeded");
+        eprintln!("{protocol}: first item after {first:?}, the last after {last:?}");
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_reach_curl_while_the_function_still_runs_on_h1_and_h2() {
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    for protocol in ["--http1.1", "--http2"] {
+        let gate = format!("gate{protocol}");
+        let pidfile = format!("pid{protocol}");
+        let mut curl = Curl::post(
+            &gw,
+            protocol,
+            "/s/gated",
+            &json!({"gate": gate, "pidfile": pidfile}),
+            &["-H", "accept: text/event-stream"],
+        )
+        .await;
+        assert_eq!(curl.status, 200, "{protocol}");
+        assert_eq!(curl.content_type, "text/event-stream", "{protocol}");
+        assert_eq!(
+            curl.event().await,
+            ("message".to_owned(), r#"{"item": 1}"#.to_owned())
+        );
+        let pid = pid_in(&gw.dir, &pidfile).await;
+        assert!(process_alive(pid), "{protocol}: the function still runs");
+        open_gate(&gw.dir, &gate);
+        assert_eq!(
+            curl.event().await,
+            ("message".to_owned(), r#"{"item": 2}"#.to_owned())
+        );
+        assert_eq!(curl.event().await, ("end".to_owned(), String::new()));
+        assert!(curl.ended().await, "{protocol}: curl succeeded");
+    }
+}
+
+#[tokio::test]
+async fn an_error_after_the_first_item_ends_the_stream_with_an_error_item() {
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    let body = json!({"fail": "boom"});
+    let mut curl = Curl::post(&gw, "--http2", "/s/gated", &body, &[]).await;
+    assert_eq!(curl.status, 200);
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    let error = curl.item().await;
+    let problem = &error["error"];
+    assert_eq!(problem["status"], 500, "{error}");
+    assert_eq!(problem["code"], "function_error", "{error}");
+    assert_eq!(problem["error"]["type"], "ValueError", "{error}");
+    assert_eq!(problem["error"]["message"], "ValueError: boom", "{error}");
+    assert!(
+        problem["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert!(curl.ended().await);
+
+    // As events: the problem is an `error` event's data, and no `end` follows.
+    let accept = ["-H", "accept: text/event-stream"];
+    let mut curl = Curl::post(&gw, "--http1.1", "/s/gated", &body, &accept).await;
+    assert_eq!(curl.event().await.0, "message");
+    assert_eq!(curl.event().await.0, "message");
+    let (name, data) = curl.event().await;
+    assert_eq!(name, "error");
+    let problem: Value = serde_json::from_str(&data).expect("the error event's data is JSON");
+    assert_eq!(problem["code"], "function_error", "{problem}");
+    assert!(curl.ended().await);
+
+    // A line that is not JSON is the backend's garbage: 502 as the last item.
+    let body = json!({"count": 1, "garbage": true});
+    let mut curl = Curl::post(&gw, "--http1.1", "/s/gated", &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    let error = curl.item().await;
+    assert_eq!(error["error"]["status"], 502, "{error}");
+    assert_eq!(error["error"]["code"], "backend_error", "{error}");
+    assert!(curl.ended().await);
+}
+
+#[tokio::test]
+async fn an_error_before_the_first_item_is_a_problem_answer() {
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    let client = gw.client();
+    let resp = gw
+        .post_json(&client, "/s/gated", r#"{"count": 0, "fail": "early"}"#)
+        .await;
+    let problem = assert_problem(resp, 500, "function_error").await;
+    assert_eq!(problem["error"]["type"], "ValueError", "{problem}");
+}
+
+#[tokio::test]
+async fn a_stream_past_its_timeout_ends_with_a_timeout_item() {
+    let gw = builder(&exec_stream("forever", "timeout = \"1s\""))
+        .start()
+        .await;
+    let body = json!({"forever": true, "pidfile": "pid"});
+    let mut curl = Curl::post(&gw, "--http1.1", "/s/forever", &body, &[]).await;
+    assert_eq!(curl.status, 200);
+    let pid = pid_in(&gw.dir, "pid").await;
+    loop {
+        let item = curl.item().await;
+        if let Some(problem) = item.get("error") {
+            assert_eq!(problem["status"], 504, "{item}");
+            assert_eq!(problem["code"], "function_timeout", "{item}");
+            break;
+        }
+        assert!(item["item"].is_number(), "{item}");
+    }
+    assert!(curl.ended().await);
+    assert!(
+        eventually(Duration::from_secs(10), || !process_alive(pid)).await,
+        "the function was stopped at its timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_stops_the_function() {
+    let gw = builder(&exec_stream("forever", "")).start().await;
+    for protocol in ["--http1.1", "--http2"] {
+        let pidfile = format!("pid{protocol}");
+        let body = json!({"forever": true, "pidfile": pidfile});
+        let mut curl = Curl::post(&gw, protocol, "/s/forever", &body, &[]).await;
+        assert_eq!(curl.item().await, json!({"item": 1}));
+        let pid = pid_in(&gw.dir, &pidfile).await;
+        assert!(process_alive(pid));
+        curl.child.kill().await.expect("kill curl");
+        assert!(
+            eventually(Duration::from_secs(10), || !process_alive(pid)).await,
+            "{protocol}: the function's process is gone once its client left"
+        );
+    }
+    // Its concurrency slots came back: the function still answers.
+    let body = json!({"count": 1});
+    let mut curl = Curl::post(&gw, "--http2", "/s/forever", &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert!(curl.ended().await);
+}
+
+#[tokio::test]
+async fn a_spawned_stream_keeps_its_items_for_get_calls() {
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    let client = gw.client();
+    let resp = gw
+        .post_json(&client, "/s/gated/spawn", r#"{"count": 3}"#)
+        .await;
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await.expect("spawn answer");
+    let id = accepted["call_id"].as_str().expect("a call id").to_owned();
+    let resp = client
+        .get(gw.url(&format!("/calls/{id}?wait=20")))
+        .send()
+        .await
+        .expect("GET /calls/{id}");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        common::header_str(&resp, "content-type").as_deref(),
+        Some("application/x-ndjson")
+    );
+    let text = resp.text().await.expect("the items");
+    let items: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        items,
+        vec![json!({"item": 1}), json!({"item": 2}), json!({"item": 3})]
+    );
+}
