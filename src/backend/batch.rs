@@ -261,8 +261,9 @@ impl Shared {
 }
 
 /// The one invocation of a batch: a call id of its own, no arguments but
-/// `batch`, the earliest deadline of its calls (with that call's token and
-/// parent), the first call's trace and the highest attempt.
+/// `batch`, the highest attempt of its calls, and the deadline of the call
+/// whose deadline comes first, with that call's trace, token and parent
+/// (the token names that call's trace and id, so they go together).
 fn batch_invocation(head: &Head, members: &[Member]) -> Invocation {
     let earliest = members
         .iter()
@@ -295,7 +296,7 @@ fn batch_invocation(head: &Head, members: &[Member]) -> Invocation {
         deadline_ms: earliest.deadline_ms,
         deadline: earliest.deadline,
         attempt: members.iter().map(|m| m.attempt).max().unwrap_or(1),
-        trace: members[0].trace.clone(),
+        trace: earliest.trace.clone(),
         principal: head.principal.clone(),
         class: head.class.clone(),
         call_token: earliest.call_token.clone(),
@@ -589,8 +590,8 @@ mod tests {
         assert_eq!(invocation.call_token.as_deref(), Some("early-token"));
         assert_eq!(invocation.attempt, 3);
         assert_eq!(
-            &*invocation.trace.request_id, "r1",
-            "the first call's trace"
+            &*invocation.trace.request_id, "r2",
+            "the earliest call's trace"
         );
         assert!(!ids.contains(&invocation.call_id));
     }
