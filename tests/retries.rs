@@ -414,3 +414,28 @@ async fn a_spawned_passthrough_call_whose_backend_is_down_is_retried() {
         .filter(|l| l.contains(&id) && l.contains(PAUSING));
     assert_eq!(pauses.count(), 2, "logs:\n{}", gw.logs.joined());
 }
+
+#[tokio::test]
+async fn a_run_lost_with_its_instance_runs_again_at_once_and_counts_as_an_attempt() {
+    let command = r#"["python3", "lambda_runtime.py", "flaky.handler"]"#;
+    let gw = Gateway::builder()
+        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+        .file("flaky.py", repo_file("tests/retries/flaky.py"))
+        .toml(&format!(
+            "[apps.r.functions.warm]\nbackend = \"lambda\"\ncommand = {command}\n\
+             retries = {{ max_retries = 1, initial_delay = \"100ms\" }}\n"
+        ))
+        .start()
+        .await;
+    // Run 1 crashes its instance: lost, it runs again without a pause.
+    // Run 2 fails: it was attempt 2, and `max_retries = 1` allows 2 runs.
+    let body = json!({"count": "l.runs", "crash_runs": 1, "fail_runs": 2});
+    let id = spawn(&gw, "/r/warm/spawn", &body).await;
+    assert_problem(get_call(&gw, &id, 30).await, 500, "function_error").await;
+    assert_eq!(attempts(&runs(&gw, "l.runs")), [1, 2]);
+    let lines = gw.logs.snapshot();
+    let pauses = lines
+        .iter()
+        .filter(|l| l.contains(&id) && l.contains(PAUSING));
+    assert_eq!(pauses.count(), 0, "logs:\n{}", gw.logs.joined());
+}

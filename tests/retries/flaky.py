@@ -5,11 +5,14 @@ Each run appends "ATTEMPT DEADLINE_MS TIME" to the file named by
 kwargs.count (relative to the working directory), so a test counts the
 runs and sees their attempts, deadlines and start times. Run N (the Nth
 line of that file) first sleeps kwargs.sleeps[N-1] seconds when the list
-has that many, then fails with ValueError while N <= kwargs.fail_runs;
-otherwise its result is {"runs": N, "attempt": ATTEMPT}.
+has that many, then ends its process (exit status 3, a crash) while
+N <= kwargs.crash_runs, then fails with ValueError while
+N <= kwargs.fail_runs; otherwise its result is {"runs": N, "attempt":
+ATTEMPT}.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -23,6 +26,8 @@ def run(event):
     sleeps = kwargs.get("sleeps") or []
     if runs <= len(sleeps):
         time.sleep(sleeps[runs - 1])
+    if runs <= kwargs.get("crash_runs", 0):
+        os._exit(3)
     if runs <= kwargs.get("fail_runs", 0):
         raise ValueError("run %d fails" % runs)
     return {"runs": runs, "attempt": event["attempt"]}
