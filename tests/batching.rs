@@ -421,3 +421,34 @@ async fn spawned_calls_batch_too() {
     assert_eq!(batch_ids.len(), 1);
     assert_eq!(recorder.invocations().len(), 1);
 }
+
+#[tokio::test]
+async fn a_caller_that_leaves_does_not_break_the_batch_for_the_others() {
+    let recorder = Recorder::start().await;
+    let gw = builder()
+        .toml(&recorder.function("square", "batch = { max_size = 3, wait = \"30s\" }"))
+        .start()
+        .await;
+    let client = gw.client_h1();
+    // The batch takes a second; one caller gives up after a fifth of it.
+    let impatient = client
+        .post(gw.url("/b/square"))
+        .timeout(Duration::from_millis(200))
+        .json(&json!({"x": 1, "sleep": 1}))
+        .send();
+    let others = post_all(
+        &gw,
+        &client,
+        "/b/square",
+        vec![(None, json!({"x": 2})), (None, json!({"x": 3}))],
+    );
+    let (impatient, others) = tokio::join!(impatient, others);
+    let error = impatient.expect_err("the impatient caller timed out");
+    assert!(error.is_timeout(), "{error:?}");
+    for ((status, body), x) in others.iter().zip([2, 3]) {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["square"], x * x);
+        assert_eq!(body["batch_size"], 3, "the batch went on with all three");
+    }
+    assert_eq!(recorder.invocations().len(), 1);
+}
