@@ -439,3 +439,28 @@ async fn a_run_lost_with_its_instance_runs_again_at_once_and_counts_as_an_attemp
         .filter(|l| l.contains(&id) && l.contains(PAUSING));
     assert_eq!(pauses.count(), 0, "logs:\n{}", gw.logs.joined());
 }
+
+#[tokio::test]
+async fn sigterm_during_a_pause_stops_at_once_and_the_call_runs_after_restart() {
+    let policy = "retries = { max_retries = 2, initial_delay = \"60s\" }";
+    let grace = "shutdown_grace = \"30s\"";
+    let mut gw = builder(policy).server(grace).start().await;
+    let id = spawn(
+        &gw,
+        "/r/flaky/spawn",
+        &json!({"count": "g.runs", "fail_runs": 1}),
+    )
+    .await;
+    wait_for_pause(&gw, &id).await;
+    let started = Instant::now();
+    let status = gw.terminate(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the pause held the shutdown for {took:?}"
+    );
+    let gw = builder(policy).server(grace).in_dir(&gw.dir).start().await;
+    let result = result_of(&gw, &id).await;
+    assert_eq!(result, json!({"runs": 2, "attempt": 2}));
+}
