@@ -347,3 +347,123 @@ async fn a_spawned_stream_keeps_its_items_for_get_calls() {
         vec![json!({"item": 1}), json!({"item": 2}), json!({"item": 3})]
     );
 }
+
+/// `tests/streaming/stream_server.py` on a port of its own, killed on drop.
+struct StreamServer {
+    _child: Child,
+    port: u16,
+}
+
+impl StreamServer {
+    async fn start() -> StreamServer {
+        let script = common::repo_dir().join("tests/streaming/stream_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn stream_server.py");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(LINE_TIMEOUT, lines.next_line())
+            .await
+            .expect("the server says where it listens")
+            .expect("read its output")
+            .unwrap_or_default();
+        let port = line
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("stream_server.py printed {line:?}"));
+        StreamServer {
+            _child: child,
+            port,
+        }
+    }
+}
+
+/// A path in the gateway's folder, absolute (for backends with other
+/// working directories).
+fn in_dir(gw: &Gateway, name: &str) -> String {
+    gw.dir.join(name).to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// What every HTTP backend of a streaming function must do: stream NDJSON
+/// and event-stream answers item by item (the first before the function
+/// goes on), take a plain JSON answer as one item, end with an error item,
+/// and drop the request when the client leaves.
+async fn streams_from_an_http_function(gw: &Gateway, path: &str) {
+    for (protocol, sse) in [("--http1.1", false), ("--http2", true)] {
+        let gate = in_dir(gw, &format!("gate-{sse}"));
+        let body = json!({"gate": gate, "sse": sse, "count": 3});
+        let mut curl = Curl::post(gw, protocol, path, &body, &[]).await;
+        assert_eq!(curl.status, 200, "{path} sse={sse}");
+        assert_eq!(curl.content_type, "application/x-ndjson");
+        assert_eq!(curl.item().await, json!({"item": 1}), "{path} sse={sse}");
+        // The function waits for the gate: the first item came before.
+        open_gate(&gw.dir, &format!("gate-{sse}"));
+        assert_eq!(curl.item().await, json!({"item": 2}), "{path} sse={sse}");
+        assert_eq!(curl.item().await, json!({"item": 3}), "{path} sse={sse}");
+        assert!(curl.ended().await);
+    }
+
+    let mut curl = Curl::post(gw, "--http1.1", path, &json!({"whole": true}), &[]).await;
+    assert_eq!(curl.item().await, json!({"whole": true}), "{path}");
+    assert!(curl.ended().await);
+
+    // A reported error event: the function's error, after the items.
+    let body = json!({"sse": true, "fail": "bad item"});
+    let mut curl = Curl::post(gw, "--http2", path, &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    let error = curl.item().await;
+    assert_eq!(error["error"]["code"], "function_error", "{path}: {error}");
+    assert_eq!(error["error"]["error"]["type"], "ValueError", "{error}");
+    assert_eq!(error["error"]["error"]["message"], "bad item", "{error}");
+    assert!(curl.ended().await);
+
+    // An answer cut off mid-stream: the backend crashed, 502.
+    let mut curl = Curl::post(gw, "--http1.1", path, &json!({"fail": "x"}), &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    let error = curl.item().await;
+    assert_eq!(error["error"]["code"], "backend_error", "{path}: {error}");
+    assert!(curl.ended().await);
+
+    // A client that leaves: the gateway drops its request to the function.
+    let pidfile = in_dir(gw, "leaving");
+    let body = json!({"forever": true, "pidfile": pidfile});
+    let mut curl = Curl::post(gw, "--http2", path, &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    curl.child.kill().await.expect("kill curl");
+    let dropped = gw.dir.join("leaving.dropped");
+    assert!(
+        eventually(Duration::from_secs(10), || dropped.exists()).await,
+        "{path}: the function saw its request dropped"
+    );
+}
+
+#[tokio::test]
+async fn an_http_function_streams_ndjson_and_event_stream_answers() {
+    let server = StreamServer::start().await;
+    let url = format!("http://127.0.0.1:{}/invoke", server.port);
+    let gw = builder(&common::http_fn("s", "remote", &[url], "stream = true"))
+        .start()
+        .await;
+    streams_from_an_http_function(&gw, "/s/remote").await;
+}
+
+#[tokio::test]
+async fn http_instances_stream_their_chunked_answers() {
+    let gw = builder(
+        "\n[apps.s.functions.served]\nbackend = \"http\"\n\
+         command = [\"python3\", \"stream_server.py\"]\nstream = true\n",
+    )
+    .file(
+        "stream_server.py",
+        repo_file("tests/streaming/stream_server.py"),
+    )
+    .start()
+    .await;
+    streams_from_an_http_function(&gw, "/s/served").await;
+}

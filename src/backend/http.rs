@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::{Lease, PoolError, Replica};
+use super::stream::{self, Framing, ItemDecoder, ItemStream};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 
 mod passthrough;
@@ -167,6 +168,21 @@ impl HttpBackend {
     }
 
     async fn try_replicas(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        let (response, lease) = self.send(invocation).await?;
+        let answer = read_answer(response, self.max_result).await;
+        // The answer was read to its end (or its connection closes):
+        // the connection may serve the next call.
+        drop(lease);
+        answer
+    }
+
+    /// Sends `invocation` to the first replica that can be reached: the
+    /// head of its answer, and the connection it came on (to be dropped
+    /// once the answer's body has been read).
+    async fn send(
+        &self,
+        invocation: &Invocation,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), BackendError> {
         let body = Bytes::from(invocation.to_json());
         let mut last_error = None;
         for index in self.rotation() {
@@ -177,27 +193,32 @@ impl HttpBackend {
                 }
                 None => self.send_shared(url, invocation, body.clone()).await,
             };
-            let (response, lease) = match sent {
-                Ok(answer) => answer,
+            match sent {
+                Ok(answer) => return Ok(answer),
                 Err(SendError::Connect(e)) => {
                     tracing::warn!(url = %url, error = %e, "backend replica unreachable; trying the next");
                     last_error = Some(e);
-                    continue;
                 }
                 Err(SendError::Failed(e)) => {
                     return Err(BackendError::Crashed(format!("{url}: {e}")));
                 }
-            };
-            let answer = read_answer(response, self.max_result).await;
-            // The answer was read to its end (or its connection closes):
-            // the connection may serve the next call.
-            drop(lease);
-            return answer;
+            }
         }
         Err(BackendError::Unreachable(format!(
             "no replica reachable: {}",
             last_error.unwrap_or_default()
         )))
+    }
+
+    /// Starts a streaming call: a 2xx `application/x-ndjson` or
+    /// `text/event-stream` answer is read item by item as it arrives (see
+    /// [`stream_answer`]). The request is dropped with the stream.
+    pub(crate) async fn open_stream(
+        &self,
+        invocation: &Invocation,
+    ) -> Result<ItemStream, BackendError> {
+        let (response, lease) = self.send(invocation).await?;
+        stream_answer(response, lease, self.max_result).await
     }
 
     /// Sends an invocation request through the shared hyper-util client
@@ -237,6 +258,89 @@ pub(crate) async fn read_answer(
         .map_err(|e| BackendError::Crashed(format!("reading the answer: {e}")))?
         .to_bytes();
     result_of(status, body)
+}
+
+/// A function's HTTP answer as items: a 2xx `application/x-ndjson` or
+/// `text/event-stream` body item by item as its chunks arrive; any other
+/// answer is read whole as [`read_answer`] reads it (a 2xx JSON body is
+/// one item). `keep` (the connection, an instance's lease) lives as long
+/// as the stream.
+pub(crate) async fn stream_answer<K: Send + 'static>(
+    response: Response<hyper::body::Incoming>,
+    keep: K,
+    max_result: u64,
+) -> Result<ItemStream, BackendError> {
+    let framing = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| response.status().is_success())
+        .and_then(Framing::of_content_type);
+    let Some(framing) = framing else {
+        let answer = read_answer(response, max_result).await;
+        drop(keep);
+        return answer.map(stream::single);
+    };
+    let items = BodyItems {
+        body: response.into_body(),
+        decoder: ItemDecoder::new(framing, max_result),
+        _keep: keep,
+        eof: false,
+        done: false,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(
+        items,
+        |mut items| async move {
+            let item = items.next().await?;
+            Some((item, items))
+        },
+    )))
+}
+
+/// A streaming answer's body, cut into items as its chunks arrive.
+struct BodyItems<K> {
+    body: hyper::body::Incoming,
+    decoder: ItemDecoder,
+    _keep: K,
+    eof: bool,
+    done: bool,
+}
+
+impl<K> BodyItems<K> {
+    async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let item = if self.eof {
+                self.decoder.finish()
+            } else {
+                self.decoder.next_item()
+            };
+            if let Some(item) = item {
+                self.done = item.is_err();
+                return Some(item);
+            }
+            if self.eof {
+                self.done = true;
+                return None;
+            }
+            match self.body.frame().await {
+                None => self.eof = true,
+                Some(Ok(frame)) => {
+                    // Trailers say nothing here.
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    let why = format!("reading the answer: {}", error_chain(&e));
+                    return Some(Err(BackendError::Crashed(why)));
+                }
+            }
+        }
+    }
 }
 
 /// A function's HTTP answer as an invocation's outcome: a 2xx JSON body is
@@ -361,6 +465,13 @@ impl Backend for HttpBackend {
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
+    }
+
+    fn invoke_stream<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<ItemStream, BackendError>> {
+        Box::pin(self.open_stream(invocation))
     }
 
     fn describe(&self) -> String {

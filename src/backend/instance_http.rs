@@ -13,8 +13,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 
 use super::http::{ForwardError, HttpBackend, StoredAnswer, StoredRequest};
+use super::stream::ItemStream;
 use super::{Backend, BackendError, BoxFuture};
 use dashmap::DashMap;
+use futures_util::StreamExt;
 
 use crate::instances::{Endpoint, InstanceRef, Lease, ParameterSets};
 use crate::invocation::{Invocation, Principal, Trace};
@@ -87,6 +89,32 @@ impl InstanceHttpBackend {
         result
     }
 
+    /// Starts a streaming call on an instance, leased (and named for a
+    /// cancel) for as long as its stream lives. A worker's instance
+    /// answers its one result as one item.
+    async fn open_stream(&self, invocation: &Invocation) -> Result<ItemStream, BackendError> {
+        let values = invocation.parameter_values(self.sets.names());
+        let lease = self.lease(values, invocation.deadline).await?;
+        let Endpoint::Http(http) = lease.endpoint() else {
+            let delivery = super::lambda::delivery(invocation, &self.name);
+            let result = super::lambda::run_event(lease, delivery, invocation).await;
+            return result.map(super::stream::single);
+        };
+        let items = http.open_stream(invocation).await?;
+        lease.succeeded();
+        let call_id = invocation.call_id.as_str().to_owned();
+        self.running.insert(call_id.clone(), lease.instance_ref());
+        let held = StreamLease {
+            _lease: lease,
+            running: self.running.clone(),
+            call_id,
+        };
+        Ok(Box::pin(items.map(move |item| {
+            let _held = &held;
+            item
+        })))
+    }
+
     /// Forwards a passthrough request to an instance; the instance stays
     /// leased until the answer's body has been read to its end (or dropped).
     pub async fn forward(
@@ -148,6 +176,20 @@ fn http_of(lease: &Lease) -> &HttpBackend {
     }
 }
 
+/// A streaming call's hold on its instance: the lease, and its entry in
+/// `running` (for a cancel), until the stream is dropped.
+struct StreamLease {
+    _lease: Lease,
+    running: Arc<DashMap<String, InstanceRef>>,
+    call_id: String,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        self.running.remove(&self.call_id);
+    }
+}
+
 /// A passthrough answer's body, holding its instance's lease until it ends.
 struct LeasedBody {
     inner: Body,
@@ -184,6 +226,13 @@ impl Backend for InstanceHttpBackend {
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
+    }
+
+    fn invoke_stream<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<ItemStream, BackendError>> {
+        Box::pin(self.open_stream(invocation))
     }
 
     fn describe(&self) -> String {
