@@ -377,6 +377,30 @@ async fn with_auth_on_the_child_acts_as_the_original_caller() {
     assert_problem(answer, 404, "call_not_found").await;
     let answer = read(None).await.unwrap();
     assert_problem(answer, 404, "call_not_found").await;
+    // A call alice spawns herself runs later, in no request of hers: its
+    // token still acts as alice, with her scopes.
+    let alice = jwt("alice", "invoke:demo/*");
+    let answer = client
+        .post(gw.url("/demo/parent/spawn"))
+        .bearer_auth(&alice)
+        .json(&json!({"call": "/demo/carried", "body": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let spawned = answer.json::<Value>().await.unwrap()["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = client
+        .get(gw.url(&format!("/calls/{spawned}?wait=20")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    let out = json_ok(answer).await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"]["subject"], "alice");
 }
 
 #[tokio::test]

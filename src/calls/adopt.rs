@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendError;
 use crate::invocation::Invocation;
-use crate::store::{CallState, Nesting, NewCall, Outcome, StoreError, now_ms};
+use crate::store::{CallState, NewCall, Origin, Outcome, StoreError, now_ms};
 
 use super::{Calls, outcome_of};
 
@@ -29,11 +29,12 @@ impl Calls {
             owner,
             principal: invocation.principal.clone(),
             parameters: invocation.class.as_ref().map(|c| c.parameters.clone()),
-            nesting: invocation.parent.as_ref().map(|parent| Nesting {
-                parent_call_id: parent.call_id.clone(),
+            origin: invocation.parent.as_ref().map(|parent| Origin {
+                parent_call_id: Some(parent.call_id.clone()),
                 depth: parent.depth,
-                trace_id: crate::auth::call_token::trace_id(&invocation.trace.traceparent)
-                    .to_owned(),
+                trace_id: Some(
+                    crate::auth::call_token::trace_id(&invocation.trace.traceparent).to_owned(),
+                ),
                 scopes: Vec::new(),
             }),
             idempotency: None,

@@ -73,8 +73,8 @@ impl Calls {
         stop: &CancellationToken,
     ) -> Option<Run> {
         // A call a function spawned continues its parent's trace.
-        let trace_id = match &record.nesting {
-            Some(nesting) => nesting.trace_id.clone(),
+        let trace_id = match record.origin.as_ref().and_then(|o| o.trace_id.clone()) {
+            Some(trace_id) => trace_id,
             None => random_hex::<16>(),
         };
         let trace = Trace {
@@ -98,11 +98,11 @@ impl Calls {
                         principal: record.principal.clone(),
                         class: function.class_call_stored(record.parameters.as_deref()),
                         call_token: None,
-                        parent: record.nesting.as_ref().map(|nesting| {
-                            Arc::new(ParentCall {
-                                call_id: nesting.parent_call_id.clone(),
-                                depth: nesting.depth,
-                            })
+                        parent: record.origin.as_ref().and_then(|origin| {
+                            Some(Arc::new(ParentCall {
+                                call_id: origin.parent_call_id.clone()?,
+                                depth: origin.depth,
+                            }))
                         }),
                         batch: None,
                     };
@@ -160,16 +160,16 @@ impl Calls {
         record: &CallRecord,
         invocation: &Invocation,
     ) -> Arc<str> {
-        let nesting = record.nesting.as_ref();
+        let origin = record.origin.as_ref();
         self.tokens.mint(&Claims {
             principal: record.principal.as_ref(),
             owner: record.owner.as_deref(),
-            scopes: nesting.map_or(&[], |n| n.scopes.as_slice()),
+            scopes: origin.map_or(&[], |n| n.scopes.as_slice()),
             app: &function.app,
             function: &function.key,
             may_call: &function.spec.may_call,
             call_id: &record.id,
-            depth: nesting.map_or(0, |n| n.depth),
+            depth: origin.map_or(0, |n| n.depth),
             trace_id: call_token::trace_id(&invocation.trace.traceparent),
             expires_ms: invocation.deadline_ms,
         })

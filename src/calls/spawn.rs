@@ -4,7 +4,7 @@
 use crate::backend::http::StoredRequest;
 use crate::invocation::{CallId, Principal};
 use crate::registry::Function;
-use crate::store::{CallState, Inserted, Nesting, NewCall, StoreError, now_ms};
+use crate::store::{CallState, Inserted, NewCall, Origin, StoreError, now_ms};
 use crate::translate::Arguments;
 
 use super::Calls;
@@ -49,7 +49,7 @@ pub struct SpawnOptions {
     /// A class method's parameters, a JSON object (`{"size":"large"}`).
     pub parameters: Option<String>,
     /// The call that spawned it with its call token.
-    pub nesting: Option<Nesting>,
+    pub origin: Option<Origin>,
 }
 
 impl Calls {
@@ -78,7 +78,7 @@ impl Calls {
             owner: options.owner,
             principal: options.principal,
             parameters: options.parameters,
-            nesting: options.nesting,
+            origin: options.origin,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
             state: CallState::Pending,

@@ -16,7 +16,7 @@ use crate::auth::call_token::{self, Claims};
 use crate::auth::{AuthError, CallGrant, Credentials};
 use crate::invocation::{Invocation, ParentCall, Principal, Trace, deadline_ms_after, random_hex};
 use crate::registry::Function;
-use crate::store::{Nesting, now_ms};
+use crate::store::{Origin, now_ms};
 
 /// The client's address, set by the listener on every request.
 #[derive(Debug, Clone, Copy)]
@@ -84,16 +84,23 @@ impl Caller {
         }))
     }
 
-    /// What a call this caller spawns keeps of its parent, when a function
-    /// spawned it through its token.
-    pub fn nesting(&self) -> Option<Nesting> {
-        let grant = self.nested.as_ref()?;
-        Some(Nesting {
-            parent_call_id: grant.call_id.clone(),
-            depth: grant.depth + 1,
-            trace_id: grant.trace_id.clone(),
-            scopes: grant.scopes.clone(),
-        })
+    /// What a call this caller spawns keeps of where it came from: its
+    /// parent when a function spawned it through its token, and the
+    /// scopes its runs' call tokens pass on. `None`: nothing to keep.
+    pub fn origin(&self) -> Option<Origin> {
+        match (&self.nested, &self.credentials) {
+            (Some(grant), _) => Some(Origin {
+                parent_call_id: Some(grant.call_id.clone()),
+                depth: grant.depth + 1,
+                trace_id: Some(grant.trace_id.clone()),
+                scopes: grant.scopes.clone(),
+            }),
+            (None, Some(credentials)) if !credentials.scopes.is_empty() => Some(Origin {
+                scopes: credentials.scopes.clone(),
+                ..Origin::default()
+            }),
+            (None, _) => None,
+        }
     }
 
     /// A call of `timeout`'s deadline, wall clock (ms) and monotonic: a

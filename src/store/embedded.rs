@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
-    Nesting, NewCall, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
+    NewCall, Origin, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
 };
 
 mod startup;
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS calls (
     principal TEXT,
     parameters TEXT,
     parent_call_id TEXT,
-    nesting TEXT
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -82,7 +82,7 @@ macro_rules! columns {
         "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
          started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, \
          from_sync, forward, result_status, result_type, principal, parameters, parent_call_id, \
-         nesting"
+         origin"
     };
 }
 
@@ -270,7 +270,7 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
     writer
         .execute_batch(SCHEMA)
         .and_then(|()| add_parameters_column(&writer))
-        .and_then(|()| add_nesting_columns(&writer))
+        .and_then(|()| add_origin_columns(&writer))
         .and_then(|()| {
             writer
                 .prepare(&format!(
@@ -313,9 +313,10 @@ fn add_parameters_column(writer: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
-/// Adds `parent_call_id` and `nesting` to a layout-2 `calls` table
-/// (written before functions called functions).
-fn add_nesting_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
+/// Adds `parent_call_id` and `origin` (a JSON object: depth, trace id,
+/// scopes) to a layout-2 `calls` table (written before functions called
+/// functions).
+fn add_origin_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
     let has_them: bool = writer.query_row(
         "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parent_call_id'",
         [],
@@ -323,7 +324,7 @@ fn add_nesting_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
     )?;
     if !has_them {
         writer.execute_batch(
-            "ALTER TABLE calls ADD COLUMN parent_call_id TEXT; ALTER TABLE calls ADD COLUMN nesting TEXT;",
+            "ALTER TABLE calls ADD COLUMN parent_call_id TEXT; ALTER TABLE calls ADD COLUMN origin TEXT;",
         )?;
     }
     Ok(())
@@ -455,12 +456,14 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
             .get::<_, Option<String>>(21)?
             .and_then(|text| serde_json::from_str(&text).ok()),
         parameters: row.get(22)?,
-        nesting: match row.get::<_, Option<String>>(23)? {
-            None => None,
-            Some(parent_call_id) => Some(Nesting {
+        origin: match (
+            row.get::<_, Option<String>>(23)?,
+            row.get::<_, Option<String>>(24)?,
+        ) {
+            (None, None) => None,
+            (parent_call_id, origin) => Some(Origin {
                 parent_call_id,
-                ..row
-                    .get::<_, Option<String>>(24)?
+                ..origin
                     .and_then(|text| serde_json::from_str(&text).ok())
                     .unwrap_or_default()
             }),

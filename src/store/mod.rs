@@ -132,22 +132,28 @@ pub struct NewCall {
     pub principal: Option<Principal>,
     /// A class method's parameters, a JSON object (`{"size":"large"}`).
     pub parameters: Option<String>,
-    /// Set when a function's call spawned it with its call token.
-    pub nesting: Option<Nesting>,
+    /// The call that spawned it with its call token, and what its
+    /// original caller may call.
+    pub origin: Option<Origin>,
     pub created_ms: i64,
 }
 
-/// What a call that another function's call made (through its call
-/// token) keeps of that parent, so its own runs nest under it.
+/// What a stored call's runs need of where it came from to mint their
+/// call tokens: the call that made it through its token (its runs nest
+/// under it), and the original caller's scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Nesting {
-    /// The parent call's id (`parent_call_id` in `GET /calls/{id}`).
+pub struct Origin {
+    /// The parent call's id (`parent_call_id` in `GET /calls/{id}`), for a
+    /// call another function's call made.
     #[serde(skip)]
-    pub parent_call_id: String,
-    /// How deep this call nests (1 for a call a client's call made).
+    pub parent_call_id: Option<String>,
+    /// How deep this call nests (0 for a client's call, 1 for a call a
+    /// client's call made).
+    #[serde(default)]
     pub depth: u32,
-    /// The W3C trace id its runs continue.
-    pub trace_id: String,
+    /// The W3C trace id its runs continue (`None`: a new trace per run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The original caller's `invoke:` scopes, which its call token passes on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
@@ -179,8 +185,9 @@ pub struct CallRecord {
     pub principal: Option<Principal>,
     /// A class method's parameters, a JSON object (`{"size":"large"}`).
     pub parameters: Option<String>,
-    /// Set when a function's call made it with its call token.
-    pub nesting: Option<Nesting>,
+    /// The call that made it with its call token, and what its original
+    /// caller may call.
+    pub origin: Option<Origin>,
 }
 
 impl CallRecord {

@@ -25,7 +25,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         forward: None,
         principal: None,
         parameters: None,
-        nesting: None,
+        origin: None,
     }
 }
 
@@ -329,7 +329,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             forward: None,
             principal: None,
             parameters: None,
-            nesting: None,
+            origin: None,
             owner: None,
             idempotency: None,
             callback_url: Some(url),

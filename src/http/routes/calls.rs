@@ -99,7 +99,10 @@ async fn get(view: &View<'_>, query: Option<&str>) -> Result<Response<Body>, Api
             return Ok(see_other(view.id));
         }
     }
-    let parent = record.nesting.as_ref().map(|n| n.parent_call_id.clone());
+    let parent = record
+        .origin
+        .as_ref()
+        .and_then(|o| o.parent_call_id.clone());
     let mut response = render(view.state, view.trace, record)?;
     if let Some(Ok(value)) = parent.as_deref().map(HeaderValue::from_str) {
         response.headers_mut().insert(X_PARENT_CALL_ID, value);
@@ -243,8 +246,12 @@ fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Respons
                 "created_at": rfc3339(record.created_ms),
                 "attempt": record.attempt,
             });
-            if let Some(nesting) = &record.nesting {
-                body["parent_call_id"] = nesting.parent_call_id.clone().into();
+            if let Some(parent) = record
+                .origin
+                .as_ref()
+                .and_then(|o| o.parent_call_id.as_ref())
+            {
+                body["parent_call_id"] = parent.as_str().into();
             }
             let mut response = json_response(StatusCode::ACCEPTED, body.to_string());
             response

@@ -67,7 +67,7 @@ pub async fn spawn(
         idempotency: idempotency_key.map(|key| (key, digest)),
         callback_url,
         parameters,
-        nesting: caller.nesting(),
+        origin: caller.origin(),
     };
     let accepted = state
         .calls

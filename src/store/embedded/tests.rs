@@ -13,7 +13,7 @@ fn new_call(id: &str) -> NewCall {
         forward: None,
         principal: None,
         parameters: None,
-        nesting: None,
+        origin: None,
         owner: None,
         idempotency: None,
         callback_url: None,
@@ -556,4 +556,57 @@ async fn a_store_written_before_classes_gains_the_parameters_column() {
     store.insert(call).await.unwrap();
     let new = store.get("fc-new").await.unwrap().unwrap();
     assert_eq!(new.parameters.as_deref(), Some(r#"{"size":"large"}"#));
+}
+
+#[tokio::test]
+async fn a_store_written_before_nested_calls_gains_their_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.db");
+    {
+        // Layout 2: the same table without `parent_call_id` and `origin`.
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let old = SCHEMA.replace(",\n    parent_call_id TEXT,\n    origin TEXT", "");
+        assert_ne!(old, SCHEMA, "layout 2 is layout 3 without two columns");
+        connection.execute_batch(&old).unwrap();
+        connection.pragma_update(None, "user_version", 2).unwrap();
+        connection
+            .execute(
+                "INSERT INTO calls (id, app, function, args, kwargs, state, attempt, created_ms)
+                 VALUES ('fc-old', 'demo', 'square', '[]', '{}', 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+    }
+    let store = EmbeddedStore::open(&path).unwrap();
+    let old = store.get("fc-old").await.unwrap().unwrap();
+    assert_eq!((old.state, old.origin), (CallState::Pending, None));
+    let mut child = new_call("fc-child");
+    let origin = Origin {
+        parent_call_id: Some("fc-parent".to_owned()),
+        depth: 2,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+        scopes: vec!["invoke:demo/*".to_owned()],
+    };
+    child.origin = Some(origin.clone());
+    store.insert(child).await.unwrap();
+    assert_eq!(
+        store.get("fc-child").await.unwrap().unwrap().origin,
+        Some(origin)
+    );
+    // A client's call with scopes keeps them, with no parent.
+    let mut own = new_call("fc-own");
+    let scopes_only = Origin {
+        scopes: vec!["invoke:demo/square".to_owned()],
+        ..Origin::default()
+    };
+    own.origin = Some(scopes_only.clone());
+    store.insert(own).await.unwrap();
+    let claimed = store.claim_batch("demo", "square", 10).await.unwrap();
+    let own = claimed.iter().find(|c| c.id == "fc-own").unwrap();
+    assert_eq!(own.origin, Some(scopes_only));
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
 }

@@ -337,7 +337,7 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
     let attempt = u32::from(call.state == CallState::Running);
     let mut statement = tx.prepare_cached(
         "INSERT INTO calls (id, app, function, args, kwargs, owner, idem_key, idem_hash, callback_url, state, attempt,
-             created_ms, started_ms, from_sync, forward, principal, parameters, parent_call_id, nesting)
+             created_ms, started_ms, from_sync, forward, principal, parameters, parent_call_id, origin)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
          ON CONFLICT DO NOTHING",
     )?;
@@ -361,10 +361,12 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
             .as_ref()
             .map(|p| serde_json::to_string(p).expect("a principal always serialises")),
         call.parameters,
-        call.nesting.as_ref().map(|n| n.parent_call_id.as_str()),
-        call.nesting
+        call.origin
             .as_ref()
-            .map(|n| serde_json::to_string(n).expect("a call's nesting always serialises")),
+            .and_then(|o| o.parent_call_id.as_deref()),
+        call.origin
+            .as_ref()
+            .map(|n| serde_json::to_string(n).expect("a call's origin always serialises")),
     ])?;
     if added == 1 {
         return Ok(Inserted::Created);
