@@ -152,11 +152,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
-    use crate::backend::http::HttpClients;
-    use crate::calls::{CallsConfig, SpawnInput, SpawnOptions};
-    use crate::config::Config;
-    use crate::registry::{Lookup, Registry};
-    use crate::store::embedded::EmbeddedStore;
+    use crate::calls::{SpawnInput, SpawnOptions};
     use crate::store::{CallState, FailureKind};
     use crate::translate::Arguments;
 
@@ -177,19 +173,7 @@ mod tests {
             command = ["sh", "-c", "cat > /dev/null; exit 1"]
             retries = { max_retries = 2, initial_delay = "10s", backoff_coefficient = 2.0 }
         "#;
-        let config = Config::from_toml(&dir.join("gateway.toml"), text).unwrap();
-        let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
-        let Lookup::Found(function) = registry.lookup("t", "flaky") else {
-            panic!("t/flaky is deployed");
-        };
-        let function = function.clone();
-        let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
-        let settings = CallsConfig {
-            result_ttl: Duration::from_secs(60),
-            max_pending: 1000,
-            max_wait: Duration::from_secs(30),
-        };
-        (Arc::new(Calls::new(store, registry, settings)), function)
+        crate::calls::tests::calls_of(dir, text, "flaky")
     }
 
     /// A call of `function`, stored and claimed: running, attempt 1.

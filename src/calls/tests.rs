@@ -22,10 +22,20 @@ fn calls(dir: &std::path::Path) -> (Arc<Calls>, Arc<Function>) {
         backend = "exec"
         command = ["sh", "-c", "cat > /dev/null; echo 1"]
     "#;
+    calls_of(dir, text, "echo")
+}
+
+/// `Calls` of the functions of app `t` in the config `text`, with its
+/// store in `dir`, and its function `name`.
+pub(super) fn calls_of(
+    dir: &std::path::Path,
+    text: &str,
+    name: &str,
+) -> (Arc<Calls>, Arc<Function>) {
     let config = Config::from_toml(&dir.join("gateway.toml"), text).unwrap();
     let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
-    let Lookup::Found(function) = registry.lookup("t", "echo") else {
-        panic!("t/echo is deployed");
+    let Lookup::Found(function) = registry.lookup("t", name) else {
+        panic!("t/{name} is deployed");
     };
     let function = function.clone();
     let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
