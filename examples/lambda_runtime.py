@@ -13,11 +13,19 @@ directory) is imported once: its top level is the instance's set-up, and a
 failure there is posted to /runtime/init/error before exiting with status 1.
 Then, one call at a time: GET the next event, call handler(event, context),
 POST its JSON result, or its exception (errorType = the class name) as an
-error. SIGTERM ends the process with status 0.
+error. A handler that is a generator streams: what it yields is POSTed as
+it comes, one JSON line per item, in the Runtime API's streaming response
+mode (`Lambda-Runtime-Function-Response-Mode: streaming`, a chunked body);
+an exception while it yields ends the body with the error trailers
+`Lambda-Runtime-Function-Error-Type` and `Lambda-Runtime-Function-Error-Body`
+(the base64 error document), as AWS's Node runtime client does. SIGTERM
+ends the process with status 0.
 """
 
+import base64
 import http.client
 import importlib
+import inspect
 import json
 import os
 import signal
@@ -134,6 +142,48 @@ class RuntimeAPI:
                   file=sys.stderr)
 
 
+    def stream(self, path, items, request_id):
+        """POSTs each item of the generator `items` as it comes, one JSON line a
+        chunk; an exception it raises ends the body with the error trailers."""
+        conn = self.conn
+        try:
+            if conn.sock is None:
+                conn.connect()
+            conn.putrequest("POST", API + path, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "application/x-ndjson")
+            conn.putheader("Lambda-Runtime-Function-Response-Mode", "streaming")
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.putheader("Trailer", "Lambda-Runtime-Function-Error-Type, "
+                           "Lambda-Runtime-Function-Error-Body")
+            conn.endheaders()
+            trailers = b""
+            while True:
+                try:
+                    item = next(items)
+                    try:
+                        line = json.dumps(item, allow_nan=False).encode() + b"\n"
+                    except (TypeError, ValueError) as e:
+                        raise Fault("Runtime.MarshalError",
+                                    f"Unable to marshal response: {e}") from None
+                except StopIteration:
+                    break
+                except Exception as e:
+                    report = base64.b64encode(error_body(e, request_id)).decode()
+                    trailers = (f"Lambda-Runtime-Function-Error-Type: {error_type(e)}\r\n"
+                                f"Lambda-Runtime-Function-Error-Body: {report}\r\n").encode()
+                    break
+                conn.send(b"%x\r\n%s\r\n" % (len(line), line))
+            conn.send(b"0\r\n" + trailers + b"\r\n")
+            response = conn.getresponse()
+            answer = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            sys.exit(f"lambda_runtime: streaming POST {path} failed: {e}")
+        if not 200 <= response.status < 300:
+            print(f"lambda_runtime: POST {path}: {response.status} {answer[:200]!r}",
+                  file=sys.stderr)
+
+
 def load_handler(spec):
     try:
         name, attribute = spec.rsplit(".", 1)
@@ -196,16 +246,21 @@ def serve(api, handler):
                 raise Fault("Runtime.UnmarshalError",
                             f"Unable to unmarshal input: {e}") from None
             result = handler(event, context)
-            try:
-                answer = json.dumps(result, allow_nan=False).encode()
-            except (TypeError, ValueError) as e:
-                raise Fault("Runtime.MarshalError",
-                            f"Unable to marshal response: {e}") from None
+            streamed = result if inspect.isgenerator(result) else None
+            if streamed is None:
+                try:
+                    answer = json.dumps(result, allow_nan=False).encode()
+                except (TypeError, ValueError) as e:
+                    raise Fault("Runtime.MarshalError",
+                                f"Unable to marshal response: {e}") from None
         except Exception as e:
             api.post(f"/invocation/{request_id}/error", error_body(e, request_id),
                      {"Lambda-Runtime-Function-Error-Type": "Unhandled"})
         else:
-            api.post(f"/invocation/{request_id}/response", answer)
+            if streamed is not None:
+                api.stream(f"/invocation/{request_id}/response", streamed, request_id)
+            else:
+                api.post(f"/invocation/{request_id}/response", answer)
 
 
 def main(argv):

@@ -467,3 +467,108 @@ async fn http_instances_stream_their_chunked_answers() {
     .await;
     streams_from_an_http_function(&gw, "/s/served").await;
 }
+
+/// `[apps.s.functions.NAME]`: a streaming lambda function running `command`.
+fn lambda_stream(name: &str, command: &str) -> String {
+    format!(
+        "\n[apps.s.functions.{name}]\nbackend = \"lambda\"\ncommand = {command}\n\
+         stream = true\nmax_instances = 1\n"
+    )
+}
+
+/// What a streaming Lambda instance must do: items as it posts them (the
+/// first before it goes on), then its end or its error.
+async fn streams_from_a_lambda_instance(gw: &Gateway, path: &str, error_type: &str) {
+    for (protocol, accept) in [("--http1.1", "*/*"), ("--http2", "text/event-stream")] {
+        let gate = format!("gate-{protocol}");
+        let body = json!({"gate": gate, "count": 3});
+        let accept = format!("accept: {accept}");
+        let mut curl = Curl::post(gw, protocol, path, &body, &["-H", &accept]).await;
+        assert_eq!(curl.status, 200, "{path} {protocol}");
+        let events = curl.content_type == "text/event-stream";
+        let mut next = async || {
+            if events {
+                let (name, data) = curl.event().await;
+                assert_eq!(name, "message");
+                serde_json::from_str::<Value>(&data).expect("an item")
+            } else {
+                curl.item().await
+            }
+        };
+        assert_eq!(next().await, json!({"item": 1}), "{path} {protocol}");
+        // The instance waits for the gate: the first item came before.
+        open_gate(&gw.dir, &gate);
+        assert_eq!(next().await, json!({"item": 2}), "{path} {protocol}");
+        assert_eq!(next().await, json!({"item": 3}), "{path} {protocol}");
+        if events {
+            assert_eq!(curl.event().await.0, "end");
+        }
+        assert!(curl.ended().await);
+    }
+
+    let body = json!({"fail": "bad item"});
+    let mut curl = Curl::post(gw, "--http2", path, &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    let error = curl.item().await;
+    assert_eq!(error["error"]["code"], "function_error", "{path}: {error}");
+    assert_eq!(error["error"]["error"]["type"], error_type, "{error}");
+    assert_eq!(error["error"]["error"]["message"], "bad item", "{error}");
+    assert!(curl.ended().await);
+
+    // Before any item: the usual problem answer.
+    let client = gw.client();
+    let resp = gw
+        .post_json(&client, path, r#"{"count": 0, "fail": "early"}"#)
+        .await;
+    let problem = assert_problem(resp, 500, "function_error").await;
+    assert_eq!(problem["error"]["type"], error_type, "{problem}");
+    assert_eq!(problem["error"]["message"], "early", "{problem}");
+}
+
+#[tokio::test]
+async fn lambda_instances_stream_with_the_standard_library_runtime_client() {
+    let gw = builder(&lambda_stream(
+        "py",
+        r#"["python3", "lambda_runtime.py", "gated.handler"]"#,
+    ))
+    .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+    .start()
+    .await;
+    streams_from_a_lambda_instance(&gw, "/s/py", "ValueError").await;
+
+    // A client that leaves: the instance running its call is stopped.
+    let body = json!({"forever": true, "pidfile": "instance"});
+    let mut curl = Curl::post(&gw, "--http1.1", "/s/py", &body, &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    let pid = pid_in(&gw.dir, "instance").await;
+    curl.child.kill().await.expect("kill curl");
+    assert!(
+        eventually(Duration::from_secs(10), || !process_alive(pid)).await,
+        "the instance was stopped once its client left"
+    );
+    // A fresh instance serves the next call.
+    let mut curl = Curl::post(&gw, "--http2", "/s/py", &json!({"count": 1}), &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert!(curl.ended().await);
+}
+
+#[tokio::test]
+async fn lambda_instances_stream_with_node_aws_lambda_ric_stream_responses() {
+    let node = common::repo_dir().join("tests/instances/node");
+    let ric = node.join("node_modules/.bin/aws-lambda-ric");
+    assert!(
+        ric.exists(),
+        "this test needs aws-lambda-ric: npm install in {}",
+        node.display()
+    );
+    let command = format!("[{:?}, \"node_stream.handler\"]", ric.to_str().unwrap());
+    let gw = builder(&lambda_stream("node", &command))
+        .file(
+            "node_stream.js",
+            repo_file("tests/streaming/node_stream.js"),
+        )
+        .start()
+        .await;
+    streams_from_a_lambda_instance(&gw, "/s/node", "TypeError").await;
+}

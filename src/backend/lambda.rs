@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use tokio::sync::{mpsc, oneshot};
+
+use super::stream::{self, ItemStream};
 use super::{Backend, BackendError, BoxFuture};
-use crate::instances::runtime_api::Delivery;
+use crate::instances::runtime_api::{Delivery, Reply};
 use crate::instances::{Endpoint, Lease, ParameterSets};
 use crate::invocation::Invocation;
 
@@ -39,6 +42,93 @@ impl LambdaBackend {
             .await
             .map_err(|_| BackendError::Timeout)??;
         run_event(lease, delivery(invocation, &self.name), invocation).await
+    }
+}
+
+impl LambdaBackend {
+    /// Starts a streaming call: the instance's items come through its
+    /// mailbox as it posts them (see `runtime_api`'s streaming response
+    /// mode). A worker on another machine answers its one result as one
+    /// item.
+    async fn open_stream(&self, invocation: &Invocation) -> Result<ItemStream, BackendError> {
+        let pool = self
+            .sets
+            .pool(invocation.parameter_values(self.sets.names()));
+        let lease = tokio::time::timeout_at(invocation.deadline, pool.lease())
+            .await
+            .map_err(|_| BackendError::Timeout)??;
+        let delivery = delivery(invocation, &self.name);
+        let Endpoint::Lambda(mailbox) = lease.endpoint() else {
+            return run_event(lease, delivery, invocation).await.map(stream::single);
+        };
+        let (sender, receiver) = mpsc::channel(16);
+        let ended = mailbox.deliver_streaming(delivery, sender)?;
+        let items = LambdaItems {
+            running: Running(Some(lease)),
+            items: receiver,
+            open: true,
+            ended,
+            reply: None,
+            done: false,
+        };
+        Ok(Box::pin(futures_util::stream::unfold(
+            items,
+            |mut items| async move {
+                let item = items.next().await?;
+                Some((item, items))
+            },
+        )))
+    }
+}
+
+/// A streaming call on a Lambda instance: its items, then how it ended.
+/// Dropped before the end (timeout, cancel, a client that left), it stops
+/// the instance.
+struct LambdaItems {
+    running: Running,
+    items: mpsc::Receiver<Bytes>,
+    /// False once the mailbox dropped the items' sender.
+    open: bool,
+    ended: oneshot::Receiver<Reply>,
+    /// The call's end, once it came (items sent before it may still wait).
+    reply: Option<Reply>,
+    done: bool,
+}
+
+impl LambdaItems {
+    async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(reply) = self.reply.take() {
+                if let Ok(item) = self.items.try_recv() {
+                    self.reply = Some(reply);
+                    return Some(Ok(item));
+                }
+                self.done = true;
+                let lease = self.running.0.take().expect("the lease is held until the end");
+                return match reply {
+                    Ok(_) => {
+                        lease.succeeded();
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+            }
+            tokio::select! {
+                biased;
+                item = self.items.recv(), if self.open => match item {
+                    Some(item) => return Some(Ok(item)),
+                    None => self.open = false,
+                },
+                reply = &mut self.ended => {
+                    self.reply = Some(reply.unwrap_or_else(|_| {
+                        Err(BackendError::Crashed("the instance stopped during the call".to_owned()))
+                    }));
+                }
+            }
+        }
     }
 }
 
@@ -135,6 +225,13 @@ impl Backend for LambdaBackend {
         invocation: &'a Invocation,
     ) -> BoxFuture<'a, Result<Bytes, BackendError>> {
         Box::pin(self.run(invocation))
+    }
+
+    fn invoke_stream<'a>(
+        &'a self,
+        invocation: &'a Invocation,
+    ) -> BoxFuture<'a, Result<ItemStream, BackendError>> {
+        Box::pin(self.open_stream(invocation))
     }
 
     fn describe(&self) -> String {

@@ -22,11 +22,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::LambdaIdentity;
 use crate::backend::{BackendError, result_json};
+
+mod stream;
 
 /// The API's version prefix, fixed by AWS.
 const PREFIX: &str = "/2018-06-01/runtime/";
@@ -73,6 +75,9 @@ enum Readiness {
 struct MailState {
     queued: Option<(Delivery, oneshot::Sender<Reply>)>,
     running: Option<(String, oneshot::Sender<Reply>)>,
+    /// A streaming call's items go here as the instance posts them (its
+    /// reply then only says how the stream ended).
+    items: Option<(String, mpsc::Sender<Bytes>)>,
     closed: bool,
 }
 
@@ -80,12 +85,32 @@ impl Mailbox {
     /// Puts a call in the mailbox; the receiver gets its end. An instance
     /// takes one call at a time: its pool leases it to one call only.
     pub fn deliver(&self, delivery: Delivery) -> Result<oneshot::Receiver<Reply>, BackendError> {
+        self.deliver_to(delivery, None)
+    }
+
+    /// Puts a streaming call in the mailbox: each item the instance
+    /// streams (or its one result) goes to `items` as it comes; the
+    /// receiver gets how the call ended (`Ok` with no bytes, or its error).
+    pub fn deliver_streaming(
+        &self,
+        delivery: Delivery,
+        items: mpsc::Sender<Bytes>,
+    ) -> Result<oneshot::Receiver<Reply>, BackendError> {
+        self.deliver_to(delivery, Some(items))
+    }
+
+    fn deliver_to(
+        &self,
+        delivery: Delivery,
+        items: Option<mpsc::Sender<Bytes>>,
+    ) -> Result<oneshot::Receiver<Reply>, BackendError> {
         let (reply, ended) = oneshot::channel();
         {
             let mut state = self.lock();
             if state.closed {
                 return Err(BackendError::Crashed("the instance has stopped".to_owned()));
             }
+            state.items = items.map(|items| (delivery.call_id.clone(), items));
             state.queued = Some((delivery, reply));
         }
         self.wake.notify_one();
@@ -114,6 +139,7 @@ impl Mailbox {
         state.closed = true;
         state.queued = None;
         state.running = None;
+        state.items = None;
         drop(state);
         self.wake.notify_one();
     }
@@ -168,6 +194,19 @@ impl Mailbox {
             other => {
                 state.running = other;
                 false
+            }
+        }
+    }
+
+    /// The items channel of the running streaming call `id`, taken: only
+    /// one post streams its items.
+    fn take_items(&self, id: &str) -> Option<mpsc::Sender<Bytes>> {
+        let mut state = self.lock();
+        match state.items.take() {
+            Some((call, items)) if call == id => Some(items),
+            other => {
+                state.items = other;
+                None
             }
         }
     }
@@ -281,6 +320,13 @@ async fn handle(mailbox: &Mailbox, request: Request<Incoming>) -> Response<Full<
 async fn respond(mailbox: &Mailbox, id: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if !mailbox.is_running(id) {
         return unknown_call(id);
+    }
+    let streamed = request
+        .headers()
+        .get("lambda-runtime-function-response-mode")
+        .is_some_and(|mode| mode.as_bytes().eq_ignore_ascii_case(b"streaming"));
+    if streamed || mailbox.lock().items.is_some() {
+        return stream::respond(mailbox, id, request, streamed).await;
     }
     let body = match Limited::new(request.into_body(), mailbox.max_result)
         .collect()
