@@ -9,11 +9,11 @@
 //! leaves.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 use super::inputs::Inputs;
 use super::lines::{self, Framing, Writer};
 use crate::backend::{Backend, BackendError};
+use crate::calls::{self, retry};
 use crate::http::input;
 use crate::http::problem::ApiError;
 use crate::http::respond::backend_failure;
@@ -82,6 +83,7 @@ pub fn start(
     MapBody {
         lines: body,
         task: task.abort_handle(),
+        ended: false,
     }
 }
 
@@ -97,7 +99,7 @@ async fn drive(
     order: Order,
     mut writer: Writer,
     window: usize,
-    lines: mpsc::Sender<Bytes>,
+    lines: mpsc::Sender<Piece>,
 ) {
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     // Input order: one entry per input started and not yet written,
@@ -122,7 +124,7 @@ async fn drive(
             permit = lines.reserve(), if may_write => {
                 let Ok(permit) = permit else { return };
                 let line = waiting.pop_front().flatten().expect("the first line has ended");
-                permit.send(writer.item(line));
+                permit.send(Piece::Line(writer.item(line)));
                 written += 1;
             }
             Some((index, line)) = running.next(), if !running.is_empty() => match order {
@@ -141,10 +143,8 @@ async fn drive(
             },
         }
     }
-    if let Some(end) = writer.end() {
-        // The body may be gone already; nothing is left to stop then.
-        let _ = lines.send(end).await;
-    }
+    // The body may be gone already; nothing is left to stop then.
+    let _ = lines.send(Piece::End(writer.end())).await;
 }
 
 impl MapCall {
@@ -221,14 +221,11 @@ impl MapCall {
 }
 
 /// The pause before another run of an input whose run `attempt` failed
-/// with `error`, under the function's `retries`; `None` when none is left.
-/// Every backend error is a failure or a timeout, which retries cover.
-fn retry_delay(
-    function: &Function,
-    attempt: u32,
-    _error: &BackendError,
-) -> Option<std::time::Duration> {
-    function.spec.retries.as_ref()?.delay_after(attempt)
+/// with `error`, by the rule spawned calls follow (the function's
+/// `retries`); `None` when no run is left.
+fn retry_delay(function: &Function, attempt: u32, error: &BackendError) -> Option<Duration> {
+    let outcome = calls::outcome_of(Err(error.clone()));
+    retry::retry_delay(function.spec.retries.as_ref(), attempt, &outcome)
 }
 
 /// The map's `traceparent` with a span of the input's own: every input's
@@ -243,29 +240,181 @@ fn child_span(traceparent: &str) -> String {
     }
 }
 
+/// What the map's task hands the answer's body.
+enum Piece {
+    Line(Bytes),
+    /// The last piece: what ends the body, if anything.
+    End(Option<Bytes>),
+}
+
+/// The map's task stopped before its end (it panicked): the answer breaks
+/// off (HTTP/1.1 without its last chunk, HTTP/2 with a reset) rather than
+/// end as if every input had been answered.
+#[derive(Debug, thiserror::Error)]
+#[error("the map stopped before its end")]
+pub struct MapBroken;
+
 /// The answer's body: the lines the map's task hands it. Dropped (the
 /// client left, or the connection ended), it aborts the task.
 pub struct MapBody {
-    lines: mpsc::Receiver<Bytes>,
+    lines: mpsc::Receiver<Piece>,
     task: AbortHandle,
+    ended: bool,
 }
 
 impl http_body::Body for MapBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = MapBroken;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.lines
-            .poll_recv(cx)
-            .map(|line| line.map(|line| Ok(Frame::data(line))))
+    ) -> Poll<Option<Result<Frame<Bytes>, MapBroken>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let piece = match self.lines.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(piece) => piece,
+        };
+        Poll::Ready(match piece {
+            Some(Piece::Line(line)) => Some(Ok(Frame::data(line))),
+            Some(Piece::End(last)) => {
+                self.ended = true;
+                last.map(|last| Ok(Frame::data(last)))
+            }
+            None => {
+                self.ended = true;
+                tracing::error!("a map's task stopped before its end; its answer breaks off");
+                Some(Err(MapBroken))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
 impl Drop for MapBody {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::state;
+    use crate::registry::Lookup;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// Input `x` (a bare number) runs 10 s when it is 0, else 1 ms; the
+    /// backend notes when each starts.
+    struct Timed {
+        origin: Instant,
+        starts: Mutex<Vec<(u64, Duration)>>,
+    }
+
+    impl Backend for Timed {
+        fn invoke<'a>(
+            &'a self,
+            invocation: &'a Invocation,
+        ) -> crate::backend::BoxFuture<'a, Result<Bytes, BackendError>> {
+            Box::pin(async move {
+                let args: Vec<u64> = serde_json::from_str(&invocation.args).unwrap();
+                let x = args[0];
+                let started = self.origin.elapsed();
+                self.starts.lock().unwrap().push((x, started));
+                let run = if x == 0 { 10_000 } else { 1 };
+                tokio::time::sleep(Duration::from_millis(run)).await;
+                Ok(Bytes::from(x.to_string()))
+            })
+        }
+
+        fn describe(&self) -> String {
+            "timed".to_owned()
+        }
+    }
+
+    /// Maps 0..10 with a window of 4: the indexes as written, and when
+    /// each input started.
+    async fn map_ten(order: Order) -> (Vec<u64>, Vec<(u64, Duration)>) {
+        let state = state::for_tests();
+        let Lookup::Found(function) = state.registry.lookup("demo", "square") else {
+            panic!("the test registry has demo/square");
+        };
+        let backend = Arc::new(Timed {
+            origin: Instant::now(),
+            starts: Mutex::new(Vec::new()),
+        });
+        let call = MapCall {
+            state: state.clone(),
+            function: function.clone(),
+            backend: backend.clone(),
+            principal: None,
+            trace: Trace {
+                request_id: Arc::from("req-1"),
+                traceparent: String::new(),
+            },
+            class: None,
+            query: None,
+        };
+        let body = Bytes::from_static(b"[0,1,2,3,4,5,6,7,8,9]");
+        let inputs = Inputs::Array {
+            body,
+            elements: (0..10)
+                .map(|i| 1 + 2 * i..2 + 2 * i)
+                .collect::<Vec<_>>()
+                .into_iter(),
+        };
+        let answer = start(call, inputs, order, Framing::Ndjson, 4);
+        let text = answer.collect().await.unwrap().to_bytes();
+        let indexes = std::str::from_utf8(&text)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                value["index"].as_u64().unwrap()
+            })
+            .collect();
+        let starts = backend.starts.lock().unwrap().clone();
+        (indexes, starts)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_input_order_no_input_starts_a_window_past_one_not_written() {
+        let (indexes, starts) = map_ten(Order::Input).await;
+        assert_eq!(indexes, (0..10).collect::<Vec<_>>());
+        assert_eq!(starts.len(), 10);
+        for (x, at) in starts {
+            // Inputs 1..4 fit the window beside 0; 4 and on wait for it.
+            let waited = at >= Duration::from_secs(10);
+            assert_eq!(waited, x >= 4, "input {x} started at {at:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_completion_order_the_window_bounds_only_what_runs() {
+        let (indexes, starts) = map_ten(Order::Completion).await;
+        assert_eq!(indexes.last(), Some(&0), "{indexes:?}");
+        assert_eq!(indexes.len(), 10);
+        // The slow input holds one place: the others go on around it.
+        assert!(
+            starts.iter().all(|(_, at)| *at < Duration::from_secs(1)),
+            "{starts:?}"
+        );
+    }
+
+    #[test]
+    fn each_input_gets_a_span_of_its_own_in_the_trace() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_span(parent);
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, parent);
+        assert_eq!(child.len(), parent.len());
     }
 }
