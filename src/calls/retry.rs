@@ -99,7 +99,25 @@ impl Calls {
         else {
             return Rerun::No;
         };
-        tracing::info!(call_id = %record.id, attempt = record.attempt, delay_ms = delay.as_millis() as u64, "the call failed; it runs again after its backoff");
+        tracing::info!(call_id = %record.id, attempt = record.attempt, delay_ms = delay.as_millis() as u64, "the call's run failed or timed out; it runs again after its backoff");
+        let next = self.pause_and_count(function, record, delay, stop).await;
+        if let Rerun::Stopped = next {
+            // A cancel has forgotten it already; a stopping store or
+            // gateway has not.
+            self.running.forget(&record.id);
+        }
+        next
+    }
+
+    /// The pause before the next run of `record`, then a slot for it and
+    /// its attempt counted.
+    async fn pause_and_count(
+        &self,
+        function: &Function,
+        record: &mut CallRecord,
+        delay: Duration,
+        stop: &CancellationToken,
+    ) -> Rerun {
         match pause(delay, stop, &self.stopping).await {
             Pause::Elapsed => {}
             Pause::Stopped => return Rerun::Stopped,
