@@ -263,11 +263,26 @@ async fn spawned_children_show_their_parent_call_id() {
             "demo",
             "spawner",
             "caller.py",
-            "public = true\nmay_call = [\"demo/square\"]",
+            "public = true\nmay_call = [\"demo/square\", \"demo/sleepy\"]",
         ))
+        .toml(&exec_fn("demo", "sleepy", "work.py", "public = true"))
         .start()
         .await;
     let client = gw.client();
+    // While the child runs, its progress names its parent.
+    let body = json!({"call": "/demo/sleepy/spawn", "body": {"seconds": 2}}).to_string();
+    let answer = gw.post_json(&client, "/demo/spawner", &body).await;
+    let parent_id = header_str(&answer, "x-call-id").expect("the parent's call id");
+    let out = json_ok(answer).await;
+    let child = out["body"]["call_id"].as_str().unwrap().to_owned();
+    let answer = client
+        .get(gw.url(&format!("/calls/{child}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let progress = answer.json::<Value>().await.unwrap();
+    assert_eq!(progress["parent_call_id"], parent_id, "{progress}");
     let body = json!({"call": "/demo/square/spawn", "body": {"x": 4}}).to_string();
     let answer = gw.post_json(&client, "/demo/spawner", &body).await;
     let parent_id = header_str(&answer, "x-call-id").expect("the parent's call id");
