@@ -463,6 +463,12 @@ async fn accept_json_answers_one_array() {
     assert_eq!(array[1]["result"]["args"], json!([5]));
     assert_eq!(array[2]["result"]["args"], json!([6]));
     assert_eq!(array[3]["error"]["code"], "invalid_json", "{}", array[3]);
+    // Each input is a call of its own, with a call token of its own.
+    let tokens: HashSet<&str> = array[..3]
+        .iter()
+        .map(|line| line["result"]["token"].as_str().expect("a call token"))
+        .collect();
+    assert_eq!(tokens.len(), 3, "{array:?}");
     let empty = post(
         &gw,
         &client,

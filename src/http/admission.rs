@@ -35,6 +35,7 @@ pub struct ClientCertificate(pub Principal);
 /// An admitted caller: Bearer credentials when given, else the client
 /// certificate's principal when the connection has one; or a function's
 /// call, through its call token, acting as its original caller.
+#[derive(Clone)]
 pub struct Caller {
     pub credentials: Option<Credentials>,
     pub client: Option<Principal>,

@@ -5,7 +5,8 @@ POST /invoke takes the invocation request and honours these kwargs, in
 this order: "count" (a file: appends the call id, one line per run, when
 the run starts), "sleep" (seconds), "fail" (answers 500 with a ValueError
 carrying that message), "fail_below" (fails while the attempt is below
-it). Otherwise it answers {"x", "square", "call_id", "attempt", "args"},
+it). Otherwise it answers {"x", "square", "call_id", "attempt", "args",
+"token" (the call token header)},
 plus "pad": "p" * pad when "pad" is given. GET /ready answers 200.
 
 Each answer leaves in one write: a head and a body written apart would
@@ -50,6 +51,7 @@ class Handler(JsonHandler):
             "call_id": request["call_id"],
             "attempt": request["attempt"],
             "args": request.get("args"),
+            "token": self.headers.get("X-Fngate-Call-Token"),
         }
         if kwargs.get("pad"):
             out["pad"] = "p" * int(kwargs["pad"])

@@ -58,7 +58,7 @@ pub async fn map(
         state: state.clone(),
         function: function.clone(),
         backend: backend.clone(),
-        principal: caller.principal(),
+        caller: caller.clone(),
         trace: trace.clone(),
         class,
         query,

@@ -26,13 +26,12 @@ use super::inputs::Inputs;
 use super::lines::{self, Framing, Writer};
 use crate::backend::{Backend, BackendError};
 use crate::calls::{self, retry};
+use crate::http::admission::Caller;
 use crate::http::input;
 use crate::http::problem::ApiError;
 use crate::http::respond::backend_failure;
 use crate::http::state::AppState;
-use crate::invocation::{
-    CallId, ClassCall, Invocation, Principal, Trace, deadline_ms_after, random_hex,
-};
+use crate::invocation::{CallId, ClassCall, Invocation, Trace, random_hex};
 use crate::registry::Function;
 use crate::translate::{self, Arguments};
 
@@ -54,7 +53,9 @@ pub struct MapCall {
     pub state: Arc<AppState>,
     pub function: Arc<Function>,
     pub backend: Arc<dyn Backend>,
-    pub principal: Option<Principal>,
+    /// Who made the map: each input's call acts as them (a function's
+    /// token included: its deadline, trace and depth go on).
+    pub caller: Caller,
     pub trace: Trace,
     pub class: Option<Arc<ClassCall>>,
     /// The query the keyword arguments of every input come from (no
@@ -175,6 +176,7 @@ impl MapCall {
     async fn call(&self, arguments: Arguments) -> Result<Bytes, ApiError> {
         let function = &self.function;
         let timeout = function.spec.timeout;
+        let trace = self.caller.trace(&self.trace);
         let mut invocation = Invocation {
             call_id: CallId::generate(),
             app: function.app.clone(),
@@ -185,19 +187,20 @@ impl MapCall {
             deadline: tokio::time::Instant::now(),
             attempt: 1,
             trace: Trace {
-                request_id: self.trace.request_id.clone(),
-                traceparent: child_span(&self.trace.traceparent),
+                traceparent: child_span(&trace.traceparent),
+                request_id: trace.request_id,
             },
-            principal: self.principal.clone(),
+            principal: self.caller.principal(),
             class: self.class.clone(),
             call_token: None,
-            parent: None,
+            parent: self.caller.parent(),
             batch: None,
         };
         loop {
             let slot = function.limiter.acquire_background().await;
-            invocation.deadline_ms = deadline_ms_after(timeout);
-            invocation.deadline = tokio::time::Instant::now() + timeout;
+            (invocation.deadline_ms, invocation.deadline) = self.caller.deadline(timeout);
+            let token = self.caller.call_token(&self.state, function, &invocation);
+            invocation.call_token = Some(token);
             let outcome = self.backend.invoke(&invocation).await;
             drop(slot);
             let error = match outcome {
@@ -354,7 +357,11 @@ mod tests {
             state: state.clone(),
             function: function.clone(),
             backend: backend.clone(),
-            principal: None,
+            caller: Caller {
+                credentials: None,
+                client: None,
+                nested: None,
+            },
             trace: Trace {
                 request_id: Arc::from("req-1"),
                 traceparent: String::new(),
