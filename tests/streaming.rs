@@ -572,3 +572,80 @@ async fn lambda_instances_stream_with_node_aws_lambda_ric_stream_responses() {
         .await;
     streams_from_a_lambda_instance(&gw, "/s/node", "TypeError").await;
 }
+
+/// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, as
+/// Chromium's `--ignore-certificate-errors-spki-list` takes it.
+fn spki_sha256_base64(cert_pem: &Path) -> String {
+    use base64::Engine as _;
+    let pem = std::fs::read(cert_pem).expect("read the gateway's certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("gateway.crt is PEM");
+    let cert = pem.parse_x509().expect("gateway.crt is X.509");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// Headless Chromium (driven by playwright-core from `tests/browser/`,
+/// as `tests/browser_cors.rs` does) reads a stream with `EventSource` and
+/// with a `fetch` body reader; each time the page itself signals its first
+/// item before the function may go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_reads_a_stream_with_event_source_and_fetch() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "this test needs Chromium at {chromium} (apt-get install -y chromium, or set CHROMIUM)"
+    );
+    let browser = common::repo_dir().join("tests/browser");
+    assert!(
+        browser
+            .join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "this test needs playwright-core: npm ci --prefix tests/browser"
+    );
+    let gw = builder(&exec_stream("gated", "")).start().await;
+    let spki = spki_sha256_base64(&gw.dir.join("certs/gateway.crt"));
+    let gate_dir = gw.dir.to_str().expect("a UTF-8 path").to_owned();
+    let child = Command::new("node")
+        .arg(browser.join("stream.mjs"))
+        .args([gw.url("").as_str(), &spki, "/s/gated", &gate_dir])
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node tests/browser/stream.mjs");
+    let out = tokio::time::timeout(Duration::from_secs(75), child.wait_with_output())
+        .await
+        .expect("stream.mjs finished in time")
+        .expect("wait for stream.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stream.mjs failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("stream.mjs printed no JSON line ({e}): {stdout}"));
+    eprintln!("chromium saw: {seen}");
+
+    let items = json!([{"item": 1}, {"item": 2}, {"item": 3}]);
+    let events = &seen["events"];
+    assert_eq!(events["items"], items, "{seen}");
+    assert_eq!(
+        events["events"],
+        json!(["message", "message", "message", "end"]),
+        "{seen}"
+    );
+    let fetched = &seen["fetch"];
+    assert_eq!(fetched["ok"], true, "{seen}");
+    assert_eq!(fetched["status"], 200, "{seen}");
+    assert_eq!(fetched["contentType"], "text/event-stream", "{seen}");
+    assert_eq!(
+        fetched["text"],
+        "data: {\"item\": 1}\n\ndata: {\"item\": 2}\n\ndata: {\"item\": 3}\n\nevent: end\ndata:\n\n",
+        "{seen}"
+    );
+    // Both gates were opened by the page, after its first item.
+    assert_eq!(seen["opened"].as_array().map(Vec::len), Some(2), "{seen}");
+}
