@@ -678,3 +678,28 @@ async fn a_bad_map_request_is_refused_whole() {
     .await;
     assert_problem(spawn, 404, "function_not_found").await;
 }
+
+/// A streaming function's input answers the array of its items.
+#[tokio::test]
+async fn a_streaming_functions_inputs_answer_the_arrays_of_their_items() {
+    let gw = Gateway::builder()
+        .file(
+            "items.py",
+            "import json, sys\nx = json.load(sys.stdin)[\"kwargs\"][\"x\"]\n\
+             for i in range(x):\n    print(json.dumps({\"i\": i}), flush=True)\n",
+        )
+        .toml(&common::exec_fn("m", "items", "items.py", "stream = true"))
+        .start()
+        .await;
+    let client = gw.client();
+    let body = json!([{"x": 2}, {"x": 0}, {"x": 3}]).to_string();
+    let lines =
+        lines(post(&gw, &client, "/m/items/map", "application/json", None, body).await).await;
+    assert_eq!(lines[0]["result"], json!([{"i": 0}, {"i": 1}]), "{lines:?}");
+    assert_eq!(lines[1]["result"], json!([]), "{lines:?}");
+    assert_eq!(
+        lines[2]["result"],
+        json!([{"i": 0}, {"i": 1}, {"i": 2}]),
+        "{lines:?}"
+    );
+}

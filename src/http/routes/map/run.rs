@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 
 use super::inputs::Inputs;
 use super::lines::{self, Framing, Writer};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, stream};
 use crate::calls::{self, retry};
 use crate::http::admission::Caller;
 use crate::http::input;
@@ -201,7 +201,7 @@ impl MapCall {
             (invocation.deadline_ms, invocation.deadline) = self.caller.deadline(timeout);
             let token = self.caller.call_token(&self.state, function, &invocation);
             invocation.call_token = Some(token);
-            let outcome = self.backend.invoke(&invocation).await;
+            let outcome = self.run_once(&invocation).await;
             drop(slot);
             let error = match outcome {
                 Ok(result) => return Ok(result),
@@ -221,6 +221,35 @@ impl MapCall {
             invocation.attempt += 1;
         }
     }
+}
+
+impl MapCall {
+    /// One run of an input: its result, or, for a streaming function
+    /// (`stream = true`), the JSON array of its items; an error at any
+    /// point is the input's error.
+    async fn run_once(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
+        if !self.function.spec.stream {
+            return self.backend.invoke(invocation).await;
+        }
+        let items = stream::open(self.backend.as_ref(), invocation).await?;
+        match stream::collect(items, self.state.max_result).await {
+            (_, Some(error)) => Err(error),
+            (lines, None) => Ok(array_of_lines(lines)),
+        }
+    }
+}
+
+/// NDJSON lines (each item on one line, each line ended) as one JSON array.
+fn array_of_lines(mut lines: Vec<u8>) -> Bytes {
+    for byte in lines.iter_mut().filter(|b| **b == b'\n') {
+        *byte = b',';
+    }
+    lines.pop();
+    let mut array = Vec::with_capacity(lines.len() + 2);
+    array.push(b'[');
+    array.extend_from_slice(&lines);
+    array.push(b']');
+    Bytes::from(array)
 }
 
 /// The pause before another run of an input whose run `attempt` failed
@@ -413,6 +442,12 @@ mod tests {
             starts.iter().all(|(_, at)| *at < Duration::from_secs(1)),
             "{starts:?}"
         );
+    }
+
+    #[test]
+    fn a_streams_items_make_one_array() {
+        assert_eq!(array_of_lines(b"1\n{\"a\":2}\n".to_vec()), "[1,{\"a\":2}]");
+        assert_eq!(array_of_lines(Vec::new()), "[]");
     }
 
     #[test]
