@@ -431,7 +431,7 @@ async fn lambda_and_http_instances_call_with_their_tokens() {
         .toml(
             "[apps.demo.functions.lcaller]\nbackend = \"lambda\"\n\
              command = [\"python3\", \"lambda_runtime.py\", \"lambda_caller.handler\"]\n\
-             may_call = [\"demo/square\"]\npublic = true\n",
+             may_call = [\"demo/square\"]\npublic = true\nenv.SERVED_BY = \"gateway\"\n",
         )
         .toml(
             "[apps.demo.functions.hcaller]\nbackend = \"http\"\n\
@@ -442,10 +442,75 @@ async fn lambda_and_http_instances_call_with_their_tokens() {
         .await;
     let client = gw.client();
     let answer = gw.post_json(&client, "/demo/lcaller", r#"{"x": 4}"#).await;
-    assert_eq!(json_ok(answer).await, json!({"status": 200, "square": 16}));
+    assert_eq!(
+        json_ok(answer).await,
+        json!({"status": 200, "square": 16, "served_by": "gateway"})
+    );
     let answer = gw.post_json(&client, "/demo/hcaller", r#"{"x": 5}"#).await;
     assert_eq!(
         json_ok(answer).await,
         json!({"status": 200, "square": 25, "same_url": true})
     );
+}
+
+/// `fngate worker` on "another machine": its instances get `FNGATE_URL`
+/// (its `--gateway`) and `FNGATE_CA_FILE` (its `--cacert`), and the event's
+/// call token.
+#[tokio::test]
+async fn a_workers_instances_call_back_with_the_events_token() {
+    let (key, sha256) = fngate::auth::new_api_key();
+    let gw = nested_builder()
+        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+        .file("lambda_caller.py", repo_file("tests/nested/lambda_caller.py"))
+        .toml(&format!(
+            "[[auth.api_keys]]\nname = \"worker\"\nsha256 = \"{sha256}\"\nscopes = [\"work:demo/lcaller\"]\n"
+        ))
+        .toml(
+            "[apps.demo.functions.lcaller]\nbackend = \"lambda\"\n\
+             command = [\"python3\", \"lambda_runtime.py\", \"lambda_caller.handler\"]\n\
+             may_call = [\"demo/square\"]\npublic = true\nenv.SERVED_BY = \"gateway\"\n",
+        )
+        .start()
+        .await;
+    let mut worker = tokio::process::Command::new(common::BIN)
+        .args(["worker", "--gateway"])
+        .arg(format!("https://127.0.0.1:{}", gw.addr.port()))
+        .args(["--function", "demo/lcaller", "--cacert"])
+        .arg(gw.ca_path())
+        .args([
+            "--",
+            "python3",
+            "lambda_runtime.py",
+            "lambda_caller.handler",
+        ])
+        .current_dir(&gw.dir)
+        .env("FNGATE_WORKER_TOKEN", &key)
+        .env("SERVED_BY", "worker")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = worker.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let polling = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("polling for calls") {
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(polling.await, Ok(true), "the worker did not start polling");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let answer = gw
+        .post_json(&gw.client(), "/demo/lcaller", r#"{"x": 6}"#)
+        .await;
+    assert_eq!(
+        json_ok(answer).await,
+        json!({"status": 200, "square": 36, "served_by": "worker"})
+    );
+    let _ = worker.kill().await;
 }

@@ -43,6 +43,17 @@ pub(super) async fn start(
         Err(_) => command.stdout(Stdio::null()),
     };
     command.envs(env.iter().map(|(k, v)| (k, v)));
+    // Where its calls call other functions (with the event's call_token),
+    // and what to verify the gateway with, as the gateway's own instances
+    // are told.
+    command.env("FNGATE_URL", &options.gateway);
+    match &options.cacert {
+        Some(ca) => command.env(
+            "FNGATE_CA_FILE",
+            std::path::absolute(ca).unwrap_or(ca.clone()),
+        ),
+        None => command.env_remove("FNGATE_CA_FILE"),
+    };
     FunctionProcess::start(command)
         .await
         .map_err(|e| format!("cannot start {program:?}: {e}"))
