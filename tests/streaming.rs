@@ -346,6 +346,39 @@ async fn a_spawned_stream_keeps_its_items_for_get_calls() {
         items,
         vec![json!({"item": 1}), json!({"item": 2}), json!({"item": 3})]
     );
+
+    // An error after items is kept as the last line; one before any item
+    // fails the call as any call's error does.
+    let lines = spawned_result(&gw, "/s/gated", r#"{"count": 1, "fail": "late"}"#).await;
+    let resp = lines.expect("a stream with items is answered with them");
+    assert_eq!(resp.lines().count(), 2, "{resp}");
+    let last: Value = serde_json::from_str(resp.lines().last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "function_error", "{resp}");
+    assert_eq!(
+        last["error"]["error"]["message"], "ValueError: late",
+        "{resp}"
+    );
+    let failed = spawned_result(&gw, "/s/gated", r#"{"count": 0, "fail": "early"}"#).await;
+    assert_eq!(failed.unwrap_err(), 500);
+}
+
+/// Spawns a call of `path` with `body` and waits for its end: the
+/// NDJSON lines of a `200`, or the status of its error.
+async fn spawned_result(gw: &Gateway, path: &str, body: &str) -> Result<String, u16> {
+    let client = gw.client();
+    let resp = gw.post_json(&client, &format!("{path}/spawn"), body).await;
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await.expect("spawn answer");
+    let id = accepted["call_id"].as_str().expect("a call id");
+    let resp = client
+        .get(gw.url(&format!("/calls/{id}?wait=20")))
+        .send()
+        .await
+        .expect("GET /calls/{id}");
+    match resp.status().as_u16() {
+        200 => Ok(resp.text().await.expect("the items")),
+        status => Err(status),
+    }
 }
 
 /// `tests/streaming/stream_server.py` on a port of its own, killed on drop.
@@ -551,6 +584,9 @@ async fn lambda_instances_stream_with_the_standard_library_runtime_client() {
     let mut curl = Curl::post(&gw, "--http2", "/s/py", &json!({"count": 1}), &[]).await;
     assert_eq!(curl.item().await, json!({"item": 1}));
     assert!(curl.ended().await);
+    // A spawned call on an instance keeps its items.
+    let lines = spawned_result(&gw, "/s/py", r#"{"count": 2}"#).await;
+    assert_eq!(lines.as_deref(), Ok("{\"item\": 1}\n{\"item\": 2}\n"));
 }
 
 #[tokio::test]

@@ -210,7 +210,17 @@ async fn stored_stream(
         Err(e) => (Vec::new(), Some(e)),
     };
     match error {
-        Some(e) if lines.is_empty() => return Run::Ended(outcome_of(Err(e))),
+        Some(e) if lines.is_empty() => {
+            // As for any call: an instance lost before the first item runs it again.
+            let lost = matches!(e, BackendError::Crashed(_))
+                && function.spec.backend.has_instances()
+                && invocation.attempt < MAX_LOST_RUNS;
+            return if lost {
+                Run::Lost
+            } else {
+                Run::Ended(outcome_of(Err(e)))
+            };
+        }
         Some(e) => {
             tracing::warn!(call_id = %invocation.call_id.as_str(), error = ?e.to_string(), "a spawned stream ended with an error");
             let problem = crate::http::problem::ApiError::from_backend(e, function.spec.timeout)
