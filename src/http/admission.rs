@@ -247,11 +247,7 @@ fn admit_nested(
     request: &Request,
     token: &str,
 ) -> Result<Caller, ApiError> {
-    let grant = state
-        .calls
-        .tokens()
-        .verify(token, now_ms().max(0) as u64)
-        .map_err(|error| refuse(state, request, error))?;
+    let grant = verified(state, request, token)?;
     let (name, method) = match &function.class {
         Some(of) => (&*of.class, Some(&*function.name)),
         None => (&*function.name, None),
@@ -278,9 +274,18 @@ fn admit_nested(
         Caller {
             credentials: None,
             client: None,
-            nested: Some(Arc::new(grant)),
+            nested: Some(grant),
         },
     )
+}
+
+/// The claims of a call token this gateway minted and whose call's
+/// deadline has not passed; else 401 (costing the rate limit).
+fn verified(state: &AppState, request: &Request, token: &str) -> Result<Arc<CallGrant>, ApiError> {
+    match state.calls.tokens().verify(token, now_ms().max(0) as u64) {
+        Ok(grant) => Ok(Arc::new(grant)),
+        Err(error) => Err(refuse(state, request, error)),
+    }
 }
 
 /// Admits a worker (`fngate worker`) of `function`: credentials are
@@ -315,15 +320,10 @@ pub fn admit_worker(
 pub fn admit_reader(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
     if let Some(token) = call_token::presented(request.headers()) {
         // A function reading the calls it spawned, as their owner.
-        let grant = state
-            .calls
-            .tokens()
-            .verify(token, now_ms().max(0) as u64)
-            .map_err(|error| refuse(state, request, error))?;
         let caller = Caller {
             credentials: None,
             client: None,
-            nested: Some(Arc::new(grant)),
+            nested: Some(verified(state, request, token)?),
         };
         return limit(state, request, caller);
     }
