@@ -369,3 +369,76 @@ fn limit(state: &AppState, request: &Request, caller: Caller) -> Result<Caller, 
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     Ok(caller)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(expires_ms: u64, depth: u32) -> Caller {
+        Caller {
+            credentials: None,
+            client: None,
+            nested: Some(Arc::new(CallGrant {
+                principal: None,
+                owner: Some("key:reports".to_owned()),
+                scopes: vec!["invoke:demo/*".to_owned()],
+                app: "demo".to_owned(),
+                function: "cube".to_owned(),
+                may_call: Vec::new(),
+                call_id: "fc-parent".to_owned(),
+                depth,
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                expires_ms,
+            })),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nested_call_never_outlives_its_parent() {
+        let timeout = Duration::from_secs(30);
+        let soon = deadline_ms_after(Duration::from_secs(2));
+        let (deadline_ms, deadline) = nested(soon, 0).deadline(timeout);
+        assert_eq!(deadline_ms, soon);
+        let left = deadline - Instant::now();
+        assert!(
+            left <= Duration::from_secs(2) && left > Duration::from_secs(1),
+            "{left:?}"
+        );
+        // A parent with longer to go leaves the child its own timeout.
+        let later = deadline_ms_after(Duration::from_secs(3600));
+        let (deadline_ms, deadline) = nested(later, 0).deadline(timeout);
+        assert!(deadline_ms < later);
+        assert_eq!(deadline - Instant::now(), timeout);
+    }
+
+    #[test]
+    fn a_nested_call_continues_its_parent_and_acts_as_its_caller() {
+        let caller = nested(u64::MAX, 3);
+        let parent = caller.parent().unwrap();
+        assert_eq!((parent.call_id.as_str(), parent.depth), ("fc-parent", 4));
+        assert_eq!(caller.owner().as_deref(), Some("key:reports"));
+        let origin = caller.origin().unwrap();
+        assert_eq!(origin.parent_call_id.as_deref(), Some("fc-parent"));
+        assert_eq!((origin.depth, origin.scopes.len()), (4, 1));
+        let other = Trace {
+            request_id: "r".into(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        };
+        let continued = caller.trace(&other);
+        assert!(
+            continued
+                .traceparent
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{}",
+            continued.traceparent
+        );
+        assert_eq!(continued.traceparent.len(), 55);
+        let client = Caller {
+            credentials: None,
+            client: None,
+            nested: None,
+        };
+        assert!(client.parent().is_none() && client.origin().is_none());
+        assert_eq!(client.trace(&other).traceparent, other.traceparent);
+    }
+}
