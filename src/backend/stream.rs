@@ -38,11 +38,6 @@ pub fn single(item: Bytes) -> ItemStream {
     Box::pin(futures_util::stream::iter([Ok(compact(item))]))
 }
 
-/// A stream of nothing but `error`.
-pub fn failed(error: BackendError) -> ItemStream {
-    Box::pin(futures_util::stream::iter([Err(error)]))
-}
-
 /// Opens `invocation`'s item stream on `backend` within its deadline; the
 /// stream ends with [`BackendError::Timeout`] at the deadline (the
 /// function stopped with it).
@@ -70,28 +65,20 @@ impl Stream for Deadline {
     type Item = Result<Bytes, BackendError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(item))) => return Poll::Ready(Some(Ok(item))),
-            Poll::Ready(Some(Err(e))) => {
-                self.inner = None;
-                return Poll::Ready(Some(Err(e)));
-            }
-            Poll::Ready(None) => {
-                self.inner = None;
-                return Poll::Ready(None);
-            }
-            Poll::Pending => {}
+        // The deadline first: a function that never pauses still ends.
+        if this.timer.as_mut().poll(cx).is_ready() {
+            this.inner = None;
+            return Poll::Ready(Some(Err(BackendError::Timeout)));
         }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.inner = None;
-                Poll::Ready(Some(Err(BackendError::Timeout)))
-            }
-            Poll::Pending => Poll::Pending,
+        let polled = inner.poll_next_unpin(cx);
+        if !matches!(polled, Poll::Ready(Some(Ok(_))) | Poll::Pending) {
+            self.inner = None;
         }
+        polled
     }
 }
 
@@ -138,7 +125,7 @@ impl Framing {
             .trim()
             .to_ascii_lowercase();
         match essence.as_str() {
-            NDJSON | "application/jsonl" | "application/json-seq" => Some(Framing::Lines),
+            NDJSON | "application/jsonl" => Some(Framing::Lines),
             EVENT_STREAM => Some(Framing::Events),
             _ => None,
         }
