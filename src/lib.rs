@@ -358,6 +358,8 @@ fn gateway_url(https: &[Vec<std::net::TcpListener>]) -> String {
 /// Every exec function and warm instance gets `FNGATE_URL` (and, on the
 /// dev certificate, `FNGATE_CA_FILE`, the dev CA to verify it with) in
 /// its environment. (The config refuses any `FNGATE_*` name in `env`.)
+/// Whatever builds functions from another config later (a reload, a
+/// deploy) must pass it through here too.
 fn give_functions_the_gateway(config: &mut Config, url: &str, dev_ca: Option<&std::path::Path>) {
     let mut vars = vec![("FNGATE_URL".to_owned(), url.to_owned())];
     if let Some(ca) = dev_ca {
