@@ -703,3 +703,50 @@ async fn a_streaming_functions_inputs_answer_the_arrays_of_their_items() {
         "{lines:?}"
     );
 }
+
+/// A client that leaves while a warm Lambda instance runs one of its
+/// inputs: the instance is stopped, as for a sync caller that leaves,
+/// long before the input would have ended.
+#[tokio::test]
+async fn a_client_that_leaves_stops_the_instance_running_its_input() {
+    let gw = common::instances_builder()
+        .file("started.py", repo_file("tests/map/started.py"))
+        .toml(&common::lambda_fn(
+            "held",
+            r#"["python3", "lambda_runtime.py", "started.handler"]"#,
+            "concurrency = 1",
+        ))
+        .start()
+        .await;
+    let client = gw.client();
+    let started = gw.dir.join("started");
+    let marker = started.to_str().expect("utf-8 path");
+    let inputs: Vec<Value> = (0..5)
+        .map(|_| json!({"sleep": 30, "started": marker}))
+        .collect();
+    let resp = post(
+        &gw,
+        &client,
+        "/w/held/map",
+        "application/json",
+        None,
+        json!(inputs).to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        common::eventually(Duration::from_secs(15), || started.exists()).await,
+        "the first input did not start"
+    );
+    let pid: i32 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(common::process_alive(pid));
+    drop(resp);
+    assert!(
+        common::eventually(Duration::from_secs(5), || !common::process_alive(pid)).await,
+        "the instance {pid} still runs the input of a client that left"
+    );
+}

@@ -221,9 +221,7 @@ impl MapCall {
             invocation.attempt += 1;
         }
     }
-}
 
-impl MapCall {
     /// One run of an input: its result, or, for a streaming function
     /// (`stream = true`), the JSON array of its items; an error at any
     /// point is the input's error.
