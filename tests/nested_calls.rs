@@ -514,3 +514,55 @@ async fn a_workers_instances_call_back_with_the_events_token() {
     );
     let _ = worker.kill().await;
 }
+
+#[tokio::test]
+async fn class_methods_call_and_are_called_with_tokens() {
+    let gw = nested_builder()
+        .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+        .file(
+            "lambda_caller.py",
+            repo_file("tests/nested/lambda_caller.py"),
+        )
+        .toml(
+            "[apps.demo.classes.model]\nbackend = \"lambda\"\n\
+             command = [\"python3\", \"lambda_runtime.py\", \"lambda_caller.handler\"]\n\
+             env.SERVED_BY = \"class\"\n\
+             [apps.demo.classes.model.functions.predict]\npublic = true\n\
+             may_call = [\"demo/square\"]\n\
+             [apps.demo.classes.model.functions.embed]\npublic = true\n",
+        )
+        .toml(&exec_fn(
+            "demo",
+            "user",
+            "caller.py",
+            "public = true\nmay_call = [\"demo/model/predict\"]",
+        ))
+        .start()
+        .await;
+    let client = gw.client();
+    // A method calls with its own token...
+    let answer = gw
+        .post_json(&client, "/demo/model/predict", r#"{"x": 7}"#)
+        .await;
+    assert_eq!(
+        json_ok(answer).await,
+        json!({"status": 200, "square": 49, "served_by": "class"})
+    );
+    // ... and is called with another function's: "APP/CLASS/METHOD" names
+    // that method alone.
+    let body = json!({"call": "/demo/model/predict", "body": {"x": 3}}).to_string();
+    let out = json_ok(gw.post_json(&client, "/demo/user", &body).await).await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"]["square"], 9);
+    let body = json!({"call": "/demo/model/embed", "body": {"x": 3}}).to_string();
+    let out = json_ok(gw.post_json(&client, "/demo/user", &body).await).await;
+    assert_eq!(out["status"], 403, "{out}");
+    // embed has no may_call: its token calls nothing.
+    let answer = gw
+        .post_json(&client, "/demo/model/embed", r#"{"x": 2}"#)
+        .await;
+    let out = json_ok(answer).await;
+    assert_eq!(out["status"], 403, "{out}");
+    let detail = out["square"]["detail"].as_str().unwrap();
+    assert!(detail.contains("demo/model/embed"), "{detail}");
+}
