@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 use tokio::time::Instant;
 
-use super::stream::{Framing, ItemDecoder, ItemStream};
+use super::stream::{self, Framing, ItemDecoder, ItemSource, ItemStream};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::Invocation;
 use crate::processes::FunctionProcess;
@@ -306,10 +306,7 @@ impl ExecBackend {
             eof: false,
             done: false,
         };
-        Ok(Box::pin(futures_util::stream::unfold(items, |mut items| async move {
-            let item = items.next().await?;
-            Some((item, items))
-        })))
+        Ok(stream::from_source(items))
     }
 }
 
@@ -340,7 +337,7 @@ impl<T> Drop for Aborting<T> {
     }
 }
 
-impl ExecItems {
+impl ItemSource for ExecItems {
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
             if self.done {
@@ -385,7 +382,9 @@ impl ExecItems {
             }
         }
     }
+}
 
+impl ExecItems {
     /// The process's end, once its stdout has: an exit other than 0 is the
     /// function's error.
     async fn ended(&mut self) -> Result<(), BackendError> {

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::{Lease, PoolError, Replica};
-use super::stream::{self, Framing, ItemDecoder, ItemStream};
+use super::stream::{self, Framing, ItemDecoder, ItemSource, ItemStream};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 
 mod passthrough;
@@ -288,13 +288,7 @@ pub(crate) async fn stream_answer<K: Send + 'static>(
         eof: false,
         done: false,
     };
-    Ok(Box::pin(futures_util::stream::unfold(
-        items,
-        |mut items| async move {
-            let item = items.next().await?;
-            Some((item, items))
-        },
-    )))
+    Ok(stream::from_source(items))
 }
 
 /// A streaming answer's body, cut into items as its chunks arrive.
@@ -306,7 +300,7 @@ struct BodyItems<K> {
     done: bool,
 }
 
-impl<K> BodyItems<K> {
+impl<K: Send + 'static> ItemSource for BodyItems<K> {
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
             if self.done {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::stream::{self, ItemStream};
+use super::stream::{self, ItemSource, ItemStream};
 use super::{Backend, BackendError, BoxFuture};
 use crate::instances::runtime_api::{Delivery, Reply};
 use crate::instances::{Endpoint, Lease, ParameterSets};
@@ -59,7 +59,9 @@ impl LambdaBackend {
             .map_err(|_| BackendError::Timeout)??;
         let delivery = delivery(invocation, &self.name);
         let Endpoint::Lambda(mailbox) = lease.endpoint() else {
-            return run_event(lease, delivery, invocation).await.map(stream::single);
+            return run_event(lease, delivery, invocation)
+                .await
+                .map(stream::single);
         };
         let (sender, receiver) = mpsc::channel(16);
         let ended = mailbox.deliver_streaming(delivery, sender)?;
@@ -71,13 +73,7 @@ impl LambdaBackend {
             reply: None,
             done: false,
         };
-        Ok(Box::pin(futures_util::stream::unfold(
-            items,
-            |mut items| async move {
-                let item = items.next().await?;
-                Some((item, items))
-            },
-        )))
+        Ok(stream::from_source(items))
     }
 }
 
@@ -95,7 +91,7 @@ struct LambdaItems {
     done: bool,
 }
 
-impl LambdaItems {
+impl ItemSource for LambdaItems {
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
             if self.done {
@@ -107,7 +103,11 @@ impl LambdaItems {
                     return Some(Ok(item));
                 }
                 self.done = true;
-                let lease = self.running.0.take().expect("the lease is held until the end");
+                let lease = self
+                    .running
+                    .0
+                    .take()
+                    .expect("the lease is held until the end");
                 return match reply {
                     Ok(_) => {
                         lease.succeeded();

@@ -8,6 +8,7 @@
 //! function: the process is killed, the request dropped, the instance
 //! stopped.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -32,6 +33,25 @@ pub const EVENT_STREAM: &str = "text/event-stream";
 /// Most bytes of items a spawned streaming call keeps (the default
 /// `max_result`).
 pub const STORED_LIMIT: u64 = 64 << 20;
+
+/// Where a backend reads a call's items from, one at a time: a process's
+/// stdout, an answer's body, an instance's mailbox.
+pub(crate) trait ItemSource: Send + 'static {
+    /// The next item, or `None` once the items have ended (after an error
+    /// item, always).
+    fn next(&mut self) -> impl Future<Output = Option<Result<Bytes, BackendError>>> + Send;
+}
+
+/// The items of `source` as a stream.
+pub(crate) fn from_source(source: impl ItemSource) -> ItemStream {
+    Box::pin(futures_util::stream::unfold(
+        source,
+        |mut source| async move {
+            let item = source.next().await?;
+            Some((item, source))
+        },
+    ))
+}
 
 /// A stream of the one item a non-streaming answer is.
 pub fn single(item: Bytes) -> ItemStream {
