@@ -213,7 +213,10 @@ impl CallTokens {
             tr: claims.trace_id,
             exp: claims.expires_ms,
         };
-        let json = serde_json::to_vec(&written).expect("claims always serialise");
+        // Sized for the usual claims: one allocation for the JSON, one for
+        // the token, one for its shared copy.
+        let mut json = Vec::with_capacity(256 + 32 * claims.scopes.len());
+        serde_json::to_writer(&mut json, &written).expect("claims always serialise");
         let mut token = String::with_capacity(PREFIX.len() + json.len() * 4 / 3 + 48);
         token.push_str(PREFIX);
         URL_SAFE_NO_PAD.encode_string(&json, &mut token);
