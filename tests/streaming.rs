@@ -685,3 +685,23 @@ async fn chromium_reads_a_stream_with_event_source_and_fetch() {
     // Both gates were opened by the page, after its first item.
     assert_eq!(seen["opened"].as_array().map(Vec::len), Some(2), "{seen}");
 }
+
+#[tokio::test]
+async fn a_class_method_streams_from_its_classes_instance() {
+    let gw = builder(
+        "\n[apps.s.classes.gen]\nbackend = \"lambda\"\n\
+         command = [\"python3\", \"lambda_runtime.py\", \"gated.handler\"]\n\
+         parameters = [\"size\"]\n\
+         \n[apps.s.classes.gen.functions.items]\nstream = true\n",
+    )
+    .file("lambda_runtime.py", repo_file("examples/lambda_runtime.py"))
+    .start()
+    .await;
+    let body = json!({"gate": "gate", "count": 2});
+    let mut curl = Curl::post(&gw, "--http2", "/s/gen/items?size=large", &body, &[]).await;
+    assert_eq!(curl.status, 200);
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    open_gate(&gw.dir, "gate");
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    assert!(curl.ended().await);
+}
