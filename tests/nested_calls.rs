@@ -566,3 +566,24 @@ async fn class_methods_call_and_are_called_with_tokens() {
     let detail = out["square"]["detail"].as_str().unwrap();
     assert!(detail.contains("demo/model/embed"), "{detail}");
 }
+
+#[tokio::test]
+async fn max_call_depth_sets_where_nesting_ends() {
+    let gw = nested_builder()
+        .server("max_call_depth = 2")
+        .toml(&exec_fn(
+            "demo",
+            "recurse",
+            "caller.py",
+            "public = true\nmay_call = [\"demo/recurse\"]",
+        ))
+        .start()
+        .await;
+    let answer = gw
+        .post_json(&gw.client(), "/demo/recurse", r#"{"recurse": 0}"#)
+        .await;
+    assert_eq!(
+        json_ok(answer).await,
+        json!({"n": 2, "status": 508, "code": "loop_detected"})
+    );
+}
