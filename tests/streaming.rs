@@ -705,3 +705,49 @@ async fn a_class_method_streams_from_its_classes_instance() {
     assert_eq!(curl.item().await, json!({"item": 2}));
     assert!(curl.ended().await);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_keep_its_function_past_the_timeout() {
+    let gw = builder(&exec_stream("flood", "timeout = \"2s\""))
+        .start()
+        .await;
+    // An HTTP/2 client whose flow-control window stays closed: the gateway
+    // can send the answer's head but no item, so it never polls the stream
+    // again, nor its deadline.
+    let tls = common::raw_tls_alpn(&gw, b"h2").await;
+    let (mut h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::post(gw.url("/s/flood"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    h2 = h2.ready().await.expect("a stream slot");
+    let (response, mut send) = h2.send_request(request, false).expect("send the head");
+    let body = json!({"flood": true, "pidfile": "pid"}).to_string();
+    send.send_data(bytes::Bytes::from(body), true)
+        .expect("send the body");
+    let response = tokio::time::timeout(LINE_TIMEOUT, response)
+        .await
+        .expect("the answer's head comes")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let pid = pid_in(&gw.dir, "pid").await;
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || !process_alive(pid)).await,
+        "the function still runs {:?} after its client stopped reading",
+        started.elapsed()
+    );
+    assert!(
+        gw.logs
+            .wait_for("stopped reading past its timeout", Duration::from_secs(5))
+            .await,
+        "the watch of its deadline stopped it"
+    );
+    // The answer is kept open to the end: dropping it would reset the stream.
+    drop(response);
+}

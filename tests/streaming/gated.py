@@ -4,7 +4,7 @@ Items are {"item": 1}, {"item": 2}, ... `count` of them (default 2). After
 the first it waits until the file `gate` exists (when given), so a test
 can see the first item reach its client while the function still runs.
 `pidfile` first gets this process's pid, `forever` prints an item every
-20 ms until killed, `fail` exits 1 with `ValueError: <fail>` on stderr
+20 ms until killed, `flood` 64 KiB items as fast as it can until killed, `fail` exits 1 with `ValueError: <fail>` on stderr
 after the items, and `garbage` prints a line that is not JSON.
 
 As an exec command it prints the items on stdout; as a Lambda handler
@@ -24,6 +24,12 @@ def items(request):
         with open(kw["pidfile"] + ".tmp", "w") as f:
             f.write(str(os.getpid()))
         os.rename(kw["pidfile"] + ".tmp", kw["pidfile"])
+    if kw.get("flood"):
+        pad = "x" * 65536
+        n = 0
+        while True:
+            n += 1
+            yield {"item": n, "pad": pad}
     if kw.get("forever"):
         n = 0
         while True:

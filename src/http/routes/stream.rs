@@ -10,8 +10,9 @@
 //! stream ends.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -89,11 +90,18 @@ pub async fn stream(
         Some(Err(e)) => return Err(failed(e)),
         None => None,
     };
+    let work = Arc::new(Mutex::new(Shared {
+        work: Some((items, slot)),
+        waker: None,
+    }));
     let body = ItemBody {
         first,
-        items: Some(items),
+        watch: Watch(tokio::spawn(watch(
+            Arc::downgrade(&work),
+            invocation.deadline + WATCH_GRACE,
+        ))),
+        work,
         encoding,
-        slot: Some(slot),
         function: function.clone(),
         trace: invocation.trace.clone(),
         ended: false,
@@ -113,17 +121,64 @@ pub async fn stream(
     Ok(response)
 }
 
+/// How long after its deadline a stream whose client stopped reading is
+/// stopped (one whose client reads ends at the deadline itself).
+const WATCH_GRACE: Duration = Duration::from_secs(1);
+
 /// A streaming call's answer body: one frame per item, written as it comes.
 struct ItemBody {
     /// The first item, read before the answer's head was sent.
     first: Option<Bytes>,
-    /// `None` once the stream has ended (its function stopped).
-    items: Option<ItemStream>,
+    /// The call's work, shared with its deadline's watch.
+    work: Arc<Mutex<Shared>>,
+    watch: Watch,
     encoding: Encoding,
-    slot: Option<Slot>,
     function: Arc<Function>,
     trace: Trace,
     ended: bool,
+}
+
+/// What a stream's body shares with the watch of its deadline: a client
+/// that stops reading (a full flow-control window, a full socket) stops
+/// polling the body, and so its stream's own deadline; the watch then
+/// stops the function and frees its slot.
+struct Shared {
+    /// The items and the call's slot; `None` once the stream has ended.
+    work: Option<(ItemStream, Slot)>,
+    /// Woken when the watch stopped the work.
+    waker: Option<Waker>,
+}
+
+/// The deadline's watch, stopped with the body.
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Stops the work at `at`, if the body has not ended it by then.
+async fn watch(work: Weak<Mutex<Shared>>, at: tokio::time::Instant) {
+    tokio::time::sleep_until(at).await;
+    let Some(work) = work.upgrade() else {
+        return;
+    };
+    let (stopped, waker) = {
+        let mut shared = lock(&work);
+        (shared.work.take(), shared.waker.take())
+    };
+    if stopped.is_some() {
+        tracing::warn!("a stream's client stopped reading past its timeout; stopping its function");
+    }
+    drop(stopped);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+fn lock(work: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    work.lock().expect("no code panics holding a stream's lock")
 }
 
 impl ItemBody {
@@ -166,8 +221,9 @@ impl ItemBody {
     /// The stream has ended: the function's work and its slot go now, not
     /// when the client has read the last bytes.
     fn end(&mut self) {
-        self.items = None;
-        self.slot = None;
+        let ended = lock(&self.work).work.take();
+        drop(ended);
+        self.watch.0.abort();
         self.ended = true;
     }
 }
@@ -184,10 +240,28 @@ impl http_body::Body for ItemBody {
         if let Some(first) = this.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(this.item(&first)))));
         }
-        let Some(items) = this.items.as_mut() else {
+        if this.ended {
             return Poll::Ready(None);
+        }
+        let polled = {
+            let mut shared = lock(&this.work);
+            match shared.work.as_mut() {
+                Some((items, _)) => {
+                    let polled = items.poll_next_unpin(cx);
+                    if polled.is_pending() {
+                        shared.waker = Some(cx.waker().clone());
+                    }
+                    Some(polled)
+                }
+                None => None,
+            }
         };
-        let frame = match items.poll_next_unpin(cx) {
+        let Some(polled) = polled else {
+            // Stopped by the watch of its deadline.
+            this.ended = true;
+            return Poll::Ready(Some(Ok(Frame::data(this.error(BackendError::Timeout)))));
+        };
+        let frame = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Ok(item))) => this.item(&item),
             Poll::Ready(Some(Err(e))) => {
@@ -206,7 +280,7 @@ impl http_body::Body for ItemBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.first.is_none() && self.items.is_none()
+        self.ended && self.first.is_none()
     }
 }
 
