@@ -570,6 +570,16 @@ async fn lambda_instances_stream_with_the_standard_library_runtime_client() {
     .await;
     streams_from_a_lambda_instance(&gw, "/s/py", "ValueError").await;
 
+    // An error report larger than hyper's default trailer limit (16 KiB).
+    let long = "x".repeat(40_000);
+    let mut curl = Curl::post(&gw, "--http1.1", "/s/py", &json!({"fail": long}), &[]).await;
+    assert_eq!(curl.item().await, json!({"item": 1}));
+    assert_eq!(curl.item().await, json!({"item": 2}));
+    let error = curl.item().await;
+    assert_eq!(error["error"]["code"], "function_error", "{error}");
+    assert_eq!(error["error"]["error"]["message"], long.as_str());
+    assert!(curl.ended().await);
+
     // A client that leaves: the instance running its call is stopped.
     let body = json!({"forever": true, "pidfile": "instance"});
     let mut curl = Curl::post(&gw, "--http1.1", "/s/py", &body, &[]).await;

@@ -272,6 +272,8 @@ async fn accept(listener: TcpListener, mailbox: Arc<Mailbox>, stop: Cancellation
                 // Runtime clients put a whole stack trace in one header of
                 // an error report (`lambda-runtime-function-xray-error-cause`).
                 .max_buf_size(MAX_REPORT * 4)
+                // And as a streamed response's error trailers (base64).
+                .max_header_size(MAX_REPORT * 4)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}
