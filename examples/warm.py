@@ -3,7 +3,8 @@
 The module's top level is the instance's set-up: it runs once when the
 instance starts, not once per call (here it only builds a small table and
 says so on stderr; a real function would load a model or open a pool).
-handler(event, context) then serves every call: it returns x * x, with x
+handler(event, context) then serves every call (batched(event, context)
+serves a batched function's calls, one square per call of the batch): it returns x * x, with x
 taken as square.py takes it (kwargs "x", else the first positional
 argument; a digit string from a query parameter counts as a number), and
 raises TypeError / ValueError / OverflowError with square.py's messages for
@@ -52,8 +53,19 @@ def number(x):
 
 
 def handler(event, context):
-    kwargs = event.get("kwargs") or {}
-    args = event.get("args") or []
+    return square(event)
+
+
+def batched(event, context):
+    """The same function with `batch = { max_size, wait }`: the event's
+    `batch` lists the calls ({"args", "kwargs"} each) and the answer is one
+    square per call, in order."""
+    return [square(call) for call in event["batch"]]
+
+
+def square(call):
+    kwargs = call.get("kwargs") or {}
+    args = call.get("args") or []
     if "x" in kwargs:
         x = kwargs["x"]
     elif args:
