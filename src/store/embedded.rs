@@ -12,11 +12,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::map::{ClaimedInput, InputEnded, MapInput, MapProgress, OpenMap, StoredInput};
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
     NewCall, Origin, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
 };
 
+mod maps;
 mod startup;
 mod writer;
 
@@ -30,7 +32,7 @@ const MAX_BATCH: usize = 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The layout `SCHEMA` describes, recorded in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -61,7 +63,8 @@ CREATE TABLE IF NOT EXISTS calls (
     principal TEXT,
     parameters TEXT,
     parent_call_id TEXT,
-    origin TEXT
+    origin TEXT,
+    map_inputs INTEGER
 );
 CREATE INDEX IF NOT EXISTS calls_queue ON calls (app, function, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS calls_expiry ON calls (expires_ms) WHERE expires_ms IS NOT NULL;
@@ -82,7 +85,7 @@ macro_rules! columns {
         "id, app, function, args, kwargs, owner, callback_url, state, attempt, created_ms, \
          started_ms, finished_ms, expires_ms, result, error_kind, error_type, error_message, \
          from_sync, forward, result_status, result_type, principal, parameters, parent_call_id, \
-         origin"
+         origin, map_inputs"
     };
 }
 
@@ -90,7 +93,7 @@ const COLUMNS: &str = columns!();
 
 /// How many columns `COLUMNS` names: a query that selects more after them
 /// finds the first at this index.
-const COLUMN_COUNT: usize = 25;
+const COLUMN_COUNT: usize = 26;
 
 const GET_BY_ID: &str = concat!("SELECT ", columns!(), " FROM calls WHERE id = ?1");
 
@@ -265,12 +268,14 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
         .map_err(|e| explain(&e))?;
     // A file written by another layout fails here, at start-up, with
     // what to do, instead of failing every spawn later. Layout 1 lacks the
-    // class parameters' column, layout 2 the nested calls' columns: both
-    // are added here.
+    // class parameters' column, layout 2 the nested calls' columns,
+    // layout 3 the spawned maps' column and table: all are added here.
     writer
         .execute_batch(SCHEMA)
         .and_then(|()| add_parameters_column(&writer))
         .and_then(|()| add_origin_columns(&writer))
+        .and_then(|()| maps::add_map_column(&writer))
+        .and_then(|()| writer.execute_batch(maps::MAP_SCHEMA))
         .and_then(|()| {
             writer
                 .prepare(&format!(
@@ -468,6 +473,7 @@ fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {
                     .unwrap_or_default()
             }),
         },
+        map_inputs: row.get::<_, Option<i64>>(25)?.map(|n| n as u64),
     })
 }
 
@@ -583,6 +589,58 @@ impl CallStore for EmbeddedStore {
 
     fn health(&self) -> &StoreHealth {
         &self.health.health
+    }
+
+    fn insert_map(
+        &self,
+        call: NewCall,
+        inputs: Vec<MapInput>,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<Inserted, StoreError>> {
+        Box::pin(self.write(move |reply| {
+            Write::Map(maps::MapWrite::Insert(call, inputs, expires_ms, reply))
+        }))
+    }
+
+    fn claim_inputs(
+        &self,
+        id: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedInput>, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Map(maps::MapWrite::Claim(id, limit, reply))))
+    }
+
+    fn finish_input(
+        &self,
+        id: String,
+        index: u64,
+        outcome: Outcome,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<InputEnded, StoreError>> {
+        Box::pin(self.write(move |reply| {
+            Write::Map(maps::MapWrite::Finish(id, index, outcome, expires_ms, reply))
+        }))
+    }
+
+    fn input_retrying(&self, id: String, index: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |reply| Write::Map(maps::MapWrite::Retrying(id, index, reply))))
+    }
+
+    fn map_progress(&self, id: String) -> BoxFuture<'_, Result<MapProgress, StoreError>> {
+        Box::pin(self.read(move |connection| maps::progress(connection, &id)))
+    }
+
+    fn map_page(
+        &self,
+        id: String,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredInput>, StoreError>> {
+        Box::pin(self.read(move |connection| maps::page(connection, &id, from, limit)))
+    }
+
+    fn open_maps(&self) -> BoxFuture<'_, Result<Vec<OpenMap>, StoreError>> {
+        Box::pin(self.read(maps::open_maps))
     }
 }
 

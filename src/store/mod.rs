@@ -3,6 +3,7 @@
 //! SQLite store is the default, a shared Redis store comes later.
 
 pub mod embedded;
+pub mod map;
 
 use crate::invocation::Principal;
 
@@ -188,6 +189,9 @@ pub struct CallRecord {
     /// The call that made it with its call token, and what its original
     /// caller may call.
     pub origin: Option<Origin>,
+    /// A spawned map (`.../map/spawn`): how many inputs it has. Its inputs
+    /// and their outcomes are read with `map_progress` and `map_page`.
+    pub map_inputs: Option<u64>,
 }
 
 impl CallRecord {
@@ -395,6 +399,53 @@ pub trait CallStore: Send + Sync {
 
     /// Whether the store has failed for good.
     fn health(&self) -> &StoreHealth;
+
+    /// Stores a spawned map and every input in one write (or finds the map
+    /// its idempotency key made). `expires_ms`: when it expires should it
+    /// end at once (no input left to run).
+    fn insert_map(
+        &self,
+        call: NewCall,
+        inputs: Vec<map::MapInput>,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<Inserted, StoreError>>;
+
+    /// Takes up to `limit` of a running map's pending inputs, lowest index
+    /// first, and marks them running, counting the attempt. Fewer than
+    /// `limit`: none is left pending (or the map was cancelled).
+    fn claim_inputs(
+        &self,
+        id: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<map::ClaimedInput>, StoreError>>;
+
+    /// Records how a running input ended; the map ends with its last one
+    /// (its webhook queued, expiring at `expires_ms`).
+    fn finish_input(
+        &self,
+        id: String,
+        index: u64,
+        outcome: Outcome,
+        expires_ms: i64,
+    ) -> BoxFuture<'_, Result<map::InputEnded, StoreError>>;
+
+    /// A running input about to run again counts the attempt; false when it
+    /// is no longer running.
+    fn input_retrying(&self, id: String, index: u64) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// A map's inputs by state.
+    fn map_progress(&self, id: String) -> BoxFuture<'_, Result<map::MapProgress, StoreError>>;
+
+    /// Up to `limit` of a map's inputs from index `from` on, in order.
+    fn map_page(
+        &self,
+        id: String,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<map::StoredInput>, StoreError>>;
+
+    /// Maps with open inputs (after `recover`: those a previous process left).
+    fn open_maps(&self) -> BoxFuture<'_, Result<Vec<map::OpenMap>, StoreError>>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -26,6 +26,7 @@ fn record(state: CallState, outcome: Option<Outcome>) -> CallRecord {
         principal: None,
         parameters: None,
         origin: None,
+        map_inputs: None,
     }
 }
 

@@ -608,5 +608,5 @@ async fn a_store_written_before_nested_calls_gains_their_columns() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, SCHEMA_VERSION);
 }

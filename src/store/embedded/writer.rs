@@ -50,6 +50,8 @@ pub(super) enum Write {
     Recover(Reply<PendingCounts>),
     Sweep(i64, Reply<u64>),
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
+    /// A spawned map's write (see `maps`).
+    Map(super::maps::MapWrite),
     /// The checkpoint timer's tick.
     Checkpoint,
 }
@@ -68,6 +70,7 @@ enum Answer {
     Recovered(PendingCounts),
     Swept(u64),
     Noted,
+    Map(super::maps::MapAnswer),
 }
 
 impl Write {
@@ -87,6 +90,7 @@ impl Write {
             (Write::Recover(r), Ok(Answer::Recovered(v))) => send(r, v),
             (Write::Sweep(_, r), Ok(Answer::Swept(v))) => send(r, v),
             (Write::DeliveryAttempted(_, _, _, r), Ok(Answer::Noted)) => send(r, ()),
+            (Write::Map(write), Ok(Answer::Map(v))) => write.answer(v),
             (_, Ok(_)) => unreachable!("apply answers each write with its own kind"),
         }
     }
@@ -105,6 +109,7 @@ impl Write {
             Write::Recover(r) => fail(r, error),
             Write::Sweep(_, r) => fail(r, error),
             Write::DeliveryAttempted(_, _, _, r) => fail(r, error),
+            Write::Map(write) => write.fail(error),
             Write::Checkpoint => {}
         }
     }
@@ -324,11 +329,12 @@ fn apply(tx: &Connection, write: &Write, pending: &mut u64) -> Result<Answer, ru
             delivery_attempted(tx, id, *attempts, *retry_at)?;
             Answer::Noted
         }
+        Write::Map(write) => Answer::Map(super::maps::apply(tx, write)?),
         Write::Checkpoint => Answer::Noted,
     })
 }
 
-fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> {
+pub(super) fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> {
     let (idem_key, idem_hash) = match &call.idempotency {
         Some((key, hash)) => (Some(key.as_str()), Some(hash.as_slice())),
         None => (None, None),
@@ -394,6 +400,10 @@ fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqlite::Error> 
             tx.execute("DELETE FROM calls WHERE id = ?1", params![record.id])?;
             tx.execute(
                 "DELETE FROM deliveries WHERE call_id = ?1",
+                params![record.id],
+            )?;
+            tx.execute(
+                "DELETE FROM map_inputs WHERE call_id = ?1",
                 params![record.id],
             )?;
             insert(tx, call)
@@ -496,7 +506,7 @@ fn finish(
     Ok(changed == 1)
 }
 
-fn queue_delivery(tx: &Connection, id: &str, now: i64) -> Result<(), rusqlite::Error> {
+pub(super) fn queue_delivery(tx: &Connection, id: &str, now: i64) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(
         "INSERT OR IGNORE INTO deliveries (call_id, url, attempts, next_ms)
          SELECT id, callback_url, 0, ?2 FROM calls WHERE id = ?1 AND callback_url IS NOT NULL",
@@ -529,12 +539,27 @@ fn cancel(
         "UPDATE calls SET state = 5, finished_ms = ?2, expires_ms = ?3 WHERE id = ?1",
     )?
     .execute(params![id, now, expires_ms])?;
+    // A map's inputs that had not ended are cancelled with it.
+    tx.prepare_cached("UPDATE map_inputs SET state = 5 WHERE call_id = ?1 AND state <= 1")?
+        .execute(params![id])?;
     queue_delivery(tx, id, now)?;
     Ok(Cancelled::Now(state))
 }
 
 fn recover(tx: &Connection) -> Result<PendingCounts, rusqlite::Error> {
-    let requeued = tx.execute("UPDATE calls SET state = 0 WHERE state = 1", [])?;
+    // A map stays running while it has open inputs: its inputs go back
+    // to pending, not the map itself.
+    let requeued = tx.execute(
+        "UPDATE calls SET state = 0 WHERE state = 1 AND map_inputs IS NULL",
+        [],
+    )?;
+    let inputs = tx.execute("UPDATE map_inputs SET state = 0 WHERE state = 1", [])?;
+    if inputs > 0 {
+        tracing::warn!(
+            inputs,
+            "map inputs left running by the previous process will run again"
+        );
+    }
     if requeued > 0 {
         tracing::warn!(
             calls = requeued,
@@ -554,6 +579,10 @@ fn recover(tx: &Connection) -> Result<PendingCounts, rusqlite::Error> {
 fn sweep(tx: &Connection, now: i64) -> Result<u64, rusqlite::Error> {
     tx.execute(
         "DELETE FROM deliveries WHERE call_id IN (SELECT id FROM calls WHERE expires_ms <= ?1)",
+        params![now],
+    )?;
+    tx.execute(
+        "DELETE FROM map_inputs WHERE call_id IN (SELECT id FROM calls WHERE expires_ms <= ?1)",
         params![now],
     )?;
     Ok(tx.execute("DELETE FROM calls WHERE expires_ms <= ?1", params![now])? as u64)
