@@ -44,6 +44,21 @@ impl Running {
         self.0.remove(id);
     }
 
+    /// Stops the runs of map `id`'s inputs that run here (their ids are
+    /// the map's with `-{index}`).
+    fn stop_inputs(&self, id: &str) {
+        let prefix = format!("{id}-");
+        let inputs: Vec<String> = self
+            .0
+            .iter()
+            .filter(|entry| entry.key().starts_with(&prefix))
+            .map(|entry| entry.key().clone())
+            .collect();
+        for input in inputs {
+            self.stop(&input);
+        }
+    }
+
     /// Stops `id`'s work, if it runs here: its backend first stops what
     /// runs it (an instance), while the work still holds it; then the work
     /// is dropped.
@@ -65,8 +80,12 @@ impl Calls {
             .cancel(id.to_owned(), now_ms(), self.expires_ms())
             .await?;
         match answer {
-            Cancelled::Now(_) => {
+            Cancelled::Now(state) => {
                 self.running.stop(id);
+                // A map (always running until it ends): its inputs' runs too.
+                if state == crate::store::CallState::Running {
+                    self.running.stop_inputs(id);
+                }
                 self.announce_end(id);
             }
             Cancelled::AlreadyFinished(_) | Cancelled::NotFound => {}

@@ -22,7 +22,7 @@ use super::retry::Rerun;
 const MAX_LOST_RUNS: u32 = 3;
 
 /// How a run of a spawned call ended.
-enum Run {
+pub(super) enum Run {
     Ended(Outcome),
     /// Its instance crashed (or its worker vanished) mid-call: it runs again.
     Lost,
@@ -66,7 +66,7 @@ impl Calls {
 
     /// Runs a claimed call once, with a fresh timeout: how it ended, or
     /// `None` when a cancel stopped it.
-    async fn run_once(
+    pub(super) async fn run_once(
         &self,
         function: &Function,
         record: &CallRecord,

@@ -9,6 +9,7 @@
 mod adopt;
 mod cancel;
 mod execute;
+mod map;
 pub mod retry;
 mod runner;
 mod spawn;

@@ -73,6 +73,9 @@ impl Calls {
         if pending > 0 {
             tracing::info!(pending, "pending calls found in the store");
         }
+        if let Err(e) = self.resume_maps().await {
+            tracing::error!(error = %e, "cannot read the spawned maps left open; they run after a restart");
+        }
         let mut dispatchers = tokio::task::JoinSet::new();
         for function in self.registry.functions() {
             dispatchers.spawn(self.clone().dispatch(function.clone(), shutdown.clone()));

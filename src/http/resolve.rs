@@ -43,6 +43,8 @@ pub enum Action<'a> {
     Spawn,
     /// `/{app}/{function}/map`: one call per input, results streamed back.
     Map { backend: &'a Arc<dyn Backend> },
+    /// `/{app}/{function}/map/spawn`: one spawned call over every input.
+    MapSpawn,
     /// Anything under a passthrough function, `suffix` included (it is
     /// never special there, `/spawn` neither).
     Forward {
@@ -236,6 +238,7 @@ fn action<'a>(function: &'a Function, suffix: &'a str) -> Action<'a> {
             "" => Action::Invoke { backend },
             "/spawn" => Action::Spawn,
             "/map" => Action::Map { backend },
+            "/map/spawn" => Action::MapSpawn,
             _ => Action::NotFound(ApiError::FunctionNotFound {
                 app: function.spec.app.clone(),
                 function: format!("{}{suffix}", function.spec.route_name()),

@@ -66,6 +66,9 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
             backend,
             caller,
         }) => Box::pin(map::map(state, function, backend, &caller, &trace, request)).await,
+        Ok(Admitted::MapSpawn { function, caller }) => {
+            Box::pin(map::spawn::spawn(state, function, &caller, &trace, request)).await
+        }
         Ok(Admitted::Forward {
             function,
             backend,
@@ -106,6 +109,11 @@ enum Admitted<'a> {
     Map {
         function: &'a Arc<Function>,
         backend: &'a Arc<dyn Backend>,
+        caller: Caller,
+    },
+    /// `/map/spawn`: one spawned call over every input.
+    MapSpawn {
+        function: &'a Arc<Function>,
         caller: Caller,
     },
     Forward {
@@ -171,6 +179,7 @@ fn admit<'a>(
             backend,
             caller,
         },
+        Action::MapSpawn => Admitted::MapSpawn { function, caller },
         Action::Forward { suffix, .. } if prefers_async(request) => Admitted::Spawn {
             function,
             caller,

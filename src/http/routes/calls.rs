@@ -93,6 +93,9 @@ async fn get(view: &View<'_>, query: Option<&str>) -> Result<Response<Body>, Api
     if let Some(wait) = wait.filter(|w| !w.is_zero() && !record.state.is_finished()) {
         record = view.read(wait).await?;
     }
+    if record.map_inputs.is_some() {
+        return crate::http::routes::map::spawn::answer(view.state, record).await;
+    }
     if wait.is_none() && record.from_sync && !record.state.is_finished() {
         hold_for_sync(view, &mut record).await?;
         if !record.state.is_finished() {

@@ -3,11 +3,13 @@
 //! line of its own as it ends. This file checks the request and shapes the
 //! answer; `map/inputs.rs` reads the inputs (a JSON array, or NDJSON lines
 //! as they stream in), `map/run.rs` runs them within the function's
-//! concurrency and a bounded window, `map/lines.rs` writes the lines.
+//! concurrency and a bounded window, `map/lines.rs` writes the lines;
+//! `map/spawn.rs` stores a spawned map (`/map/spawn`) and reads it back.
 
 mod inputs;
 mod lines;
 mod run;
+pub mod spawn;
 
 use std::sync::Arc;
 

@@ -154,7 +154,7 @@ async fn read_input(
 }
 
 /// The 202 of a stored call: its id, state and status URL.
-fn accepted_response(accepted: &Accepted, base: &str) -> Response<Body> {
+pub(in crate::http) fn accepted_response(accepted: &Accepted, base: &str) -> Response<Body> {
     let location = format!("/calls/{}", accepted.id);
     let body = serde_json::json!({
         "call_id": accepted.id,
@@ -169,7 +169,7 @@ fn accepted_response(accepted: &Accepted, base: &str) -> Response<Body> {
     response
 }
 
-fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
+pub(in crate::http) fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
     let bad = || {
         ApiError::InvalidArguments(format!(
             "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
@@ -183,7 +183,7 @@ fn idempotency_key(value: &HeaderValue) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
-fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiError> {
+pub(in crate::http) fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiError> {
     let Some(webhooks) = &state.webhooks else {
         return Err(ApiError::InvalidArguments(
             "Callback-Url needs completion webhooks, which this gateway has not configured ([webhooks])".to_owned(),
@@ -199,7 +199,7 @@ fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiErro
 
 /// SHA-256 of what a call runs with: the same key with other input is a
 /// different request.
-fn digest(parts: &[&[u8]]) -> Vec<u8> {
+pub(in crate::http) fn digest(parts: &[&[u8]]) -> Vec<u8> {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for part in parts {
         context.update(&(part.len() as u64).to_be_bytes());
