@@ -598,7 +598,7 @@ impl CallStore for EmbeddedStore {
         expires_ms: i64,
     ) -> BoxFuture<'_, Result<Inserted, StoreError>> {
         Box::pin(self.write(move |reply| {
-            Write::Map(maps::MapWrite::Insert(call, inputs, expires_ms, reply))
+            Write::Map(maps::MapWrite::Insert(Box::new(call), inputs, expires_ms, reply))
         }))
     }
 

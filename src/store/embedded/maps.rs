@@ -46,7 +46,7 @@ pub(super) fn add_map_column(writer: &Connection) -> Result<(), rusqlite::Error>
 /// A write of a map for the writer thread.
 pub(crate) enum MapWrite {
     /// A new map and all its inputs; `i64` is when it expires should it end at once.
-    Insert(NewCall, Vec<MapInput>, i64, Reply<Inserted>),
+    Insert(Box<NewCall>, Vec<MapInput>, i64, Reply<Inserted>),
     /// Takes up to `usize` pending inputs of a running map to run.
     Claim(String, usize, Reply<Vec<ClaimedInput>>),
     /// An input's end; `i64` is when the map expires should it end with it.
