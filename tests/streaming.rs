@@ -761,3 +761,31 @@ async fn a_client_that_stops_reading_does_not_keep_its_function_past_the_timeout
     // The answer is kept open to the end: dropping it would reset the stream.
     drop(response);
 }
+
+#[tokio::test]
+async fn a_runtime_that_asks_for_its_next_call_before_its_stream_ended_keeps_its_error() {
+    let gw = builder(&lambda_stream(
+        "eager",
+        r#"["python3", "eager_runtime.py"]"#,
+    ))
+    .file(
+        "eager_runtime.py",
+        repo_file("tests/streaming/eager_runtime.py"),
+    )
+    .start()
+    .await;
+    for call in 1..=2 {
+        let gate = format!("gate-{call}");
+        let body = json!({"gate": gate});
+        let mut curl = Curl::post(&gw, "--http1.1", "/s/eager", &body, &[]).await;
+        assert_eq!(curl.item().await, json!({"item": 1}), "call {call}");
+        open_gate(&gw.dir, &gate);
+        let error = curl.item().await;
+        assert_eq!(
+            error["error"]["code"], "function_error",
+            "call {call}: {error}"
+        );
+        assert_eq!(error["error"]["error"]["message"], "late", "{error}");
+        assert!(curl.ended().await);
+    }
+}

@@ -78,6 +78,10 @@ struct MailState {
     /// A streaming call's items go here as the instance posts them (its
     /// reply then only says how the stream ended).
     items: Option<(String, mpsc::Sender<Bytes>)>,
+    /// The running call's response is being streamed in: a runtime may ask
+    /// for its next call before its streamed post has been read to the end
+    /// (Node's aws-lambda-ric does), which then waits for that end.
+    streaming_in: bool,
     closed: bool,
 }
 
@@ -140,6 +144,7 @@ impl Mailbox {
         state.queued = None;
         state.running = None;
         state.items = None;
+        state.streaming_in = false;
         drop(state);
         self.wake.notify_one();
     }
@@ -163,18 +168,22 @@ impl Mailbox {
             let woken = self.wake.notified();
             {
                 let mut state = self.lock();
-                if let Some((id, reply)) = state.running.take() {
-                    tracing::warn!(call_id = %id, "an instance asked for its next call without answering its last");
-                    let _ = reply.send(Err(BackendError::Garbage(
-                        "the instance asked for its next call without answering this one"
-                            .to_owned(),
-                    )));
-                }
-                if let Some((delivery, reply)) = state.queued.take() {
-                    if !reply.is_closed() {
-                        let response = event(&delivery);
-                        state.running = Some((delivery.call_id, reply));
-                        return response;
+                // Else its running call's response is still being streamed
+                // in: its end wakes this.
+                if !state.streaming_in {
+                    if let Some((id, reply)) = state.running.take() {
+                        tracing::warn!(call_id = %id, "an instance asked for its next call without answering its last");
+                        let _ = reply.send(Err(BackendError::Garbage(
+                            "the instance asked for its next call without answering this one"
+                                .to_owned(),
+                        )));
+                    }
+                    if let Some((delivery, reply)) = state.queued.take() {
+                        if !reply.is_closed() {
+                            let response = event(&delivery);
+                            state.running = Some((delivery.call_id, reply));
+                            return response;
+                        }
                     }
                 }
             }
@@ -189,12 +198,25 @@ impl Mailbox {
         match state.running.take() {
             Some((running, sender)) if running == id => {
                 let _ = sender.send(reply);
+                if std::mem::take(&mut state.streaming_in) {
+                    drop(state);
+                    // A `next` may wait for this end.
+                    self.wake.notify_one();
+                }
                 true
             }
             other => {
                 state.running = other;
                 false
             }
+        }
+    }
+
+    /// The running call `id`'s response is being streamed in, until it ends.
+    fn streaming_in(&self, id: &str) {
+        let mut state = self.lock();
+        if matches!(&state.running, Some((running, _)) if running == id) {
+            state.streaming_in = true;
         }
     }
 

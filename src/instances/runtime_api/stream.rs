@@ -29,6 +29,9 @@ pub(super) async fn respond(
     request: Request<Incoming>,
     streamed: bool,
 ) -> Response<Full<Bytes>> {
+    if streamed {
+        mailbox.streaming_in(id);
+    }
     let items = mailbox.take_items(id);
     match (items, streamed) {
         (Some(items), true) => stream_items(mailbox, id, request.into_body(), items).await,
