@@ -567,3 +567,163 @@ async fn a_class_method_map_spawn_runs_on_its_parameter_set() {
         assert_eq!(result["kwargs"], json!({"y": "1", "x": i + 1}), "{line}");
     }
 }
+
+/// A function's `retries` apply to each input: a failing input runs again
+/// (attempt 2, after the fixed second) and its line is its last run's;
+/// the others run once.
+#[tokio::test]
+async fn a_failing_input_is_retried_as_the_functions_retries_say() {
+    let gw = builder("", 4, "retries = 1").start().await;
+    let client = gw.client();
+    let id = spawn_map(&gw, &client, "/m/item/map/spawn", &json!([1, "two", 3])).await;
+    let lines = finished(&gw, &client, &id).await;
+    assert_eq!(indexes(&lines), vec![0, 1, 2]);
+    assert_eq!(lines[1]["error"]["code"], "function_error", "{}", lines[1]);
+    let text = std::fs::read_to_string(gw.dir.join("runs")).unwrap();
+    let mut attempts: Vec<&str> = text.lines().filter(|l| l.starts_with("\"two\"")).collect();
+    attempts.sort_unstable();
+    assert_eq!(attempts, vec!["\"two\" 1", "\"two\" 2"]);
+    let runs = runs(&gw);
+    assert_eq!((runs["1"], runs["3"]), (1, 1), "{runs:?}");
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A map of an authenticated function belongs to whoever spawned it:
+/// anyone else reading or cancelling it gets 404, as for an unknown id.
+#[tokio::test]
+async fn someone_elses_map_is_404() {
+    let keys: String = ["alice-key-0123456789abcdef", "bob-key-0123456789abcdef"]
+        .iter()
+        .map(|key| {
+            let name = key.split('-').next().unwrap();
+            format!(
+                "[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [\"invoke:m/*\"]\n",
+                sha256_hex(key.as_bytes())
+            )
+        })
+        .collect();
+    let gw = builder("", 4, "").toml(&keys).start().await;
+    let client = gw.client();
+    let resp = client
+        .post(gw.url("/m/item/map/spawn?seconds=2"))
+        .bearer_auth("alice-key-0123456789abcdef")
+        .json(&json!([1, 2]))
+        .send()
+        .await
+        .unwrap();
+    let id = accepted(resp).await;
+    let path = format!("/calls/{id}");
+    for request in [client.get(gw.url(&path)), client.delete(gw.url(&path))] {
+        let resp = request
+            .bearer_auth("bob-key-0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 404, "call_not_found").await;
+    }
+    let resp = client
+        .get(gw.url(&format!("{path}?wait=30")))
+        .bearer_auth("alice-key-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        indexes(&lines(resp).await),
+        vec![0, 1],
+        "bob's DELETE cancelled nothing"
+    );
+}
+
+/// `key` of `/proc/PID/status` (VmRSS, VmHWM) in KiB.
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// `max_map_inputs` (25,000) inputs to a warm pool of HTTP instances, each
+/// answered with 1 KiB (25 MiB of results in all): every input runs and
+/// is answered once, in order, and the gateway's resident set grows by
+/// far less than the results: inputs are claimed in batches as slots free
+/// up and the lines are read back from the store a page at a time. (The
+/// bound, 20 MiB, leaves room for the request body and its inputs while
+/// they are stored, TLS and HTTP/2 buffers and the allocator's arenas.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_of_25000_inputs_runs_every_input_once_with_bounded_memory() {
+    const INPUTS: usize = 25_000;
+    let gw = Gateway::builder()
+        .file("map_server.py", repo_file("tests/map/map_server.py"))
+        .file("json_http.py", repo_file("tests/instances/json_http.py"))
+        .toml(
+            "\n[apps.m.functions.sq]\nbackend = \"http\"\ncommand = [\"python3\", \"map_server.py\"]\n\
+             path = \"/invoke\"\nready_path = \"/ready\"\nconcurrency = 8\ninstance_concurrency = 4\n\
+             max_instances = 2\nmin_instances = 2\n",
+        )
+        .start()
+        .await;
+    let client = gw
+        .client_builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("build client");
+    // Warm: both instances up.
+    let warm = spawn_map(
+        &gw,
+        &client,
+        "/m/sq/map/spawn",
+        &json!([{"x": 1}, {"x": 2}]),
+    )
+    .await;
+    assert_eq!(finished(&gw, &client, &warm).await.len(), 2);
+    let before = vm_kib(gw.pid, "VmRSS");
+    let inputs: Vec<Value> = (0..INPUTS).map(|x| json!({"x": x, "pad": 1024})).collect();
+    let started = Instant::now();
+    let id = spawn_map(&gw, &client, "/m/sq/map/spawn", &json!(inputs)).await;
+    drop(inputs);
+    let stored = started.elapsed();
+    let mut peak_while = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let resp = get(&gw, &client, &id, Some(2.0)).await;
+        peak_while = peak_while.max(vm_kib(gw.pid, "VmRSS"));
+        if resp.status() == 200 {
+            let mut resp = resp;
+            let (mut pending, mut next) = (Vec::new(), 0u64);
+            while let Some(chunk) = resp.chunk().await.expect("read the lines") {
+                pending.extend_from_slice(&chunk);
+                while let Some(at) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=at).collect();
+                    let value: Value = serde_json::from_slice(&line).expect("a JSON line");
+                    assert_eq!(value["index"], next, "input order");
+                    assert_eq!(value["result"]["square"], next * next, "{value}");
+                    next += 1;
+                    if next % 5000 == 0 {
+                        peak_while = peak_while.max(vm_kib(gw.pid, "VmRSS"));
+                    }
+                }
+            }
+            assert!(pending.is_empty());
+            assert_eq!(next, INPUTS as u64, "every index once");
+            break;
+        }
+        let progress: Value = resp.json().await.unwrap();
+        assert!(Instant::now() < deadline, "not done: {progress}");
+    }
+    let peak = vm_kib(gw.pid, "VmHWM").max(peak_while);
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "25,000 inputs stored in {stored:?}, answered in {:?}: VmRSS before {before} KiB, peak {peak} KiB (+{growth} KiB)",
+        started.elapsed()
+    );
+    assert!(
+        growth < 16 * 1024,
+        "the gateway grew by {growth} KiB over 25,000 inputs"
+    );
+}
