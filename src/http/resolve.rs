@@ -321,6 +321,7 @@ mod tests {
         assert!(matches!(action("/demo/square"), Action::Invoke { .. }));
         assert!(matches!(action("/demo/square/spawn"), Action::Spawn));
         assert!(matches!(action("/demo/square/map"), Action::Map { .. }));
+        assert!(matches!(action("/demo/square/map/spawn"), Action::MapSpawn));
         assert!(matches!(
             action("/demo/square/spawn/x"),
             Action::NotFound(ApiError::FunctionNotFound { function, .. }) if function == "square/spawn/x"
