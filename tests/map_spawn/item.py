@@ -1,8 +1,8 @@
 # A map input's function for tests/map_spawn.rs: its input is one positional
 # argument x (a number); `seconds` (a keyword argument, from the map's query)
-# makes it sleep first. Each run appends "x attempt" to `runs` beside this
-# file (one short line, so concurrent runs never interleave); a string x
-# fails (x * x raises), as a function error.
+# makes it sleep first. Each run appends "x attempt pid" to `runs` beside
+# this file (one short line, so concurrent runs never interleave); a string
+# x fails (x * x raises), as a function error.
 import json, os, sys, time
 
 req = json.loads(sys.stdin.read())
@@ -11,7 +11,7 @@ kw = req.get("kwargs") or {}
 x = args[0] if args else kw.get("x")
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "runs"), "a") as f:
-    f.write("%s %s\n" % (json.dumps(x), req.get("attempt")))
+    f.write("%s %s %d\n" % (json.dumps(x), req.get("attempt"), os.getpid()))
 time.sleep(float(kw.get("seconds", 0)))
 if isinstance(x, str):
     sys.stderr.write("TypeError: cannot square %r\n" % x)
