@@ -332,6 +332,13 @@ async fn a_map_killed_mid_way_answers_every_input_after_restart() {
             "input {x} never ran: {runs:?}"
         );
     }
+    // The inputs running at the kill ran again, their attempt counted.
+    let text = std::fs::read_to_string(gw.dir.join("runs")).unwrap();
+    let again = text
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some("2"))
+        .count();
+    assert!(again >= 1, "no input ran again after the kill:\n{text}");
 }
 
 /// The same `Idempotency-Key` and body give the same map; another body
