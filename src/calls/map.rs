@@ -146,6 +146,7 @@ impl Calls {
             &map.app,
             &map.function,
         );
+        let map_id: Arc<str> = Arc::from(id.as_str());
         let mut want = 1;
         loop {
             let slots = tokio::select! {
@@ -168,12 +169,24 @@ impl Calls {
             };
             let took = claimed.len();
             for (input, slot) in claimed.into_iter().zip(slots) {
+                let index = input.index;
+                let record = input_record(&map, input);
+                // Tracked before its task starts, so a cancel from now on reaches it.
+                let input_stop = stop.child_token();
+                self.running.track(
+                    record.id.clone(),
+                    input_stop.clone(),
+                    &self.registry,
+                    &map.app,
+                    &map.function,
+                );
                 let run = self.clone().run_input(
                     function.clone(),
-                    map.clone(),
-                    input,
+                    map_id.clone(),
+                    index,
+                    record,
                     slot,
-                    stop.child_token(),
+                    input_stop,
                 );
                 self.tasks.spawn(run);
             }
@@ -194,37 +207,19 @@ impl Calls {
     async fn run_input(
         self: Arc<Self>,
         function: Arc<Function>,
-        map: Arc<CallRecord>,
-        input: ClaimedInput,
+        map_id: Arc<str>,
+        index: u64,
+        mut record: CallRecord,
         slot: Slot,
         stop: CancellationToken,
     ) {
-        let index = input.index;
-        let mut record = CallRecord {
-            id: format!("{}-{index}", map.id),
-            args: input.args,
-            kwargs: input.kwargs,
-            attempt: input.attempt,
-            callback_url: None,
-            from_sync: false,
-            outcome: None,
-            map_inputs: None,
-            ..CallRecord::clone(&map)
-        };
-        self.running.track(
-            record.id.clone(),
-            stop.clone(),
-            &self.registry,
-            &map.app,
-            &map.function,
-        );
         let mut _slot = Some(slot);
         let outcome = loop {
             let outcome = match self.run_once(&function, &record, &stop).await {
                 Some(Run::Ended(outcome)) => outcome,
                 // Its instance was lost: it runs again at once, in its slot.
                 Some(Run::Lost) => {
-                    if !self.count_input(&map.id, index, &stop).await {
+                    if !self.count_input(&map_id, index, &stop).await {
                         return self.running.forget(&record.id);
                     }
                     record.attempt += 1;
@@ -238,7 +233,7 @@ impl Calls {
             let Some(delay) = retry::retry_delay(policy, record.attempt, &outcome) else {
                 break outcome;
             };
-            tracing::info!(call_id = %map.id, index, attempt = record.attempt, "a map input's run failed or timed out; it runs again after its backoff");
+            tracing::info!(call_id = %map_id, index, attempt = record.attempt, "a map input's run failed or timed out; it runs again after its backoff");
             if retry::pause(delay, &stop, &self.stopping).await != Pause::Elapsed {
                 return self.running.forget(&record.id);
             }
@@ -247,14 +242,14 @@ impl Calls {
                 () = stop.cancelled() => return self.running.forget(&record.id),
                 () = self.stopping.cancelled() => return self.running.forget(&record.id),
             };
-            if !self.count_input(&map.id, index, &stop).await {
+            if !self.count_input(&map_id, index, &stop).await {
                 return self.running.forget(&record.id);
             }
             record.attempt += 1;
         };
         drop(_slot);
         self.running.forget(&record.id);
-        self.record_input_end(&map.id, index, stored(outcome)).await;
+        self.record_input_end(&map_id, index, stored(outcome)).await;
     }
 
     /// Counts an input's next attempt in the store; false when it is no
@@ -302,6 +297,23 @@ impl Calls {
                 }
             }
         }
+    }
+}
+
+/// The record an input's runs are made from: the map's (who made it,
+/// its class parameters, origin), with the input's id, arguments and
+/// attempt.
+fn input_record(map: &CallRecord, input: ClaimedInput) -> CallRecord {
+    CallRecord {
+        id: format!("{}-{}", map.id, input.index),
+        args: input.args,
+        kwargs: input.kwargs,
+        attempt: input.attempt,
+        callback_url: None,
+        from_sync: false,
+        outcome: None,
+        map_inputs: None,
+        ..map.clone()
     }
 }
 
