@@ -372,9 +372,8 @@ fn give_functions_the_gateway(config: &mut Config, url: &str, dev_ca: Option<&st
     for backend in backends {
         let env = match backend {
             config::BackendSpec::Exec { env, .. } => env,
-            config::BackendSpec::Lambda { pool } | config::BackendSpec::HttpInstances { pool, .. } => {
-                &mut pool.env
-            }
+            config::BackendSpec::Lambda { pool }
+            | config::BackendSpec::HttpInstances { pool, .. } => &mut pool.env,
             config::BackendSpec::Http { .. } => continue,
         };
         env.extend(vars.iter().cloned());

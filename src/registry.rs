@@ -4,8 +4,9 @@
 //! configuration. It owns the gateway's warm instance pools.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use crate::auth::call_token::CallTokens;
 use crate::backend::Backend;
 use crate::backend::batch::BatchBackend;
 use crate::backend::exec::ExecBackend;
@@ -40,6 +41,8 @@ pub struct Function {
     pub limiter: Limiter,
     /// The warm instance sets its calls run on (lambda, http with command).
     pub instances: Option<Arc<ParameterSets>>,
+    /// The one call token of every call when `may_call` is empty.
+    grantless_token: OnceLock<Arc<str>>,
 }
 
 /// The class a method belongs to.
@@ -69,6 +72,20 @@ impl Function {
             &of.parameters,
             stored,
         )))
+    }
+
+    /// The call token of a call of this function when it may call
+    /// nothing (`may_call` empty): such a token grants nothing, whoever
+    /// made the call, so one minted on the first call serves every call
+    /// and no call pays for minting. `None` when `may_call` lists targets.
+    pub fn grantless_token(&self, tokens: &CallTokens) -> Option<Arc<str>> {
+        if !self.spec.may_call.is_empty() {
+            return None;
+        }
+        let token = self
+            .grantless_token
+            .get_or_init(|| tokens.grantless(&self.app, &self.key));
+        Some(token.clone())
     }
 
     pub fn describe(&self) -> String {
@@ -212,6 +229,7 @@ impl Registry {
                 spec: spec.clone(),
                 target,
                 schema,
+                grantless_token: OnceLock::new(),
             };
             let function = Arc::new(function);
             match &spec.class {

@@ -226,6 +226,24 @@ impl CallTokens {
         Arc::from(token)
     }
 
+    /// The token of a function that may call nothing: no caller, no call,
+    /// no deadline (it never expires, since every call made with it is
+    /// refused with 403 whatever its age).
+    pub fn grantless(&self, app: &str, function: &str) -> Arc<str> {
+        self.mint(&Claims {
+            principal: None,
+            owner: None,
+            scopes: &[],
+            app,
+            function,
+            may_call: &[],
+            call_id: "",
+            depth: 0,
+            trace_id: "",
+            expires_ms: u64::MAX,
+        })
+    }
+
     /// Checks a presented token: minted by this gateway, unchanged, and
     /// not past its call's deadline at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: u64) -> Result<CallGrant, AuthError> {
