@@ -598,7 +598,12 @@ impl CallStore for EmbeddedStore {
         expires_ms: i64,
     ) -> BoxFuture<'_, Result<Inserted, StoreError>> {
         Box::pin(self.write(move |reply| {
-            Write::Map(maps::MapWrite::Insert(Box::new(call), inputs, expires_ms, reply))
+            Write::Map(maps::MapWrite::Insert(
+                Box::new(call),
+                inputs,
+                expires_ms,
+                reply,
+            ))
         }))
     }
 
@@ -618,7 +623,9 @@ impl CallStore for EmbeddedStore {
         expires_ms: i64,
     ) -> BoxFuture<'_, Result<InputEnded, StoreError>> {
         Box::pin(self.write(move |reply| {
-            Write::Map(maps::MapWrite::Finish(id, index, outcome, expires_ms, reply))
+            Write::Map(maps::MapWrite::Finish(
+                id, index, outcome, expires_ms, reply,
+            ))
         }))
     }
 

@@ -183,7 +183,10 @@ pub(in crate::http) fn idempotency_key(value: &HeaderValue) -> Result<String, Ap
     Ok(text.to_owned())
 }
 
-pub(in crate::http) fn callback_url(state: &AppState, value: &HeaderValue) -> Result<String, ApiError> {
+pub(in crate::http) fn callback_url(
+    state: &AppState,
+    value: &HeaderValue,
+) -> Result<String, ApiError> {
     let Some(webhooks) = &state.webhooks else {
         return Err(ApiError::InvalidArguments(
             "Callback-Url needs completion webhooks, which this gateway has not configured ([webhooks])".to_owned(),
