@@ -38,7 +38,9 @@ pub async fn invoke(
     let spec = &function.spec;
     input::check_method(function, request.method())?;
     let class = input::class_call(function, request.uri().query())?;
-    let encoding = stream::Encoding::accepted(request.headers());
+    let encoding = spec
+        .stream
+        .then(|| stream::Encoding::accepted(request.headers()));
     let arguments = input::arguments(state, function, request).await?;
     let slot = function
         .limiter
@@ -64,7 +66,7 @@ pub async fn invoke(
     };
     invocation.call_token = Some(caller.call_token(state, function, &invocation));
     let invocation = Arc::new(invocation);
-    if spec.stream {
+    if let Some(encoding) = encoding {
         return stream::stream(function, backend, invocation, slot, encoding).await;
     }
     let owner = if spec.public { None } else { caller.owner() };
