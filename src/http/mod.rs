@@ -13,6 +13,7 @@ mod resolve;
 mod respond;
 mod route;
 mod routes;
+mod spawning;
 mod state;
 
 pub use admission::{ClientCertificate, PeerAddr, PlainListener};

@@ -19,12 +19,11 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use super::inputs::Inputs;
 use super::lines::{self, Framing, Writer};
 use super::run::Order;
-use crate::calls::{SpawnError, SpawnOptions};
 use crate::config::DEFAULT_TIMEOUT;
 use crate::http::admission::Caller;
 use crate::http::problem::ApiError;
 use crate::http::respond::{insert_call_id, json_response};
-use crate::http::routes::spawn::{accepted_response, callback_url, digest, idempotency_key};
+use crate::http::spawning::{self, SpawnAsks, accepted_response, digest};
 use crate::http::state::AppState;
 use crate::http::{base_url, input};
 use crate::invocation::Trace;
@@ -53,15 +52,7 @@ pub async fn spawn(
             allow: "POST".to_owned(),
         });
     }
-    let headers = request.headers();
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .map(idempotency_key)
-        .transpose()?;
-    let callback_url = headers
-        .get("callback-url")
-        .map(|value| callback_url(state, value))
-        .transpose()?;
+    let asks = SpawnAsks::read(state, request.headers())?;
     let base = base_url::external_base(&request);
     let query = request.uri().query();
     let (order, rest) = super::order_and_rest(query)?;
@@ -87,30 +78,12 @@ pub async fn spawn(
         }
         digest(&parts)
     };
-    let options = SpawnOptions {
-        owner: if function.spec.public {
-            None
-        } else {
-            caller.owner()
-        },
-        principal: caller.principal(),
-        idempotency: idempotency_key.map(|key| (key, digest)),
-        callback_url,
-        parameters,
-        origin: caller.origin(),
-    };
+    let options = asks.options(function, caller, digest, parameters);
     let accepted = state
         .calls
         .spawn_map(function, inputs, options)
         .await
-        .map_err(|e| match e {
-            SpawnError::BacklogFull => ApiError::Overloaded,
-            SpawnError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
-            SpawnError::Store(e) => {
-                tracing::error!(request_id = %trace.request_id, error = %e, "cannot store a spawned map");
-                ApiError::StoreUnavailable
-            }
-        })?;
+        .map_err(|e| spawning::refused(e, "map"))?;
     Ok(accepted_response(&accepted, &base))
 }
 
