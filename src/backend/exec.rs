@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 use tokio::time::Instant;
 
-use super::stream::{self, Framing, ItemDecoder, ItemSource, ItemStream};
+use super::stream::{self, Decoding, Framing, ItemSource, ItemStream, Step};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 use crate::invocation::Invocation;
 use crate::processes::FunctionProcess;
@@ -299,12 +299,10 @@ impl ExecBackend {
             })),
             process,
             stdout: stdout.expect("stdout is piped"),
-            decoder: ItemDecoder::new(Framing::Lines, self.max_result),
+            decoding: Decoding::new(Framing::Lines, self.max_result),
             chunk: vec![0; 16 * 1024],
             exited: None,
             grace: None,
-            eof: false,
-            done: false,
         };
         Ok(stream::from_source(items))
     }
@@ -319,13 +317,11 @@ struct ExecItems {
     /// Writes the request; stopped with the call.
     _stdin: Aborting<()>,
     stderr: Aborting<Vec<u8>>,
-    decoder: ItemDecoder,
+    decoding: Decoding,
     chunk: Vec<u8>,
     exited: Option<ExitStatus>,
     /// Once the process has exited: how long its stdout may stay open.
     grace: Option<Instant>,
-    eof: bool,
-    done: bool,
 }
 
 /// A task stopped when its handle is dropped.
@@ -340,27 +336,17 @@ impl<T> Drop for Aborting<T> {
 impl ItemSource for ExecItems {
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
-            if self.done {
-                return None;
-            }
-            let item = if self.eof {
-                self.decoder.finish()
-            } else {
-                self.decoder.next_item()
-            };
-            if let Some(item) = item {
-                self.done = item.is_err();
-                return Some(item);
-            }
-            if self.eof {
-                self.done = true;
-                return self.ended().await.err().map(Err);
+            match self.decoding.step() {
+                Step::Item(item) => return Some(item),
+                Step::End => return self.ended().await.err().map(Err),
+                Step::Done => return None,
+                Step::Read => {}
             }
             let grace = self.grace;
             tokio::select! {
                 read = self.stdout.read(&mut self.chunk) => match read {
-                    Ok(0) | Err(_) => self.eof = true,
-                    Ok(n) => self.decoder.push(&self.chunk[..n]),
+                    Ok(0) | Err(_) => self.decoding.end_of_input(),
+                    Ok(n) => self.decoding.push(&self.chunk[..n]),
                 },
                 exited = self.process.wait(), if self.exited.is_none() => {
                     let exited = exited.map_err(|e| BackendError::Crashed(format!("waiting for the process: {e}")));
@@ -370,14 +356,14 @@ impl ItemSource for ExecItems {
                             self.grace = Some(Instant::now() + OUTPUT_GRACE);
                         }
                         Err(e) => {
-                            self.done = true;
+                            self.decoding.stop();
                             return Some(Err(e));
                         }
                     }
                 }
                 // Held open by a process outside the group: take what came.
                 () = tokio::time::sleep_until(grace.unwrap_or_else(Instant::now)), if grace.is_some() => {
-                    self.eof = true;
+                    self.decoding.end_of_input();
                 }
             }
         }

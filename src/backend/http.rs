@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::{Lease, PoolError, Replica};
-use super::stream::{self, Framing, ItemDecoder, ItemSource, ItemStream};
+use super::stream::{self, Decoding, Framing, ItemSource, ItemStream, Step};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 
 mod passthrough;
@@ -283,10 +283,8 @@ pub(crate) async fn stream_answer<K: Send + 'static>(
     };
     let items = BodyItems {
         body: response.into_body(),
-        decoder: ItemDecoder::new(framing, max_result),
+        decoding: Decoding::new(framing, max_result),
         _keep: keep,
-        eof: false,
-        done: false,
     };
     Ok(stream::from_source(items))
 }
@@ -294,41 +292,28 @@ pub(crate) async fn stream_answer<K: Send + 'static>(
 /// A streaming answer's body, cut into items as its chunks arrive.
 struct BodyItems<K> {
     body: hyper::body::Incoming,
-    decoder: ItemDecoder,
+    decoding: Decoding,
     _keep: K,
-    eof: bool,
-    done: bool,
 }
 
 impl<K: Send + 'static> ItemSource for BodyItems<K> {
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
-            if self.done {
-                return None;
-            }
-            let item = if self.eof {
-                self.decoder.finish()
-            } else {
-                self.decoder.next_item()
-            };
-            if let Some(item) = item {
-                self.done = item.is_err();
-                return Some(item);
-            }
-            if self.eof {
-                self.done = true;
-                return None;
+            match self.decoding.step() {
+                Step::Item(item) => return Some(item),
+                Step::End | Step::Done => return None,
+                Step::Read => {}
             }
             match self.body.frame().await {
-                None => self.eof = true,
+                None => self.decoding.end_of_input(),
                 Some(Ok(frame)) => {
                     // Trailers say nothing here.
                     if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
+                        self.decoding.push(&data);
                     }
                 }
                 Some(Err(e)) => {
-                    self.done = true;
+                    self.decoding.stop();
                     let why = format!("reading the answer: {}", error_chain(&e));
                     return Some(Err(BackendError::Crashed(why)));
                 }

@@ -168,6 +168,76 @@ pub struct ItemDecoder {
     after_cr: bool,
 }
 
+/// What an item source over a reader does next: the decoder with where
+/// the reader stands, so that each source only reads.
+pub(crate) struct Decoding {
+    decoder: ItemDecoder,
+    /// The reader has ended: what is left in the decoder is the last.
+    eof: bool,
+    /// The stream has ended (its reader's end was answered, or an error).
+    done: bool,
+}
+
+/// The next step of an item source.
+pub(crate) enum Step {
+    /// An item (or the error that ends the stream) to give.
+    Item(Result<Bytes, BackendError>),
+    /// The reader's end, reached now and every item given: the source
+    /// says how the stream ends.
+    End,
+    /// The stream has ended already.
+    Done,
+    /// Read more.
+    Read,
+}
+
+impl Decoding {
+    pub fn new(framing: Framing, max_item: u64) -> Decoding {
+        Decoding {
+            decoder: ItemDecoder::new(framing, max_item),
+            eof: false,
+            done: false,
+        }
+    }
+
+    pub fn step(&mut self) -> Step {
+        if self.done {
+            return Step::Done;
+        }
+        let item = if self.eof {
+            self.decoder.finish()
+        } else {
+            self.decoder.next_item()
+        };
+        match item {
+            Some(item) => {
+                self.done = item.is_err();
+                Step::Item(item)
+            }
+            None if self.eof => {
+                self.done = true;
+                Step::End
+            }
+            None => Step::Read,
+        }
+    }
+
+    /// Bytes read.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.decoder.push(chunk);
+    }
+
+    /// The reader has ended.
+    pub fn end_of_input(&mut self) {
+        self.eof = true;
+    }
+
+    /// The stream ends with an error of the source's own.
+    pub fn stop(&mut self) {
+        self.done = true;
+    }
+}
+
 impl ItemDecoder {
     pub fn new(framing: Framing, max_item: u64) -> ItemDecoder {
         ItemDecoder {
