@@ -106,8 +106,11 @@ impl Calls {
         let Some(wake) = self.wakes.of(&function.app, &function.key).cloned() else {
             return;
         };
-        // Calls left by a previous process may be waiting: look at once.
-        let mut idle = false;
+        // Calls left by a previous process may be waiting: look at once,
+        // with a read, so that a function with none never has a slot taken
+        // from its first sync callers.
+        let look = self.store.has_pending(&function.app, &function.key);
+        let mut idle = !look.await.unwrap_or(true);
         // Slots to ask for: twice what the last round found, so a trickle
         // of calls does not tie up many slots and a backlog soon gets many.
         let mut want = 1;
