@@ -121,6 +121,9 @@ async fn a_call_that_fails_twice_then_succeeds_ends_succeeded_on_attempt_3() {
     let id = spawn(&gw, "/r/flaky/spawn", &body).await;
     let result = result_of(&gw, &id).await;
     assert_eq!(result, json!({"runs": 3, "attempt": 3}));
+    // The finished call's answer says the attempt it ended on.
+    let resp = get_call(&gw, &id, 0).await;
+    assert_eq!(resp.headers()["x-attempt"], "3");
     let runs = runs(&gw, "c.runs");
     assert_eq!(attempts(&runs), [1, 2, 3], "{runs:?}");
     // The backoff: 300 ms after run 1, then twice that after run 2.

@@ -106,12 +106,23 @@ async fn get(view: &View<'_>, query: Option<&str>) -> Result<Response<Body>, Api
         .origin
         .as_ref()
         .and_then(|o| o.parent_call_id.clone());
+    let attempt = record.attempt;
     let mut response = render(view.state, view.trace, record)?;
     if let Some(Ok(value)) = parent.as_deref().map(HeaderValue::from_str) {
         response.headers_mut().insert(X_PARENT_CALL_ID, value);
     }
+    // A finished call's body is its result: the attempt it ended on (runs
+    // under `retries`) is said beside it, as a running call's body says it.
+    if attempt > 0 {
+        response
+            .headers_mut()
+            .insert(X_ATTEMPT, HeaderValue::from(attempt));
+    }
     Ok(response)
 }
+
+/// On the answers about a call: the run it is on, or ended on (1 first).
+const X_ATTEMPT: http::HeaderName = http::HeaderName::from_static("x-attempt");
 
 /// On the answers about a call that a function's call made with its call
 /// token: that call's id.
