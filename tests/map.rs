@@ -441,8 +441,10 @@ async fn more_inputs_than_max_map_inputs_is_413() {
 /// `Accept: application/json`: one JSON array of the same objects.
 #[tokio::test]
 async fn accept_json_answers_one_array() {
+    // may_call: its calls' tokens are their own (a function that may call
+    // nothing has one token for all its calls).
     let gw = builder()
-        .toml(&pool_fn("arr", "concurrency = 4"))
+        .toml(&pool_fn("arr", "concurrency = 4\nmay_call = [\"m/arr\"]"))
         .start()
         .await;
     let client = gw.client();
