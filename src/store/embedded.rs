@@ -4,7 +4,7 @@
 //! own connections and never wait for the writer. The writer also keeps
 //! the count of pending calls, in step with what it commits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,14 +15,19 @@ use tokio::sync::{mpsc, oneshot};
 use super::map::{ClaimedInput, InputEnded, MapInput, MapProgress, OpenMap, StoredInput};
 use super::{
     BoxFuture, CallRecord, CallState, CallStore, Cancelled, Delivery, Due, FailureKind, Inserted,
-    NewCall, Origin, Outcome, PendingCounts, StoreError, StoreFault, StoreHealth,
+    NewCall, Origin, Outcome, PendingCounts, StoreError, StoreHealth,
 };
 
+mod faults;
 mod maps;
 mod startup;
 mod writer;
 
-use startup::{Checked, check_integrity, explain, refuse_lost_journal};
+use faults::{Fault, FileHealth, fault_of};
+use startup::{
+    Checked, add_origin_columns, add_parameters_column, check_integrity, explain,
+    refuse_lost_journal,
+};
 use writer::{Reply, Write, Writer, write_loop};
 
 /// Most writes applied in one transaction.
@@ -305,36 +310,6 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
     Ok((writer, pending))
 }
 
-/// Adds `parameters` to a layout-1 `calls` table (written before classes).
-fn add_parameters_column(writer: &Connection) -> Result<(), rusqlite::Error> {
-    let has_it: bool = writer.query_row(
-        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parameters'",
-        [],
-        |row| row.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_it {
-        writer.execute_batch("ALTER TABLE calls ADD COLUMN parameters TEXT")?;
-    }
-    Ok(())
-}
-
-/// Adds `parent_call_id` and `origin` (a JSON object: depth, trace id,
-/// scopes) to a layout-2 `calls` table (written before functions called
-/// functions).
-fn add_origin_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
-    let has_them: bool = writer.query_row(
-        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parent_call_id'",
-        [],
-        |row| row.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_them {
-        writer.execute_batch(
-            "ALTER TABLE calls ADD COLUMN parent_call_id TEXT; ALTER TABLE calls ADD COLUMN origin TEXT;",
-        )?;
-    }
-    Ok(())
-}
-
 /// Asks the writer for a checkpoint every `every`, until the store is gone
 /// (the timer holds no sender that would keep the writer alive).
 fn tick_checkpoints(writes: mpsc::WeakSender<Write>, every: Duration) -> std::io::Result<()> {
@@ -351,71 +326,6 @@ fn tick_checkpoints(writes: mpsc::WeakSender<Write>, every: Duration) -> std::io
             }
         })
         .map(drop)
-}
-
-/// How a SQLite failure bears on the store as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    /// This request's own failure (a constraint, a missing row): the store is fine.
-    None,
-    /// Disk full, a failed write or sync, a lock: clears by itself.
-    Transient,
-    /// The file is corrupt, not a database, or cannot be read.
-    Broken(&'static str),
-}
-
-fn fault_of(error: &rusqlite::Error) -> Fault {
-    use rusqlite::ffi;
-    let Some(failure) = error.sqlite_error() else {
-        return Fault::None;
-    };
-    match (failure.code, failure.extended_code) {
-        (rusqlite::ErrorCode::DatabaseCorrupt, _) => Fault::Broken("corrupt"),
-        (rusqlite::ErrorCode::NotADatabase, _) => Fault::Broken("not a database"),
-        (_, ffi::SQLITE_IOERR_READ | ffi::SQLITE_IOERR_SHORT_READ) => Fault::Broken("unreadable"),
-        (
-            rusqlite::ErrorCode::DiskFull
-            | rusqlite::ErrorCode::SystemIoFailure
-            | rusqlite::ErrorCode::DatabaseBusy
-            | rusqlite::ErrorCode::DatabaseLocked
-            | rusqlite::ErrorCode::ReadOnly
-            | rusqlite::ErrorCode::CannotOpen
-            | rusqlite::ErrorCode::OutOfMemory,
-            _,
-        ) => Fault::Transient,
-        _ => Fault::None,
-    }
-}
-
-/// The store's file and whether it has failed for good, shared by the
-/// readers and the writer thread.
-struct FileHealth {
-    file: PathBuf,
-    health: StoreHealth,
-}
-
-impl FileHealth {
-    /// The store's view of a SQLite failure; a broken file is recorded.
-    fn error(&self, error: rusqlite::Error) -> StoreError {
-        match fault_of(&error) {
-            Fault::None => StoreError::Sqlite(error),
-            Fault::Transient => StoreError::Unavailable(error.to_string()),
-            Fault::Broken(kind) => StoreError::Broken(self.fail(format!("{kind}: {error}"))),
-        }
-    }
-
-    /// Records that the store failed for good (logged once, with the file).
-    fn fail(&self, why: String) -> StoreFault {
-        let fault = StoreFault {
-            location: self.file.display().to_string(),
-            why,
-        };
-        if self.health.fault().is_none() {
-            tracing::error!(file = %fault.location, "the call store failed for good: {}", fault.why);
-        }
-        self.health.fail(fault.clone());
-        fault
-    }
 }
 
 fn record(row: &Row<'_>) -> Result<CallRecord, rusqlite::Error> {

@@ -116,3 +116,33 @@ pub(super) fn explain(error: &rusqlite::Error) -> String {
         _ => error.to_string(),
     }
 }
+
+/// Adds `parameters` to a layout-1 `calls` table (written before classes).
+pub(super) fn add_parameters_column(writer: &Connection) -> Result<(), rusqlite::Error> {
+    let has_it: bool = writer.query_row(
+        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parameters'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_it {
+        writer.execute_batch("ALTER TABLE calls ADD COLUMN parameters TEXT")?;
+    }
+    Ok(())
+}
+
+/// Adds `parent_call_id` and `origin` (a JSON object: depth, trace id,
+/// scopes) to a layout-2 `calls` table (written before functions called
+/// functions).
+pub(super) fn add_origin_columns(writer: &Connection) -> Result<(), rusqlite::Error> {
+    let has_them: bool = writer.query_row(
+        "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'parent_call_id'",
+        [],
+        |row| row.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_them {
+        writer.execute_batch(
+            "ALTER TABLE calls ADD COLUMN parent_call_id TEXT; ALTER TABLE calls ADD COLUMN origin TEXT;",
+        )?;
+    }
+    Ok(())
+}
