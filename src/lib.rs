@@ -16,6 +16,7 @@ pub mod http;
 pub mod instances;
 pub mod invocation;
 pub mod listener;
+pub mod metrics;
 pub mod processes;
 pub mod rate_limit;
 pub mod registry;

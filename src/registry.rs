@@ -3,6 +3,10 @@
 //! input schema and concurrency limiter, built once from the
 //! configuration. It owns the gateway's warm instance pools.
 
+mod live;
+
+pub use live::LiveRegistry;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -43,6 +47,8 @@ pub struct Function {
     pub instances: Option<Arc<ParameterSets>>,
     /// The one call token of every call when `may_call` is empty.
     grantless_token: OnceLock<Arc<str>>,
+    /// Its series in `/_/metrics`: the same for every version of it.
+    pub metrics: Arc<crate::metrics::FunctionMetrics>,
 }
 
 /// The class a method belongs to.
@@ -107,6 +113,9 @@ pub enum Lookup<'a> {
 /// A class: its methods, which share its instance sets.
 pub struct Class {
     pub name: Arc<str>,
+    pub spec: ClassSpec,
+    /// Its instance sets, which its methods share.
+    sets: Arc<ParameterSets>,
     methods: HashMap<String, Arc<Function>>,
 }
 
@@ -124,119 +133,64 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The registry of `config`'s functions, with instance pools of its own.
     pub fn from_config(config: &Config, clients: &HttpClients) -> Registry {
+        Registry::build(config, clients, Instances::new(), None)
+    }
+
+    /// The registry of `config`'s functions that takes over from
+    /// `previous`: a function whose settings did not change is the same
+    /// `Function` (its warm instances, limiter and calls in flight carry
+    /// on), and so is a class's instance set; the rest are built anew.
+    /// Pools of what is left behind stop once its last call has ended.
+    pub fn rebuild(config: &Config, clients: &HttpClients, previous: &Registry) -> Registry {
+        Registry::build(config, clients, previous.instances.clone(), Some(previous))
+    }
+
+    fn build(
+        config: &Config,
+        clients: &HttpClients,
+        instances: Arc<Instances>,
+        previous: Option<&Registry>,
+    ) -> Registry {
         let mut registry = Registry {
             apps: HashMap::new(),
             classes: HashMap::new(),
-            instances: Instances::new(),
+            instances,
         };
-        // A class's instance sets, shared by its methods.
+        // A class's instance sets, shared by its methods: the previous
+        // ones when the class did not change.
         let mut class_sets = HashMap::new();
         for class in &config.classes {
-            let sets = registry.instance_sets(config, clients, class);
+            let kept = previous
+                .and_then(|p| p.class(&class.app, &class.name))
+                .filter(|old| old.spec == *class)
+                .map(|old| old.sets.clone());
+            let sets = kept.unwrap_or_else(|| registry.instance_sets(config, clients, class));
             class_sets.insert((class.app.clone(), class.name.clone()), sets);
         }
         for spec in &config.functions {
-            // A method shares its class's instance sets; a warm function
-            // has one set of its own.
-            let function_sets = match (&spec.class, &spec.backend) {
-                (Some(class), _) => class_sets.get(&(spec.app.clone(), class.clone())).cloned(),
-                (None, BackendSpec::Lambda { pool }) => {
-                    let protocol = lambda_protocol(config, &spec.app, &spec.name);
-                    Some(registry.one_set(spec, pool, protocol))
-                }
-                (None, BackendSpec::HttpInstances { pool, .. }) => {
-                    let protocol = http_protocol(config, clients, &spec.backend);
-                    Some(registry.one_set(spec, pool, protocol))
-                }
-                (None, BackendSpec::Exec { .. } | BackendSpec::Http { .. }) => None,
+            let sets = spec
+                .class
+                .as_ref()
+                .and_then(|class| class_sets.get(&(spec.app.clone(), class.clone())));
+            let kept = previous.and_then(|p| p.unchanged(spec, sets));
+            let function = match kept {
+                Some(function) => function,
+                None => Arc::new(registry.function(config, clients, spec, sets.cloned())),
             };
-            let target = match &spec.backend {
-                BackendSpec::Exec { command, cwd, env } => {
-                    Target::Invoke(Arc::new(ExecBackend::new(
-                        command.clone(),
-                        cwd.clone(),
-                        env.clone(),
-                        config.server.max_result,
-                    )))
-                }
-                BackendSpec::Http {
-                    urls,
-                    passthrough,
-                    http2,
-                } => {
-                    let backend =
-                        HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
-                    if *passthrough {
-                        Target::Passthrough(Arc::new(Forwarder::Urls(Box::new(backend))))
-                    } else {
-                        Target::Invoke(Arc::new(backend))
-                    }
-                }
-                BackendSpec::Lambda { pool } => {
-                    let sets = function_sets
-                        .clone()
-                        .expect("a lambda function has instances");
-                    let backend = LambdaBackend::new(sets, dotted_name(spec), &pool.command);
-                    Target::Invoke(Arc::new(backend))
-                }
-                BackendSpec::HttpInstances { pool, .. } => {
-                    let sets = function_sets
-                        .clone()
-                        .expect("an http function with a command has instances");
-                    let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
-                    if spec.is_passthrough() {
-                        Target::Passthrough(Arc::new(Forwarder::Instances(Box::new(backend))))
-                    } else {
-                        Target::Invoke(Arc::new(backend))
-                    }
-                }
-            };
-            // A batched function's calls gather in front of its backend.
-            let target = match (target, &spec.batch) {
-                (Target::Invoke(backend), Some(batch)) => {
-                    Target::Invoke(Arc::new(BatchBackend::new(backend, batch.clone())))
-                }
-                (target, _) => target,
-            };
-            let schema = spec.input_schema.as_ref().map(|schema| {
-                jsonschema::validator_for(schema)
-                    .expect("config validation compiled this schema already")
-            });
-            let (key, class) = match &spec.class {
-                Some(class) => {
-                    let parameters = config
-                        .classes
-                        .iter()
-                        .find(|c| c.app == spec.app && &c.name == class)
-                        .map(|c| c.parameters.clone())
-                        .unwrap_or_default();
-                    let of = MethodOf {
-                        class: class.as_str().into(),
-                        parameters,
-                    };
-                    (format!("{class}.{}", spec.name), Some(of))
-                }
-                None => (spec.name.clone(), None),
-            };
-            let function = Function {
-                app: spec.app.as_str().into(),
-                name: spec.name.as_str().into(),
-                key: key.into(),
-                class,
-                limiter: Limiter::new(spec.concurrency, spec.queue),
-                instances: function_sets,
-                spec: spec.clone(),
-                target,
-                schema,
-                grantless_token: OnceLock::new(),
-            };
-            let function = Arc::new(function);
             match &spec.class {
                 Some(class) => {
                     let classes = registry.classes.entry(spec.app.clone()).or_default();
                     let class = classes.entry(class.clone()).or_insert_with(|| Class {
                         name: class.as_str().into(),
+                        spec: config
+                            .classes
+                            .iter()
+                            .find(|c| c.app == spec.app && &c.name == class)
+                            .expect("config validation gives every method its class")
+                            .clone(),
+                        sets: sets.expect("every class has instance sets").clone(),
                         methods: HashMap::new(),
                     });
                     class.methods.insert(spec.name.clone(), function);
@@ -251,6 +205,132 @@ impl Registry {
             }
         }
         registry
+    }
+
+    /// This registry's `Function` for `spec` when its settings are the
+    /// same (and, for a method, its class's instance sets are `sets`).
+    fn unchanged(
+        &self,
+        spec: &FunctionSpec,
+        sets: Option<&Arc<ParameterSets>>,
+    ) -> Option<Arc<Function>> {
+        let old = match &spec.class {
+            Some(class) => self.class(&spec.app, class)?.method(&spec.name)?,
+            None => match self.lookup(&spec.app, &spec.name) {
+                Lookup::Found(old) => old,
+                Lookup::NoApp | Lookup::NoFunction => return None,
+            },
+        };
+        let same_sets = match (spec.class.as_ref(), sets, &old.instances) {
+            (Some(_), Some(new), Some(old)) => Arc::ptr_eq(new, old),
+            (Some(_), _, _) => false,
+            (None, _, _) => true,
+        };
+        (old.spec == *spec && same_sets).then(|| old.clone())
+    }
+
+    /// A new `Function` for `spec`; a method runs on its class's `sets`.
+    fn function(
+        &self,
+        config: &Config,
+        clients: &HttpClients,
+        spec: &FunctionSpec,
+        class_sets: Option<Arc<ParameterSets>>,
+    ) -> Function {
+        // A method shares its class's instance sets; a warm function
+        // has one set of its own.
+        let function_sets = match (&spec.class, &spec.backend) {
+            (Some(_), _) => class_sets,
+            (None, BackendSpec::Lambda { pool }) => {
+                let protocol = lambda_protocol(config, &spec.app, &spec.name);
+                Some(self.one_set(spec, pool, protocol))
+            }
+            (None, BackendSpec::HttpInstances { pool, .. }) => {
+                let protocol = http_protocol(config, clients, &spec.backend);
+                Some(self.one_set(spec, pool, protocol))
+            }
+            (None, BackendSpec::Exec { .. } | BackendSpec::Http { .. }) => None,
+        };
+        let target = match &spec.backend {
+            BackendSpec::Exec { command, cwd, env } => Target::Invoke(Arc::new(ExecBackend::new(
+                command.clone(),
+                cwd.clone(),
+                env.clone(),
+                config.server.max_result,
+            ))),
+            BackendSpec::Http {
+                urls,
+                passthrough,
+                http2,
+            } => {
+                let backend =
+                    HttpBackend::new(clients, urls.clone(), *http2, config.server.max_result);
+                if *passthrough {
+                    Target::Passthrough(Arc::new(Forwarder::Urls(Box::new(backend))))
+                } else {
+                    Target::Invoke(Arc::new(backend))
+                }
+            }
+            BackendSpec::Lambda { pool } => {
+                let sets = function_sets
+                    .clone()
+                    .expect("a lambda function has instances");
+                let backend = LambdaBackend::new(sets, dotted_name(spec), &pool.command);
+                Target::Invoke(Arc::new(backend))
+            }
+            BackendSpec::HttpInstances { pool, .. } => {
+                let sets = function_sets
+                    .clone()
+                    .expect("an http function with a command has instances");
+                let backend = InstanceHttpBackend::new(sets, dotted_name(spec), &pool.command);
+                if spec.is_passthrough() {
+                    Target::Passthrough(Arc::new(Forwarder::Instances(Box::new(backend))))
+                } else {
+                    Target::Invoke(Arc::new(backend))
+                }
+            }
+        };
+        // A batched function's calls gather in front of its backend.
+        let target = match (target, &spec.batch) {
+            (Target::Invoke(backend), Some(batch)) => {
+                Target::Invoke(Arc::new(BatchBackend::new(backend, batch.clone())))
+            }
+            (target, _) => target,
+        };
+        let schema = spec.input_schema.as_ref().map(|schema| {
+            jsonschema::validator_for(schema)
+                .expect("config validation compiled this schema already")
+        });
+        let (key, class) = match &spec.class {
+            Some(class) => {
+                let parameters = config
+                    .classes
+                    .iter()
+                    .find(|c| c.app == spec.app && &c.name == class)
+                    .map(|c| c.parameters.clone())
+                    .unwrap_or_default();
+                let of = MethodOf {
+                    class: class.as_str().into(),
+                    parameters,
+                };
+                (format!("{class}.{}", spec.name), Some(of))
+            }
+            None => (spec.name.clone(), None),
+        };
+        let metrics = crate::metrics::global().function(&spec.app, &key);
+        Function {
+            app: spec.app.as_str().into(),
+            name: spec.name.as_str().into(),
+            key: key.into(),
+            class,
+            limiter: Limiter::new(spec.concurrency, spec.queue),
+            instances: function_sets,
+            spec: spec.clone(),
+            target,
+            schema,
+            grantless_token: OnceLock::new(),
+            metrics,
+        }
     }
 
     /// The instance sets of a class.
