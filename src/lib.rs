@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod backend;
 pub mod calls;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod http;

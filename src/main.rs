@@ -58,6 +58,11 @@ enum Command {
     /// Serve a function's calls from this machine: run COMMAND as its
     /// instance and pull its calls from the gateway.
     Worker(fngate::worker::WorkerArgs),
+    /// Call a function and print its result as JSON (exit status: 0 ok,
+    /// 1 the function failed, 2 usage, 3 refused (4xx), 4 gateway or
+    /// backend error (5xx), 5 unreachable or untrusted, 6 still pending
+    /// after --wait). The token comes from FNGATE_TOKEN.
+    Call(fngate::cli::call::CallArgs),
 }
 
 /// Exit status for an unusable configuration, or anything else that
@@ -78,6 +83,10 @@ fn main() -> ExitCode {
     init_logging();
     let command = match cli.command {
         Some(Command::Worker(args)) => return worker(args),
+        // A client: --config only says where the dev CA is.
+        Some(Command::Call(args)) => {
+            return ExitCode::from(fngate::cli::call::run(args, &cli.config));
+        }
         command => command,
     };
     if let Some(Command::Keygen { name }) = &command {
@@ -100,7 +109,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { sub, scope, ttl } => token(&config, &sub, &scope, &ttl),
-        Command::Keygen { .. } | Command::Worker(_) => {
+        Command::Keygen { .. } | Command::Worker(_) | Command::Call(_) => {
             unreachable!("handled before the config is read")
         }
         Command::Serve => match run(config) {
