@@ -18,6 +18,7 @@ pub mod instances;
 pub mod invocation;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod processes;
 pub mod rate_limit;
 pub mod registry;
@@ -40,7 +41,7 @@ use crate::calls::{Calls, CallsConfig};
 use crate::config::{Config, StoreKind};
 use crate::http::AppState;
 use crate::listener::ConnectionLimits;
-use crate::registry::{Lookup, Registry};
+use crate::registry::{LiveRegistry, Lookup, Registry};
 use crate::store::CallStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::webhooks::{WebhookSettings, Webhooks};
@@ -130,8 +131,8 @@ impl Gateway {
         // 4. Backends and the registry of functions.
         let mut clients = HttpClients::new();
         clients.set_gateway_url(&own_url);
-        let registry = Arc::new(Registry::from_config(&config, &clients));
-        for function in registry.functions() {
+        let registry = LiveRegistry::new(Registry::from_config(&config, &clients));
+        for function in registry.current().functions() {
             tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
         }
         // 5. Spawned calls and their webhooks.
@@ -153,7 +154,7 @@ impl Gateway {
             let deployed = registry.clone();
             let exposes_errors = Arc::new(move |app: &str, function: &str| {
                 // A function no longer deployed withholds, as GET /calls does.
-                matches!(deployed.lookup_key(app, function), Lookup::Found(f) if f.spec.expose_errors)
+                matches!(deployed.current().lookup_key(app, function), Lookup::Found(f) if f.spec.expose_errors)
             });
             Arc::new(Webhooks::new(
                 settings,
@@ -202,7 +203,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let router = http::router(self.state.clone());
         // Warm instances start now, on this runtime, which outlives them.
-        let instances = self.state.registry.instances.clone();
+        let instances = self.state.registry.current().instances.clone();
         instances.start();
         let mut tasks = JoinSet::new();
         // Worker 0 serves on this runtime; each other worker on a thread

@@ -46,7 +46,7 @@ impl Calls {
         self.running.track(
             call.id.clone(),
             stop,
-            &self.registry,
+            &self.registry.current(),
             &call.app,
             &call.function,
         );

@@ -42,7 +42,7 @@ impl Calls {
         self.running.track(
             record.id.clone(),
             stop.clone(),
-            &self.registry,
+            &self.registry.current(),
             &record.app,
             &record.function,
         );

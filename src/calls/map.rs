@@ -105,7 +105,8 @@ impl Calls {
             );
         }
         for map in open {
-            match self.registry.lookup_key(&map.app, &map.function) {
+            let registry = self.registry.current();
+            match registry.lookup_key(&map.app, &map.function) {
                 Lookup::Found(function) => self.start_map(function.clone(), map.id),
                 Lookup::NoApp | Lookup::NoFunction => tracing::warn!(
                     call_id = %map.id, app = %map.app, function = %map.function,
@@ -142,7 +143,7 @@ impl Calls {
         self.running.track(
             id.clone(),
             stop.clone(),
-            &self.registry,
+            &self.registry.current(),
             &map.app,
             &map.function,
         );
@@ -176,7 +177,7 @@ impl Calls {
                 self.running.track(
                     record.id.clone(),
                     input_stop.clone(),
-                    &self.registry,
+                    &self.registry.current(),
                     &map.app,
                     &map.function,
                 );

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::CallTokens;
-use crate::registry::Registry;
+use crate::registry::LiveRegistry;
 use crate::store::{CallStore, now_ms};
 
 pub use execute::outcome_of;
@@ -40,7 +40,7 @@ pub struct CallsConfig {
 
 pub struct Calls {
     store: Arc<dyn CallStore>,
-    registry: Arc<Registry>,
+    registry: Arc<LiveRegistry>,
     config: CallsConfig,
     /// Long-poll waiters by call id.
     waiters: status::Waiters,
@@ -48,6 +48,9 @@ pub struct Calls {
     running: cancel::Running,
     /// Per function: its dispatcher's wake-up, given when a call is stored.
     wakes: runner::Wakes,
+    /// Per function version: its dispatcher, stopped when a reload or a
+    /// deploy replaces the version.
+    dispatchers: runner::Dispatchers,
     /// Wakes the webhook sender when a call ends.
     pub ended: Arc<Notify>,
     /// Work given the grace period at shutdown: spawned calls running
@@ -61,8 +64,12 @@ pub struct Calls {
 }
 
 impl Calls {
-    pub fn new(store: Arc<dyn CallStore>, registry: Arc<Registry>, config: CallsConfig) -> Calls {
-        let wakes = runner::Wakes::new(&registry);
+    pub fn new(
+        store: Arc<dyn CallStore>,
+        registry: Arc<LiveRegistry>,
+        config: CallsConfig,
+    ) -> Calls {
+        let wakes = runner::Wakes::new(&registry.current());
         Calls {
             store,
             registry,
@@ -70,6 +77,7 @@ impl Calls {
             waiters: status::Waiters::default(),
             running: cancel::Running::default(),
             wakes,
+            dispatchers: runner::Dispatchers::default(),
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),

@@ -338,7 +338,7 @@ mod tests {
         let record = claimed(&calls, &function).await;
         let id = record.id.clone();
         let stop = CancellationToken::new();
-        let registry = calls.registry.clone();
+        let registry = calls.registry.current();
         calls
             .running
             .track(id.clone(), stop.clone(), &registry, "t", "flaky");

@@ -3,15 +3,17 @@
 //! allow, and the grace period at shutdown.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Slot;
-use crate::registry::{Function, Registry};
-use crate::store::StoreError;
+use crate::registry::{Function, Lookup, Registry};
+use crate::store::{FailureKind, Outcome, StoreError};
 
 use super::Calls;
 
@@ -23,26 +25,53 @@ const CLAIM_BATCH: usize = 128;
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// Per function (by app, then name): its dispatcher's wake-up, given when
-/// a call for it is stored. Fixed at start: one per deployed function.
-pub(super) struct Wakes(HashMap<String, HashMap<String, Arc<Notify>>>);
+/// a call for it is stored. A function keeps its wake-up across versions;
+/// the map is replaced whole when the functions change.
+pub(super) struct Wakes(ArcSwap<WakeMap>);
+
+type WakeMap = HashMap<String, HashMap<String, Arc<Notify>>>;
 
 impl Wakes {
     pub(super) fn new(registry: &Registry) -> Wakes {
-        let mut wakes: HashMap<String, HashMap<String, Arc<Notify>>> = HashMap::new();
+        let wakes = Wakes(ArcSwap::from_pointee(HashMap::new()));
+        wakes.follow(registry);
+        wakes
+    }
+
+    /// One wake-up per function of `registry`: the one it had, if any.
+    fn follow(&self, registry: &Registry) {
+        let old = self.0.load();
+        let mut wakes: WakeMap = HashMap::new();
         for f in registry.functions() {
+            let wake = old
+                .get(&*f.app)
+                .and_then(|functions| functions.get(&*f.key))
+                .cloned()
+                .unwrap_or_default();
             wakes
                 .entry(f.app.to_string())
                 .or_default()
-                .insert(f.key.to_string(), Arc::new(Notify::new()));
+                .insert(f.key.to_string(), wake);
         }
-        Wakes(wakes)
+        self.0.store(Arc::new(wakes));
     }
 
     /// The wake-up of `app/function`'s dispatcher; `None` if no such
     /// function is deployed.
-    pub(super) fn of(&self, app: &str, function: &str) -> Option<&Arc<Notify>> {
-        self.0.get(app)?.get(function)
+    pub(super) fn of(&self, app: &str, function: &str) -> Option<Arc<Notify>> {
+        self.0.load().get(app)?.get(function).cloned()
     }
+}
+
+/// A function's app and key (`name`, or `class.method`).
+type FunctionKey = (Arc<str>, Arc<str>);
+
+/// The dispatcher of each function version, by app and key, with the
+/// token that stops it; empty until `Calls::run` starts them.
+#[derive(Default)]
+pub(super) struct Dispatchers {
+    running: Mutex<HashMap<FunctionKey, (Arc<Function>, CancellationToken)>>,
+    tasks: TaskTracker,
 }
 
 impl Calls {
@@ -76,12 +105,24 @@ impl Calls {
         if let Err(e) = self.resume_maps().await {
             tracing::error!(error = %e, "cannot read the spawned maps left open; they run after a restart");
         }
-        let mut dispatchers = tokio::task::JoinSet::new();
-        for function in self.registry.functions() {
-            dispatchers.spawn(self.clone().dispatch(function.clone(), shutdown.clone()));
+        // One dispatcher per function, following reloads and deploys.
+        let mut swaps = self.registry.swaps();
+        swaps.mark_changed();
+        let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
+        loop {
+            tokio::select! {
+                changed = swaps.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.follow(&self.registry.current(), &shutdown);
+                }
+                () = shutdown.cancelled() => break,
+            }
         }
-        dispatchers.spawn(self.clone().sweep(shutdown.clone()));
-        while dispatchers.join_next().await.is_some() {}
+        self.dispatchers.tasks.close();
+        self.dispatchers.tasks.wait().await;
+        let _ = sweeper.await;
         self.stopping.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
@@ -103,7 +144,7 @@ impl Calls {
     /// it takes calls for them, so an idle dispatcher never holds a slot
     /// that a sync caller could use.
     async fn dispatch(self: Arc<Self>, function: Arc<Function>, shutdown: CancellationToken) {
-        let Some(wake) = self.wakes.of(&function.app, &function.key).cloned() else {
+        let Some(wake) = self.wakes.of(&function.app, &function.key) else {
             return;
         };
         // Calls left by a previous process may be waiting: look at once,
@@ -145,6 +186,81 @@ impl Calls {
                     }
                 }
             }
+        }
+    }
+
+    /// Gives every function of `registry` a dispatcher: a function new
+    /// here, or of a new version, gets one of its own and the previous
+    /// version's stops (its calls in flight run on). The pending calls of
+    /// a function no longer deployed end failed.
+    fn follow(self: &Arc<Self>, registry: &Registry, shutdown: &CancellationToken) {
+        self.wakes.follow(registry);
+        let mut running = self
+            .dispatchers
+            .running
+            .lock()
+            .expect("no code panics holding this lock");
+        let mut next = HashMap::new();
+        for function in registry.functions() {
+            let key = (function.app.clone(), function.key.clone());
+            let kept = running
+                .remove(&key)
+                .filter(|(old, _)| Arc::ptr_eq(old, function));
+            let entry = kept.unwrap_or_else(|| {
+                let stop = shutdown.child_token();
+                let dispatch = self.clone().dispatch(function.clone(), stop.clone());
+                self.dispatchers.tasks.spawn(dispatch);
+                (function.clone(), stop)
+            });
+            next.insert(key, entry);
+        }
+        // What is left was replaced or removed.
+        for ((app, key), (_, stop)) in running.drain() {
+            stop.cancel();
+            if !next.contains_key(&(app.clone(), key.clone())) {
+                self.dispatchers
+                    .tasks
+                    .spawn(self.clone().fail_removed(app, key));
+            }
+        }
+        *running = next;
+    }
+
+    /// Ends the pending calls of `app`/`key`, which is no longer deployed,
+    /// failed with a clear error, unless it is deployed again meanwhile.
+    async fn fail_removed(self: Arc<Self>, app: Arc<str>, key: Arc<str>) {
+        let mut failed = 0;
+        loop {
+            let deployed = self.registry.current();
+            if let Lookup::Found(_) = deployed.lookup_key(&app, &key) {
+                break;
+            }
+            let records = match self.store.claim_batch(&app, &key, CLAIM_BATCH).await {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::error!(%app, function = %key, error = %e, "cannot end the pending calls of a removed function");
+                    break;
+                }
+            };
+            let took = records.len();
+            for record in records {
+                let outcome = Outcome::Failed {
+                    kind: FailureKind::Backend,
+                    error_type: "FunctionRemoved".to_owned(),
+                    message: format!(
+                        "{app}/{} was removed from the gateway before this call ran",
+                        key.replace('.', "/")
+                    ),
+                };
+                self.record_end(&record.id, outcome).await;
+                failed += 1;
+            }
+            if took < CLAIM_BATCH {
+                break;
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(%app, function = %key, failed, "pending calls of a removed function ended failed");
         }
     }
 

@@ -106,7 +106,7 @@ impl Calls {
     /// stored without its wake-up could wait for the next one.
     async fn insert_and_wake(&self, call: NewCall) -> Result<Inserted, StoreError> {
         let store = self.store.clone();
-        let wake = self.wakes.of(&call.app, &call.function).cloned();
+        let wake = self.wakes.of(&call.app, &call.function);
         tokio::spawn(async move {
             let inserted = store.insert(call).await;
             if let (Ok(Inserted::Created), Some(wake)) = (&inserted, wake) {

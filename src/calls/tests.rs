@@ -33,8 +33,10 @@ pub(super) fn calls_of(
     name: &str,
 ) -> (Arc<Calls>, Arc<Function>) {
     let config = Config::from_toml(&dir.join("gateway.toml"), text).unwrap();
-    let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
-    let Lookup::Found(function) = registry.lookup("t", name) else {
+    let registry =
+        crate::registry::LiveRegistry::new(Registry::from_config(&config, &HttpClients::new()));
+    let current = registry.current();
+    let Lookup::Found(function) = current.lookup("t", name) else {
         panic!("t/{name} is deployed");
     };
     let function = function.clone();

@@ -6,6 +6,7 @@ mod apps;
 mod classes;
 mod commands;
 mod functions;
+mod log;
 mod policies;
 mod pools;
 mod raw;
@@ -23,6 +24,7 @@ use http::{Method, Uri};
 use apps::Apps;
 use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
+pub use log::{AccessSink, LogConfig, LogFormat};
 pub use policies::{BatchSpec, CallTarget, RetryPolicy};
 pub use security::{
     AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,
@@ -63,6 +65,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     pub cors: CorsConfig,
     pub rate_limit: Option<RateLimitConfig>,
+    /// `[log]`: the access log's format and sink.
+    pub log: LogConfig,
     /// Sections that were checked but have no effect in this version; the
     /// gateway logs them at start-up.
     pub warnings: Vec<String>,
@@ -137,7 +141,7 @@ pub struct StoreConfig {
 }
 
 /// One deployed function, as configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     pub app: String,
     pub name: String,
@@ -171,7 +175,7 @@ pub struct FunctionSpec {
 
 /// A class (`[apps.APP.classes.NAME]`): one set of warm instances whose
 /// methods are the functions that name it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClassSpec {
     pub app: String,
     pub name: String,
@@ -185,7 +189,7 @@ pub struct ClassSpec {
 
 /// A pool of warm instances: the processes fngate starts, watches,
 /// restarts and scales for one function or class.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub command: Vec<String>,
     pub cwd: PathBuf,
@@ -200,7 +204,7 @@ pub struct PoolSpec {
     pub instance_concurrency: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BackendSpec {
     Exec {
         command: Vec<String>,
@@ -415,6 +419,7 @@ impl Context {
             Some(webhooks) => Some(self.webhooks(webhooks)?),
             None => None,
         };
+        let log = self.log(raw.log.as_ref())?;
         let mut apps = Apps::default();
         for (app, raw_app) in &raw.apps {
             self.app(app, raw_app, &mut apps, &mut cors, auth.is_some())?;
@@ -430,6 +435,7 @@ impl Context {
             auth,
             cors,
             rate_limit,
+            log,
             warnings,
         })
     }

@@ -304,7 +304,8 @@ mod tests {
     #[test]
     fn paths_resolve_to_their_routes() {
         let state = state::for_tests();
-        let route = |path| resolve(&state.registry, path).route;
+        let registry = state.registry.current();
+        let route = |path| resolve(&registry, path).route;
         assert!(matches!(route("/_/health"), Ok(Route::Health)));
         assert!(matches!(route("/_/ready"), Ok(Route::Ready)));
         assert!(matches!(
@@ -347,7 +348,8 @@ mod tests {
     #[test]
     fn labels_name_the_function_never_the_suffix() {
         let state = state::for_tests();
-        let label = |path| resolve(&state.registry, path).label.to_string();
+        let registry = state.registry.current();
+        let label = |path| resolve(&registry, path).label.to_string();
         assert_eq!(label("/demo/square/spawn"), "/demo/square");
         assert_eq!(label("/calls/fc-1"), "/calls/{id}");
         assert_eq!(label("/nope/square"), "-");

@@ -41,7 +41,8 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
     // Resolve. A clone of the URI shares its bytes: the path outlives the
     // request, which the route family takes.
     let uri = request.uri().clone();
-    let Resolved { label, route } = resolve::resolve(&state.registry, uri.path());
+    let registry = state.registry.current();
+    let Resolved { label, route } = resolve::resolve(&registry, uri.path());
     // Admit the caller; translate and dispatch in the route family.
     let result = match route.and_then(|route| admit(state, route, &request)) {
         Err(error) => Err(error),

@@ -10,12 +10,13 @@ use crate::auth::Authenticator;
 use crate::calls::Calls;
 use crate::config::{Config, CorsConfig};
 use crate::rate_limit::RateLimiter;
-use crate::registry::Registry;
+use crate::registry::LiveRegistry;
 use crate::webhooks::Webhooks;
 
 /// What every handler shares.
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    /// What is deployed now: swapped by reloads and deploys.
+    pub registry: Arc<LiveRegistry>,
     pub calls: Arc<Calls>,
     pub webhooks: Option<Arc<Webhooks>>,
     pub auth: Option<Authenticator>,
@@ -36,7 +37,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        registry: Arc<Registry>,
+        registry: Arc<LiveRegistry>,
         calls: Arc<Calls>,
         webhooks: Option<Arc<Webhooks>>,
         auth: Option<Authenticator>,
@@ -87,7 +88,10 @@ pub fn for_tests() -> Arc<AppState> {
     "#;
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml(&dir.path().join("gateway.toml"), text).unwrap();
-    let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
+    let registry = LiveRegistry::new(crate::registry::Registry::from_config(
+        &config,
+        &HttpClients::new(),
+    ));
     let store = Arc::new(EmbeddedStore::open(&config.store.path).unwrap());
     let settings = CallsConfig {
         result_ttl: config.store.result_ttl,

@@ -111,3 +111,14 @@ impl ParameterSets {
         sets.values().filter(|pool| !pool.is_closed()).count()
     }
 }
+
+impl Drop for ParameterSets {
+    /// What no function uses any more (a reload or a deploy replaced it,
+    /// and its last call has ended) stops its instances.
+    fn drop(&mut self) {
+        let sets = self.sets.get_mut().unwrap_or_else(|e| e.into_inner());
+        for pool in sets.values() {
+            pool.close();
+        }
+    }
+}

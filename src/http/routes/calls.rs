@@ -196,7 +196,8 @@ fn wait_param(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
 /// A stored call as the client sees it: the result, the error a sync call
 /// would have given, or its progress.
 fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Response<Body>, ApiError> {
-    let (timeout, expose_errors) = match state.registry.lookup_key(&record.app, &record.function) {
+    let registry = state.registry.current();
+    let (timeout, expose_errors) = match registry.lookup_key(&record.app, &record.function) {
         Lookup::Found(function) => (function.spec.timeout, function.spec.expose_errors),
         // A function no longer deployed: nothing says its errors may be shown.
         Lookup::NoApp | Lookup::NoFunction => (DEFAULT_TIMEOUT, false),

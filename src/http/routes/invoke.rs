@@ -163,7 +163,8 @@ mod tests {
         body: &'static str,
     ) -> (StatusCode, &'static str) {
         let state = state::for_tests();
-        let Lookup::Found(function) = state.registry.lookup("demo", "square") else {
+        let registry = state.registry.current();
+        let Lookup::Found(function) = registry.lookup("demo", "square") else {
             panic!("the test registry has demo/square");
         };
         let Target::Invoke(backend) = &function.target else {

@@ -373,7 +373,8 @@ mod tests {
     /// each input started.
     async fn map_ten(order: Order) -> (Vec<u64>, Vec<(u64, Duration)>) {
         let state = state::for_tests();
-        let Lookup::Found(function) = state.registry.lookup("demo", "square") else {
+        let registry = state.registry.current();
+        let Lookup::Found(function) = registry.lookup("demo", "square") else {
             panic!("the test registry has demo/square");
         };
         let backend = Arc::new(Timed {

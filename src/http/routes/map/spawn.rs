@@ -135,7 +135,8 @@ pub async fn answer(state: &AppState, record: CallRecord) -> Result<Response<Bod
     match record.state {
         CallState::Cancelled => Err(ApiError::CallCancelled { id: record.id }),
         state_now if state_now.is_finished() => {
-            let (timeout, expose) = match state.registry.lookup_key(&record.app, &record.function) {
+            let registry = state.registry.current();
+            let (timeout, expose) = match registry.lookup_key(&record.app, &record.function) {
                 Lookup::Found(function) => (function.spec.timeout, function.spec.expose_errors),
                 Lookup::NoApp | Lookup::NoFunction => (DEFAULT_TIMEOUT, false),
             };
