@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub rate_limit: Option<RawRateLimit>,
     pub cors: Option<RawCors>,
     pub webhooks: Option<RawWebhooks>,
+    pub log: Option<super::log::RawLog>,
     #[serde(default)]
     pub apps: BTreeMap<String, RawApp>,
 }

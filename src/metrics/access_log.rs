@@ -1,0 +1,298 @@
+//! The access log: one line per request, written off the request path.
+//!
+//! A request hands its entry (a few `Arc` clones and numbers) to a bounded
+//! channel with `try_send` and goes on; a thread of its own formats the
+//! lines and writes them. When the writer falls behind and the channel is
+//! full, the line is dropped and counted (`fngate_access_log_dropped_total`):
+//! a request never waits for stderr or a disk. The writer polls instead of
+//! blocking on the channel, so no sender ever has a sleeping receiver to
+//! wake (which would take the channel's lock).
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method};
+
+use super::FunctionMetrics;
+use crate::config::{AccessSink, LogConfig, LogFormat};
+
+/// Entries the channel holds before new ones are dropped.
+const CAPACITY: usize = 16 * 1024;
+
+/// The longest the writer sleeps between looks at an idle channel.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Pipes take writes of up to 4 KiB whole: lines written to stderr in
+/// chunks of at most this size never interleave with other log lines.
+const CHUNK: usize = 4096;
+
+/// What one request leaves for its access-log line. Nothing of the
+/// request's body, query, headers or credentials is in it.
+pub struct AccessEntry {
+    pub time: SystemTime,
+    pub request_id: Arc<str>,
+    pub method: Method,
+    pub route: AccessRoute,
+    pub status: u16,
+    pub latency: Duration,
+    /// The response's `X-Call-Id`.
+    pub call_id: Option<HeaderValue>,
+}
+
+/// The route a request took, by name only.
+pub enum AccessRoute {
+    Function(Arc<FunctionMetrics>),
+    Fixed(&'static str),
+    /// No route matched: `-`.
+    Unmatched,
+}
+
+enum Message {
+    Entry(AccessEntry),
+    /// Answered once every entry sent before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+struct AccessLog {
+    sender: SyncSender<Message>,
+}
+
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// Starts the access log's writer as `config` says (once per process:
+/// the first call wins; with `access = "off"` nothing is written).
+pub fn install(config: &LogConfig) -> std::io::Result<()> {
+    if ACCESS_LOG.get().is_some() {
+        return Ok(());
+    }
+    let sink: Box<dyn Write + Send> = match &config.access {
+        AccessSink::Off => return Ok(()),
+        AccessSink::Stderr => Box::new(std::io::stderr()),
+        AccessSink::File(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        }
+    };
+    let (sender, receiver) = std::sync::mpsc::sync_channel(CAPACITY);
+    let format = config.format;
+    std::thread::Builder::new()
+        .name("fngate-access-log".into())
+        .spawn(move || write_lines(receiver, sink, format))?;
+    let _ = ACCESS_LOG.set(AccessLog { sender });
+    Ok(())
+}
+
+/// Hands `entry` to the writer, or drops and counts it when the writer
+/// is behind. Never blocks.
+pub fn record(entry: AccessEntry) {
+    let Some(log) = ACCESS_LOG.get() else {
+        return;
+    };
+    match log.sender.try_send(Message::Entry(entry)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            super::global()
+                .access_log_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// True when an access log is being written (entries are worth making).
+pub fn enabled() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
+/// Waits (up to `within`) until every line recorded so far is written:
+/// for the end of the process.
+pub fn flush(within: Duration) {
+    let Some(log) = ACCESS_LOG.get() else {
+        return;
+    };
+    let (done, written) = std::sync::mpsc::channel();
+    if log.sender.send(Message::Flush(done)).is_ok() {
+        let _ = written.recv_timeout(within);
+    }
+}
+
+/// The writer thread: drains the channel, writes what it drained, then
+/// sleeps a little longer each time it finds nothing.
+fn write_lines(receiver: Receiver<Message>, mut sink: Box<dyn Write + Send>, format: LogFormat) {
+    let mut buffer = Vec::with_capacity(CHUNK * 2);
+    let mut idle = Duration::from_millis(1);
+    loop {
+        let mut flushes = Vec::new();
+        let mut ended = false;
+        loop {
+            match receiver.try_recv() {
+                Ok(Message::Entry(entry)) => {
+                    let start = buffer.len();
+                    format_line(&mut buffer, &entry, format);
+                    if buffer.len() > CHUNK {
+                        write_chunk(&mut sink, &buffer[..start]);
+                        buffer.drain(..start);
+                    }
+                }
+                Ok(Message::Flush(done)) => flushes.push(done),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let wrote = !buffer.is_empty() || !flushes.is_empty();
+        if !buffer.is_empty() {
+            write_chunk(&mut sink, &buffer);
+            buffer.clear();
+        }
+        let _ = sink.flush();
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if ended {
+            return;
+        }
+        idle = if wrote {
+            Duration::from_millis(1)
+        } else {
+            (idle * 2).min(IDLE_POLL_MAX)
+        };
+        std::thread::sleep(idle);
+    }
+}
+
+fn write_chunk(sink: &mut Box<dyn Write + Send>, lines: &[u8]) {
+    // A failing sink (a full disk, a closed stderr) loses these lines;
+    // nothing else can be done with them, and requests go on.
+    let _ = sink.write_all(lines);
+}
+
+/// Appends `entry`'s line (with its newline) to `out`.
+pub fn format_line(out: &mut Vec<u8>, entry: &AccessEntry, format: LogFormat) {
+    let time = humantime::format_rfc3339_micros(entry.time);
+    let latency_ms = entry.latency.as_secs_f64() * 1000.0;
+    let call_id = entry.call_id.as_ref().and_then(|v| v.to_str().ok());
+    let route: &str = match &entry.route {
+        AccessRoute::Function(f) => &f.route,
+        AccessRoute::Fixed(label) => label,
+        AccessRoute::Unmatched => "-",
+    };
+    // Request ids, names and call ids are from fixed alphabets, but the
+    // method is a client's token: it is written through the JSON escaper.
+    let _ = match format {
+        LogFormat::Text => {
+            let _ = write!(
+                out,
+                "{time} access method={} route={route} status={} latency_ms={latency_ms:.3} request_id={}",
+                entry.method, entry.status, entry.request_id
+            );
+            if let Some(id) = call_id {
+                let _ = write!(out, " call_id={id}");
+            }
+            writeln!(out)
+        }
+        LogFormat::Json => {
+            let _ = write!(out, "{{\"time\":\"{time}\",\"request_id\":");
+            json_str(out, &entry.request_id);
+            out.extend_from_slice(b",\"method\":");
+            json_str(out, entry.method.as_str());
+            out.extend_from_slice(b",\"route\":");
+            json_str(out, route);
+            match &entry.route {
+                AccessRoute::Function(f) => {
+                    out.extend_from_slice(b",\"app\":");
+                    json_str(out, &f.app);
+                    out.extend_from_slice(b",\"function\":");
+                    json_str(out, &f.function);
+                }
+                AccessRoute::Fixed(_) | AccessRoute::Unmatched => {
+                    out.extend_from_slice(b",\"app\":null,\"function\":null");
+                }
+            }
+            let _ = write!(
+                out,
+                ",\"status\":{},\"latency_ms\":{latency_ms:.3},\"call_id\":",
+                entry.status
+            );
+            match call_id {
+                Some(id) => json_str(out, id),
+                None => out.extend_from_slice(b"null"),
+            }
+            writeln!(out, "}}")
+        }
+    };
+}
+
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("a string always serialises into a Vec");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(route: AccessRoute, call_id: Option<&'static str>) -> AccessEntry {
+        AccessEntry {
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+            request_id: "req-1".into(),
+            method: Method::POST,
+            route,
+            status: 200,
+            latency: Duration::from_micros(1500),
+            call_id: call_id.map(HeaderValue::from_static),
+        }
+    }
+
+    fn line(entry: &AccessEntry, format: LogFormat) -> String {
+        let mut out = Vec::new();
+        format_line(&mut out, entry, format);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_lines_name_the_route_and_the_call() {
+        let f = Arc::new(FunctionMetrics::new("demo", "square"));
+        let text = line(
+            &entry(AccessRoute::Function(f), Some("fc-abc")),
+            LogFormat::Text,
+        );
+        assert_eq!(
+            text,
+            "2025-11-24T16:00:00.000000Z access method=POST route=/demo/square status=200 \
+             latency_ms=1.500 request_id=req-1 call_id=fc-abc\n"
+        );
+        let text = line(&entry(AccessRoute::Unmatched, None), LogFormat::Text);
+        assert!(text.contains(" route=- "), "{text}");
+        assert!(!text.contains("call_id"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_have_every_key() {
+        let f = Arc::new(FunctionMetrics::new("demo", "model.predict"));
+        let json = line(&entry(AccessRoute::Function(f), None), LogFormat::Json);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["route"], "/demo/model/predict");
+        assert_eq!(value["app"], "demo");
+        assert_eq!(value["function"], "model.predict");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["latency_ms"], 1.5);
+        assert_eq!(value["call_id"], serde_json::Value::Null);
+        assert_eq!(value["time"], "2025-11-24T16:00:00.000000Z");
+        let mut odd = entry(AccessRoute::Fixed("/_/health"), Some("fc-x"));
+        odd.method = Method::from_bytes(b"GE\"T").unwrap_or(Method::GET);
+        let value: serde_json::Value = serde_json::from_str(&line(&odd, LogFormat::Json)).unwrap();
+        assert_eq!(value["app"], serde_json::Value::Null);
+        assert_eq!(value["call_id"], "fc-x");
+    }
+}
