@@ -48,6 +48,16 @@ impl Authenticator {
         })
     }
 
+    /// True when JWTs are checked (a key, key file or JWK set is set).
+    pub fn accepts_jwts(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// True when `[[auth.api_keys]]` lists at least one key.
+    pub fn accepts_api_keys(&self) -> bool {
+        self.api_keys.len() > 0
+    }
+
     /// Checks `Authorization: Bearer <token>`: a token of three dot-separated
     /// parts is a JWT, anything else an API key.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Credentials, AuthError> {

@@ -19,6 +19,10 @@ pub enum Route<'a> {
     Health,
     /// `/_/ready`.
     Ready,
+    /// `/_/openapi.json`.
+    OpenApi,
+    /// `/_/docs`.
+    Docs,
     /// `/calls/{id}`: `id` is whatever follows, checked by the route.
     Call { id: &'a str },
     /// `/{app}/{function}[...]`.
@@ -112,6 +116,8 @@ pub fn resolve<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
     match path {
         "/_/health" => fixed("/_/health", Route::Health),
         "/_/ready" => fixed("/_/ready", Route::Ready),
+        "/_/openapi.json" => fixed("/_/openapi.json", Route::OpenApi),
+        "/_/docs" => fixed("/_/docs", Route::Docs),
         _ => match path.strip_prefix("/calls/") {
             Some(id) => fixed("/calls/{id}", Route::Call { id }),
             None => match path.strip_prefix("/_/work") {

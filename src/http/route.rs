@@ -16,7 +16,7 @@ use super::admission::{self, Caller};
 use super::context::RouteLabel;
 use super::problem::ApiError;
 use super::resolve::{self, Action, Resolved, Route};
-use super::routes::{calls, health, invoke, map, passthrough, spawn, work};
+use super::routes::{calls, docs, health, invoke, map, passthrough, spawn, work};
 use super::state::AppState;
 use crate::backend::Backend;
 use crate::backend::forward::Forwarder;
@@ -48,6 +48,8 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
         Err(error) => Err(error),
         Ok(Admitted::Health) => health::health(&request),
         Ok(Admitted::Ready) => health::ready(state, &request),
+        Ok(Admitted::OpenApi) => docs::openapi(state, &request),
+        Ok(Admitted::Docs) => docs::docs(&request),
         Ok(Admitted::Call { id, caller }) => {
             let (method, query) = (request.method(), uri.query());
             Box::pin(calls::call(state, id, &caller, &trace, method, query)).await
@@ -91,6 +93,8 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
 enum Admitted<'a> {
     Health,
     Ready,
+    OpenApi,
+    Docs,
     Call {
         id: &'a str,
         caller: Caller,
@@ -142,6 +146,8 @@ fn admit<'a>(
     let (function, action) = match route {
         Route::Health => return Ok(Admitted::Health),
         Route::Ready => return Ok(Admitted::Ready),
+        Route::OpenApi => return Ok(Admitted::OpenApi),
+        Route::Docs => return Ok(Admitted::Docs),
         Route::Call { id } => {
             let caller = admission::admit_reader(state, request)?;
             return Ok(Admitted::Call { id, caller });

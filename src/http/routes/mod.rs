@@ -3,6 +3,7 @@
 //! (classes' methods, map) lands beside them without touching them.
 
 pub mod calls;
+pub mod docs;
 pub mod health;
 pub mod invoke;
 pub mod map;
