@@ -7,6 +7,7 @@
 // parent-death signal set between fork and exec), which allows it itself.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod calls;
@@ -22,6 +23,7 @@ pub mod openapi;
 pub mod processes;
 pub mod rate_limit;
 pub mod registry;
+pub mod reload;
 pub mod store;
 pub mod tls;
 pub mod translate;
@@ -32,7 +34,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -42,6 +43,7 @@ use crate::config::{Config, StoreKind};
 use crate::http::AppState;
 use crate::listener::ConnectionLimits;
 use crate::registry::{LiveRegistry, Lookup, Registry};
+use crate::reload::{Reloader, Surroundings};
 use crate::store::CallStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::webhooks::{WebhookSettings, Webhooks};
@@ -55,6 +57,9 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("[auth]: {0}")]
     Auth(String),
+    /// The deploys stored by the admin API no longer fit the file.
+    #[error("the stored deploys over the configuration file: {0}")]
+    Deploys(config::ConfigError),
     #[error("the redis call store is not available in this version of fngate yet")]
     RedisUnavailable,
     /// (The I/O error is part of the message, not a source: printed once.)
@@ -81,7 +86,9 @@ pub struct Gateway {
     https: Vec<Vec<std::net::TcpListener>>,
     /// The plain-HTTP listeners, one per worker, when configured.
     http: Vec<std::net::TcpListener>,
-    acceptor: TlsAcceptor,
+    tls: Arc<tls::LiveTls>,
+    /// Reloads and deploys.
+    reloader: Arc<Reloader>,
     state: Arc<AppState>,
     limits: Arc<ConnectionLimits>,
     grace: std::time::Duration,
@@ -94,12 +101,12 @@ fn spawned_grace(config: &Config) -> std::time::Duration {
 
 impl Gateway {
     /// Builds every part from `config` and binds the listeners.
-    pub async fn bind(mut config: Config) -> Result<Gateway, ServeError> {
+    pub async fn bind(file: Config) -> Result<Gateway, ServeError> {
         // 1. TLS: configured files, or the dev CA and certificate.
         let (tls, dev_ca) = tls::server_config(
-            &config.server.tls,
-            config.server.client_ca.as_deref(),
-            config.server.session_resumption,
+            &file.server.tls,
+            file.server.client_ca.as_deref(),
+            file.server.session_resumption,
         )?;
         if let Some(ca) = &dev_ca {
             tracing::info!(
@@ -109,10 +116,13 @@ impl Gateway {
             );
         }
         // 2. The call store.
-        let store: Arc<dyn CallStore> = match config.store.kind {
-            StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.store.path)?),
+        let store: Arc<dyn CallStore> = match file.store.kind {
+            StoreKind::Embedded => Arc::new(EmbeddedStore::open(&file.store.path)?),
             StoreKind::Redis => return Err(ServeError::RedisUnavailable),
         };
+        // What the admin API deployed is laid over the file.
+        let overlays = admin::stored_overlays(&*store).await?;
+        let mut config = file.with_overlays(&overlays).map_err(ServeError::Deploys)?;
         // 3. Listeners, one per worker, bound before the functions are
         // built: they are told the gateway's own URL (`FNGATE_URL`).
         let workers = config.server.workers;
@@ -127,10 +137,15 @@ impl Gateway {
             None => Vec::new(),
         };
         let own_url = gateway_url(&https);
-        give_functions_the_gateway(&mut config, &own_url, dev_ca.as_deref());
         // 4. Backends and the registry of functions.
         let mut clients = HttpClients::new();
         clients.set_gateway_url(&own_url);
+        let surroundings = Surroundings {
+            clients: clients.clone(),
+            url: own_url,
+            dev_ca: dev_ca.clone(),
+        };
+        surroundings.give_functions_the_gateway(&mut config);
         let registry = LiveRegistry::new(Registry::from_config(&config, &clients));
         for function in registry.current().functions() {
             tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
@@ -168,11 +183,21 @@ impl Gateway {
             Some(auth) => Some(Authenticator::new(auth).map_err(ServeError::Auth)?),
             None => None,
         };
-        let state = Arc::new(AppState::new(registry, calls, webhooks, auth, &config));
+        let state = Arc::new(AppState::new(registry.clone(), calls, webhooks, auth, &config));
+        let tls = tls::LiveTls::new(tls);
+        let reloader = Arc::new(Reloader::new(
+            registry,
+            tls.clone(),
+            surroundings,
+            file,
+            overlays,
+            config.clone(),
+        ));
         Ok(Gateway {
             https,
             http,
-            acceptor: TlsAcceptor::from(tls),
+            tls,
+            reloader,
             state,
             limits: Arc::new(ConnectionLimits::from_config(&config.server)),
             grace: spawned_grace(&config),
@@ -217,7 +242,7 @@ impl Gateway {
             let work = listener::worker(
                 https,
                 http_listeners.next(),
-                self.acceptor.clone(),
+                self.tls.clone(),
                 router.clone(),
                 self.limits.clone(),
                 shutdown.clone(),
@@ -355,31 +380,6 @@ fn gateway_url(https: &[Vec<std::net::TcpListener>]) -> String {
         }
         Some(addr) => format!("https://{addr}"),
         None => "https://127.0.0.1:8443".to_owned(),
-    }
-}
-
-/// Every exec function and warm instance gets `FNGATE_URL` (and, on the
-/// dev certificate, `FNGATE_CA_FILE`, the dev CA to verify it with) in
-/// its environment. (The config refuses any `FNGATE_*` name in `env`.)
-/// Whatever builds functions from another config later (a reload, a
-/// deploy) must pass it through here too.
-fn give_functions_the_gateway(config: &mut Config, url: &str, dev_ca: Option<&std::path::Path>) {
-    let mut vars = vec![("FNGATE_URL".to_owned(), url.to_owned())];
-    if let Some(ca) = dev_ca {
-        // Absolute: functions run in their own folders.
-        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_owned());
-        vars.push(("FNGATE_CA_FILE".to_owned(), ca.display().to_string()));
-    }
-    let backends = (config.functions.iter_mut().map(|f| &mut f.backend))
-        .chain(config.classes.iter_mut().map(|c| &mut c.backend));
-    for backend in backends {
-        let env = match backend {
-            config::BackendSpec::Exec { env, .. } => env,
-            config::BackendSpec::Lambda { pool }
-            | config::BackendSpec::HttpInstances { pool, .. } => &mut pool.env,
-            config::BackendSpec::Http { .. } => continue,
-        };
-        env.extend(vars.iter().cloned());
     }
 }
 

@@ -20,6 +20,34 @@ mod dev_ca;
 
 pub use dev_ca::{DevCertificate, ensure_dev_certificate};
 
+/// The TLS configuration serving now, swapped whole by a reload: each
+/// handshake takes the one of its moment, so the next handshake after a
+/// reload sees the new certificate and no open connection is touched.
+pub struct LiveTls(arc_swap::ArcSwap<ServerConfig>);
+
+impl LiveTls {
+    pub fn new(config: Arc<ServerConfig>) -> Arc<LiveTls> {
+        Arc::new(LiveTls(arc_swap::ArcSwap::new(config)))
+    }
+
+    /// What the next handshake uses.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+    }
+
+    /// Serves `next` from the next handshake on. It takes over the
+    /// session ticket key and cache, so clients resume across reloads.
+    pub fn replace(&self, next: Arc<ServerConfig>) {
+        let mut next = Arc::unwrap_or_clone(next);
+        let current = self.0.load();
+        if next.send_tls13_tickets > 0 && current.send_tls13_tickets > 0 {
+            next.ticketer = current.ticketer.clone();
+            next.session_storage = current.session_storage.clone();
+        }
+        self.0.store(Arc::new(next));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {message}")]

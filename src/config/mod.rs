@@ -7,6 +7,7 @@ mod classes;
 mod commands;
 mod functions;
 mod log;
+mod overlays;
 mod policies;
 mod pools;
 mod raw;
@@ -24,6 +25,7 @@ use http::{Method, Uri};
 use apps::Apps;
 use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
+pub use overlays::{OverlayKey, OverlayKind, Overlays};
 pub use log::{AccessSink, LogConfig, LogFormat};
 pub use policies::{BatchSpec, CallTarget, RetryPolicy};
 pub use security::{
@@ -55,6 +57,8 @@ pub struct Config {
     pub file: PathBuf,
     /// The file's folder: relative paths in the file are relative to it.
     pub base_dir: PathBuf,
+    /// The text it was read from: deploys are laid over it (`with_overlays`).
+    pub text: std::sync::Arc<str>,
     pub server: ServerConfig,
     pub store: StoreConfig,
     /// Every function, class methods included (those name their class).
@@ -333,7 +337,9 @@ impl Config {
             file: file.clone(),
             base_dir: base_dir.clone(),
         };
-        cx.convert(raw)
+        let mut config = cx.convert(raw)?;
+        config.text = text.into();
+        Ok(config)
     }
 }
 
@@ -427,6 +433,7 @@ impl Context {
         Ok(Config {
             file: self.file.clone(),
             base_dir: self.base_dir.clone(),
+            text: "".into(),
             server,
             store,
             functions: apps.functions,

@@ -21,7 +21,6 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -201,7 +200,7 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub async fn worker(
     https: Vec<std::net::TcpListener>,
     http: Option<std::net::TcpListener>,
-    tls: TlsAcceptor,
+    tls: Arc<tls::LiveTls>,
     app: App,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
@@ -246,7 +245,7 @@ pub async fn worker(
 /// load balancer).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::LiveTls>>,
     app: App,
     limits: Arc<ConnectionLimits>,
     shutdown: CancellationToken,
@@ -293,7 +292,7 @@ pub async fn serve(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match tls {
+            match tls.map(|live| live.acceptor()) {
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await
