@@ -431,6 +431,24 @@ impl CallStore for EmbeddedStore {
         self.pending.load(Ordering::Acquire)
     }
 
+    fn count_by_state(&self) -> BoxFuture<'_, Result<Vec<(CallState, u64)>, StoreError>> {
+        Box::pin(self.read(|connection| {
+            let mut statement =
+                connection.prepare_cached("SELECT state, COUNT(*) FROM calls GROUP BY state")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (code, count) = row?;
+                if let Some(state) = CallState::from_code(code) {
+                    counts.push((state, u64::try_from(count).unwrap_or(0)));
+                }
+            }
+            Ok(counts)
+        }))
+    }
+
     fn finish(
         &self,
         id: String,

@@ -446,6 +446,10 @@ pub trait CallStore: Send + Sync {
 
     /// Maps with open inputs (after `recover`: those a previous process left).
     fn open_maps(&self) -> BoxFuture<'_, Result<Vec<map::OpenMap>, StoreError>>;
+
+    /// How many calls the store holds in each state (for `/_/metrics`;
+    /// a state with none may be left out).
+    fn count_by_state(&self) -> BoxFuture<'_, Result<Vec<(CallState, u64)>, StoreError>>;
 }
 
 /// Milliseconds since the Unix epoch.

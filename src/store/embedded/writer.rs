@@ -150,6 +150,7 @@ impl Writer {
     /// Applies `batch` in one transaction and answers every write after
     /// the commit; a transient failure is retried once after a checkpoint.
     fn commit(&mut self, batch: Vec<Write>) {
+        let started = std::time::Instant::now();
         let mut attempt = self.try_batch(&batch);
         if attempt
             .as_ref()
@@ -160,6 +161,7 @@ impl Writer {
         }
         match attempt {
             Ok((answers, count)) => {
+                crate::metrics::global().record_store_commit(started.elapsed());
                 self.behind = true;
                 self.pending.store(count, Ordering::Release);
                 for (write, answer) in batch.into_iter().zip(answers) {
