@@ -47,6 +47,16 @@ impl Limiter {
         }
     }
 
+    /// Sync callers waiting for a slot now (for `/_/metrics`).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Slots free now (for `/_/metrics`).
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
         Slot {
             _permit: permit,

@@ -63,6 +63,9 @@ pub enum ServeError {
     #[error("the redis call store is not available in this version of fngate yet")]
     RedisUnavailable,
     /// (The I/O error is part of the message, not a source: printed once.)
+    #[error("log.access: cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    /// (The I/O error is part of the message, not a source: printed once.)
     #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
@@ -102,6 +105,8 @@ fn spawned_grace(config: &Config) -> std::time::Duration {
 impl Gateway {
     /// Builds every part from `config` and binds the listeners.
     pub async fn bind(file: Config) -> Result<Gateway, ServeError> {
+        // 0. The access log's writer (off the request path).
+        metrics::access_log::install(&file.log).map_err(ServeError::AccessLog)?;
         // 1. TLS: configured files, or the dev CA and certificate.
         let (tls, dev_ca) = tls::server_config(
             &file.server.tls,

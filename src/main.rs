@@ -228,6 +228,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let served = fngate::serve(config, shutdown).await;
+        // The access log's last lines are written before the process ends.
+        fngate::metrics::access_log::flush(std::time::Duration::from_secs(2));
         // Whatever a drain left running (a call past the grace, a sweep of
         // escaped processes still queued) does not outlive the gateway.
         fngate::processes::kill_all();

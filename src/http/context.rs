@@ -1,6 +1,7 @@
 //! Per-request context: the request id (the client's when sane, else a
-//! new one), the W3C trace context passed to backends, the access log
-//! line, and the guarantee that a panicking handler still answers 500.
+//! new one), the W3C trace context passed to backends, the request's
+//! metrics and access-log line, and the guarantee that a panicking
+//! handler still answers 500.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,17 +13,18 @@ use http::{HeaderMap, HeaderValue, Response};
 
 use super::problem::ApiError;
 use crate::invocation::{Trace, names, push_random_hex, random_hex};
+use crate::metrics::FunctionMetrics;
+use crate::metrics::access_log::{self, AccessEntry, AccessRoute};
 
-/// The route a response belongs to, for the access log (names only: no
-/// path suffix, no query).
-/// Written only when the access log is on.
+/// The route a response belongs to, for the metrics and the access log
+/// (names only: no path suffix, no query).
 #[derive(Clone)]
 pub enum RouteLabel {
     Fixed(&'static str),
-    /// `/{app}/{function}` of a deployed function.
-    Function(Arc<str>, Arc<str>),
-    /// `/{app}/{class}/{method}` of a class's method.
-    Method(Arc<str>, Arc<str>, Arc<str>),
+    /// `/{app}/{function}` of a deployed function, or
+    /// `/{app}/{class}/{method}` of a class's method: its series, which
+    /// the request is counted in with no lookup.
+    Function(Arc<FunctionMetrics>),
     /// No route: shown as `-`; the path (cut to [`UNMATCHED_PATH_MAX`]
     /// bytes, never the query) is logged at debug level.
     Unmatched(Box<str>),
@@ -51,8 +53,7 @@ impl std::fmt::Display for RouteLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RouteLabel::Fixed(label) => f.write_str(label),
-            RouteLabel::Function(app, function) => write!(f, "/{app}/{function}"),
-            RouteLabel::Method(app, class, method) => write!(f, "/{app}/{class}/{method}"),
+            RouteLabel::Function(metrics) => f.write_str(&metrics.route),
             RouteLabel::Unmatched(_) => f.write_str("-"),
         }
     }
@@ -139,19 +140,43 @@ where
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(names::X_REQUEST_ID, value);
     }
-    let route = response.extensions().get::<RouteLabel>();
-    tracing::info!(
-        method = %method,
-        route = %route.unwrap_or(&RouteLabel::Fixed("-")),
-        status = response.status().as_u16(),
-        latency_ms = format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
-        request_id = %request_id,
-        "request"
-    );
-    if let Some(RouteLabel::Unmatched(path)) = route {
-        tracing::debug!(request_id = %request_id, path = %path, "the request matched no route");
-    }
+    log_request(&response, method, request_id, started);
     response
+}
+
+/// Counts the request in its route's series and hands its access-log
+/// line to the writer (which formats and writes it off this path).
+fn log_request(
+    response: &Response<Body>,
+    method: http::Method,
+    request_id: Arc<str>,
+    started: std::time::Instant,
+) {
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    let route = response.extensions().get::<RouteLabel>();
+    let metrics = crate::metrics::global();
+    let (series, access_route) = match route {
+        Some(RouteLabel::Function(f)) => (f, AccessRoute::Function(f.clone())),
+        Some(RouteLabel::Fixed(label)) => (metrics.fixed(label), AccessRoute::Fixed(label)),
+        Some(RouteLabel::Unmatched(path)) => {
+            tracing::debug!(request_id = %request_id, path = %path, "the request matched no route");
+            (metrics.unmatched(), AccessRoute::Unmatched)
+        }
+        None => (metrics.unmatched(), AccessRoute::Unmatched),
+    };
+    series.record_request(status, latency);
+    if access_log::enabled() {
+        access_log::record(AccessEntry {
+            time: std::time::SystemTime::now(),
+            request_id,
+            method,
+            route: access_route,
+            status,
+            latency,
+            call_id: response.headers().get(names::X_CALL_ID).cloned(),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub enum Route<'a> {
     Health,
     /// `/_/ready`.
     Ready,
+    /// `/_/metrics`.
+    Metrics,
     /// `/_/openapi.json`.
     OpenApi,
     /// `/_/docs`.
@@ -116,6 +118,7 @@ pub fn resolve<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
     match path {
         "/_/health" => fixed("/_/health", Route::Health),
         "/_/ready" => fixed("/_/ready", Route::Ready),
+        "/_/metrics" => fixed("/_/metrics", Route::Metrics),
         "/_/openapi.json" => fixed("/_/openapi.json", Route::OpenApi),
         "/_/docs" => fixed("/_/docs", Route::Docs),
         _ => match path.strip_prefix("/calls/") {
@@ -153,7 +156,7 @@ fn function<'a>(registry: &'a Registry, path: &'a str) -> Resolved<'a> {
     };
     match registry.lookup(app, name) {
         Lookup::Found(function) => Resolved {
-            label: RouteLabel::Function(function.app.clone(), function.name.clone()),
+            label: RouteLabel::Function(function.metrics.clone()),
             route: Ok(Route::Function {
                 function,
                 action: action(function, suffix),
@@ -216,11 +219,7 @@ fn method<'a>(class: &'a Class, app: &str, suffix: &'a str, path: &'a str) -> Re
     };
     match class.method(name) {
         Some(function) => Resolved {
-            label: RouteLabel::Method(
-                function.app.clone(),
-                class.name.clone(),
-                function.name.clone(),
-            ),
+            label: RouteLabel::Function(function.metrics.clone()),
             route: Ok(Route::Function {
                 function,
                 action: action(function, after),

@@ -16,7 +16,7 @@ use super::admission::{self, Caller};
 use super::context::RouteLabel;
 use super::problem::ApiError;
 use super::resolve::{self, Action, Resolved, Route};
-use super::routes::{calls, docs, health, invoke, map, passthrough, spawn, work};
+use super::routes::{calls, docs, health, invoke, map, metrics, passthrough, spawn, work};
 use super::state::AppState;
 use crate::backend::Backend;
 use crate::backend::forward::Forwarder;
@@ -48,6 +48,7 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
         Err(error) => Err(error),
         Ok(Admitted::Health) => health::health(&request),
         Ok(Admitted::Ready) => health::ready(state, &request),
+        Ok(Admitted::Metrics) => Box::pin(metrics::metrics(state, request.method().clone())).await,
         Ok(Admitted::OpenApi) => docs::openapi(state, &request),
         Ok(Admitted::Docs) => docs::docs(&request),
         Ok(Admitted::Call { id, caller }) => {
@@ -93,6 +94,7 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
 enum Admitted<'a> {
     Health,
     Ready,
+    Metrics,
     OpenApi,
     Docs,
     Call {
@@ -146,6 +148,7 @@ fn admit<'a>(
     let (function, action) = match route {
         Route::Health => return Ok(Admitted::Health),
         Route::Ready => return Ok(Admitted::Ready),
+        Route::Metrics => return Ok(Admitted::Metrics),
         Route::OpenApi => return Ok(Admitted::OpenApi),
         Route::Docs => return Ok(Admitted::Docs),
         Route::Call { id } => {

@@ -7,6 +7,7 @@ pub mod docs;
 pub mod health;
 pub mod invoke;
 pub mod map;
+pub mod metrics;
 pub mod passthrough;
 pub mod spawn;
 pub mod stream;
