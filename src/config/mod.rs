@@ -2,6 +2,7 @@
 //! malformed with the file, the key path and what is wrong, and yields the
 //! validated runtime types the rest of the gateway is built from.
 
+mod admin;
 mod apps;
 mod classes;
 mod commands;
@@ -25,6 +26,7 @@ use http::{Method, Uri};
 use apps::Apps;
 use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
+pub use admin::AdminConfig;
 pub use overlays::{OverlayKey, OverlayKind, Overlays};
 pub use log::{AccessSink, LogConfig, LogFormat};
 pub use policies::{BatchSpec, CallTarget, RetryPolicy};
@@ -71,6 +73,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimitConfig>,
     /// `[log]`: the access log's format and sink.
     pub log: LogConfig,
+    /// `[admin]`: the admin listener; `None` serves no admin route.
+    pub admin: Option<AdminConfig>,
     /// Sections that were checked but have no effect in this version; the
     /// gateway logs them at start-up.
     pub warnings: Vec<String>,
@@ -426,6 +430,7 @@ impl Context {
             None => None,
         };
         let log = self.log(raw.log.as_ref())?;
+        let admin = self.admin(raw.admin.as_ref())?;
         let mut apps = Apps::default();
         for (app, raw_app) in &raw.apps {
             self.app(app, raw_app, &mut apps, &mut cors, auth.is_some())?;
@@ -443,6 +448,7 @@ impl Context {
             cors,
             rate_limit,
             log,
+            admin,
             warnings,
         })
     }

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub cors: Option<RawCors>,
     pub webhooks: Option<RawWebhooks>,
     pub log: Option<super::log::RawLog>,
+    pub admin: Option<super::admin::RawAdmin>,
     #[serde(default)]
     pub apps: BTreeMap<String, RawApp>,
 }

@@ -18,6 +18,7 @@ use super::{
     NewCall, Origin, Outcome, PendingCounts, StoreError, StoreHealth,
 };
 
+mod deploys;
 mod faults;
 mod maps;
 mod startup;
@@ -37,7 +38,7 @@ const MAX_BATCH: usize = 1024;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The layout `SCHEMA` describes, recorded in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -274,13 +275,15 @@ fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), Str
     // A file written by another layout fails here, at start-up, with
     // what to do, instead of failing every spawn later. Layout 1 lacks the
     // class parameters' column, layout 2 the nested calls' columns,
-    // layout 3 the spawned maps' column and table: all are added here.
+    // layout 3 the spawned maps' column and table, layout 4 the deploys'
+    // table: all are added here.
     writer
         .execute_batch(SCHEMA)
         .and_then(|()| add_parameters_column(&writer))
         .and_then(|()| add_origin_columns(&writer))
         .and_then(|()| maps::add_map_column(&writer))
         .and_then(|()| writer.execute_batch(maps::MAP_SCHEMA))
+        .and_then(|()| writer.execute_batch(deploys::DEPLOY_SCHEMA))
         .and_then(|()| {
             writer
                 .prepare(&format!(
@@ -447,6 +450,35 @@ impl CallStore for EmbeddedStore {
             }
             Ok(counts)
         }))
+    }
+
+    fn record_deploy(
+        &self,
+        key: crate::config::OverlayKey,
+        table: Option<serde_json::Value>,
+        created_ms: i64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.write(move |reply| {
+            Write::Deploy(deploys::DeployWrite {
+                key,
+                table,
+                created_ms,
+                reply,
+            })
+        }))
+    }
+
+    fn deploy_versions(
+        &self,
+        key: crate::config::OverlayKey,
+    ) -> BoxFuture<'_, Result<Vec<super::deploys::DeployVersion>, StoreError>> {
+        Box::pin(self.read(move |connection| deploys::versions(connection, &key)))
+    }
+
+    fn latest_deploys(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<super::deploys::DeployVersion>, StoreError>> {
+        Box::pin(self.read(deploys::latest))
     }
 
     fn finish(

@@ -2,6 +2,7 @@
 //! webhook deliveries live, durably. `CallStore` is the seam; the embedded
 //! SQLite store is the default, a shared Redis store comes later.
 
+pub mod deploys;
 pub mod embedded;
 pub mod map;
 
@@ -450,6 +451,24 @@ pub trait CallStore: Send + Sync {
     /// How many calls the store holds in each state (for `/_/metrics`;
     /// a state with none may be left out).
     fn count_by_state(&self) -> BoxFuture<'_, Result<Vec<(CallState, u64)>, StoreError>>;
+
+    /// Stores a new version of a deployed table (`None`: a delete) in one
+    /// durable write; answers its number, one more than `key`'s latest.
+    fn record_deploy(
+        &self,
+        key: crate::config::OverlayKey,
+        table: Option<serde_json::Value>,
+        created_ms: i64,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Every stored version of `key`, oldest first.
+    fn deploy_versions(
+        &self,
+        key: crate::config::OverlayKey,
+    ) -> BoxFuture<'_, Result<Vec<deploys::DeployVersion>, StoreError>>;
+
+    /// The latest version of every deployed key (a delete included).
+    fn latest_deploys(&self) -> BoxFuture<'_, Result<Vec<deploys::DeployVersion>, StoreError>>;
 }
 
 /// Milliseconds since the Unix epoch.

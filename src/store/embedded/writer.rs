@@ -52,6 +52,8 @@ pub(super) enum Write {
     DeliveryAttempted(String, u32, Option<i64>, Reply<()>),
     /// A spawned map's write (see `maps`).
     Map(super::maps::MapWrite),
+    /// A deploy's new version (see `deploys`).
+    Deploy(super::deploys::DeployWrite),
     /// The checkpoint timer's tick.
     Checkpoint,
 }
@@ -71,6 +73,7 @@ enum Answer {
     Swept(u64),
     Noted,
     Map(super::maps::MapAnswer),
+    Deployed(u64),
 }
 
 impl Write {
@@ -91,6 +94,7 @@ impl Write {
             (Write::Sweep(_, r), Ok(Answer::Swept(v))) => send(r, v),
             (Write::DeliveryAttempted(_, _, _, r), Ok(Answer::Noted)) => send(r, ()),
             (Write::Map(write), Ok(Answer::Map(v))) => write.answer(v),
+            (Write::Deploy(write), Ok(Answer::Deployed(v))) => write.answer(v),
             (_, Ok(_)) => unreachable!("apply answers each write with its own kind"),
         }
     }
@@ -110,6 +114,7 @@ impl Write {
             Write::Sweep(_, r) => fail(r, error),
             Write::DeliveryAttempted(_, _, _, r) => fail(r, error),
             Write::Map(write) => write.fail(error),
+            Write::Deploy(write) => write.fail(error),
             Write::Checkpoint => {}
         }
     }
@@ -332,6 +337,7 @@ fn apply(tx: &Connection, write: &Write, pending: &mut u64) -> Result<Answer, ru
             Answer::Noted
         }
         Write::Map(write) => Answer::Map(super::maps::apply(tx, write)?),
+        Write::Deploy(write) => Answer::Deployed(super::deploys::apply(tx, write)?),
         Write::Checkpoint => Answer::Noted,
     })
 }
