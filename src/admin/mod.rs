@@ -1,6 +1,8 @@
 //! The admin API: deploys without a restart, their versions and
 //! rollbacks, and the console, on a listener of its own.
 
+pub mod console;
+
 use std::sync::Arc;
 
 use crate::config::Overlays;
