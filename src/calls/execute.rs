@@ -111,6 +111,9 @@ impl Calls {
                         return stored_stream(function, backend.as_ref(), &invocation).await;
                     }
                     let result = backend.invoke(&invocation).await;
+                    if let Err(e) = &result {
+                        function.metrics.record_backend_error(e);
+                    }
                     let lost = matches!(result, Err(BackendError::Crashed(_)))
                         && function.spec.backend.has_instances()
                         && record.attempt < MAX_LOST_RUNS;
@@ -135,7 +138,10 @@ impl Calls {
                             content_type: answer.content_type,
                             body: answer.body.to_vec(),
                         },
-                        Err(e) => outcome_of(Err(e)),
+                        Err(e) => {
+                            function.metrics.record_backend_error(&e);
+                            outcome_of(Err(e))
+                        }
                     })
                 }
                 (Target::Passthrough(_), None) => Run::Ended(outcome_of(Err(
@@ -212,6 +218,9 @@ async fn stored_stream(
         Ok(items) => stream::collect(items, stream::STORED_LIMIT).await,
         Err(e) => (Vec::new(), Some(e)),
     };
+    if let Some(e) = &error {
+        function.metrics.record_backend_error(e);
+    }
     match error {
         Some(e) if lines.is_empty() => {
             // As for any call: an instance lost before the first item runs it again.

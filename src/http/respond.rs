@@ -63,6 +63,7 @@ pub fn preference_applied(mut response: Response<Body>) -> Response<Body> {
 /// Logs a backend failure with its details and turns it into the client's
 /// error, which shows the function's own message only where it may.
 pub fn backend_failure(function: &Function, trace: &Trace, error: BackendError) -> ApiError {
+    function.metrics.record_backend_error(&error);
     tracing::warn!(
         request_id = %trace.request_id,
         app = %function.app,

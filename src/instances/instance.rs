@@ -89,6 +89,7 @@ enum Prepared {
 
 /// Runs instance `id` of `pool` from start to end.
 pub(super) async fn run(pool: Arc<Pool>, id: u64) {
+    let begun = std::time::Instant::now();
     let prepared = match prepare(&pool.protocol) {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -143,6 +144,7 @@ pub(super) async fn run(pool: Arc<Pool>, id: u64) {
         stop: stop.clone(),
     });
     tracing::debug!(pool = %pool.label, instance = id, pid = pid.as_raw(), "instance ready");
+    pool.metrics.record_cold_start(begun.elapsed());
     if !pool.ready(instance.clone()) {
         let _ = process.stop(grace).await;
         stop_server(&prepared);

@@ -48,6 +48,8 @@ pub struct Pool {
     /// Cancelled when the pool closes: instances still starting stop too.
     pub(super) closing: CancellationToken,
     state: Mutex<State>,
+    /// Its function's (or class's) instance series in `/_/metrics`.
+    pub(super) metrics: Arc<crate::metrics::PoolMetrics>,
     /// Wakes the maintenance task: an instance went idle, ended, or failed.
     changed: Notify,
     me: Weak<Pool>,
@@ -184,7 +186,9 @@ impl Pool {
         env: Vec<(String, String)>,
         instances: &Arc<Instances>,
     ) -> Arc<Pool> {
+        let metrics = crate::metrics::global().pool(&label);
         let pool = Arc::new_cyclic(|me| Pool {
+            metrics,
             label,
             spec,
             protocol,
@@ -196,6 +200,8 @@ impl Pool {
             me: me.clone(),
         });
         instances.register(&pool);
+        let state: Arc<dyn crate::metrics::PoolState> = pool.clone();
+        pool.metrics.add_pool(Arc::downgrade(&state));
         pool
     }
 
@@ -541,6 +547,18 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
         (state.ready.len(), state.starting)
+    }
+}
+
+impl crate::metrics::PoolState for Pool {
+    fn instance_states(&self) -> crate::metrics::InstanceStates {
+        let state = self.lock();
+        let busy = state.ready.values().filter(|live| live.busy > 0).count();
+        crate::metrics::InstanceStates {
+            starting: state.starting as u64,
+            idle: (state.ready.len() - busy) as u64,
+            busy: busy as u64,
+        }
     }
 }
 

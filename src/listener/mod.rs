@@ -298,6 +298,7 @@ pub async fn serve(
                         .await
                     {
                         Ok(Ok(stream)) => {
+                            crate::metrics::global().record_handshake();
                             let session = stream.get_ref().1;
                             let protocol = if session.alpn_protocol() == Some(b"h2") {
                                 Protocol::Http2
@@ -316,8 +317,14 @@ pub async fn serve(
                             )
                             .await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            crate::metrics::global().record_handshake_failure(false);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            crate::metrics::global().record_handshake_failure(true);
+                            tracing::debug!(%peer, "TLS handshake timed out")
+                        }
                     }
                 }
                 None => {

@@ -389,6 +389,13 @@ impl Webhooks {
             }
         };
         let host = host_of(&url);
+        use crate::metrics::WebhookOutcome;
+        let counted = match &outcome {
+            Attempt::Delivered => WebhookOutcome::Delivered,
+            Attempt::Retry(_) if attempt < self.settings.max_attempts => WebhookOutcome::Failed,
+            Attempt::Retry(_) | Attempt::Refused(_) => WebhookOutcome::GaveUp,
+        };
+        crate::metrics::global().record_webhook(counted);
         let retry_at = match outcome {
             Attempt::Delivered => {
                 tracing::debug!(call_id, host, attempt, "webhook delivered");
