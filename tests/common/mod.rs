@@ -778,6 +778,23 @@ pub fn copy_quick_start(dest: &Path) {
     copy_dir(&repo_dir().join("examples"), &dest.join("examples"));
 }
 
+/// The quick start's config listening on port 0, without its commented
+/// `http_listen` line (the harness would wait for a plain-HTTP listener).
+pub fn quick_start_on_port_0(config: &str) -> String {
+    let listen = "listen = \"127.0.0.1:8443\"";
+    assert!(config.contains(listen), "the quick start listens on 8443");
+    let config = config.replacen(listen, "listen = \"127.0.0.1:0\"", 1);
+    let kept: Vec<&str> = config
+        .lines()
+        .filter(|line| {
+            let commented = line.trim_start().starts_with('#');
+            assert!(commented || !line.contains("http_listen"), "{line}");
+            !(commented && line.contains("http_listen"))
+        })
+        .collect();
+    kept.join("\n")
+}
+
 /// A file of the repository (a fixture a test copies into its config dir).
 pub fn repo_file(rel: &str) -> Vec<u8> {
     let path = repo_dir().join(rel);
