@@ -90,11 +90,14 @@ pub struct Gateway {
     /// The plain-HTTP listeners, one per worker, when configured.
     http: Vec<std::net::TcpListener>,
     tls: Arc<tls::LiveTls>,
-    /// Reloads and deploys.
+    /// Reloads and deploys, and what starts a reload.
     reloader: Arc<Reloader>,
+    triggers: reload::Triggers,
     state: Arc<AppState>,
     limits: Arc<ConnectionLimits>,
     grace: std::time::Duration,
+    /// The admin listener and its token, with `[admin]`.
+    admin: Option<(std::net::TcpListener, String)>,
 }
 
 /// How long spawned calls running at shutdown get to finish.
@@ -140,6 +143,11 @@ impl Gateway {
         let http = match config.server.http_listen {
             Some(addr) => bind(addr, workers)?,
             None => Vec::new(),
+        };
+        // The admin listener, bound here so a taken port fails the start.
+        let admin = match &config.admin {
+            Some(admin) => Some((bind(admin.listen, 1)?.remove(0), admin.token.clone())),
+            None => None,
         };
         let own_url = gateway_url(&https);
         // 4. Backends and the registry of functions.
@@ -190,6 +198,7 @@ impl Gateway {
         };
         let state = Arc::new(AppState::new(registry.clone(), calls, webhooks, auth, &config));
         let tls = tls::LiveTls::new(tls);
+        let triggers = reload::Triggers::install(&config);
         let reloader = Arc::new(Reloader::new(
             registry,
             tls.clone(),
@@ -203,9 +212,11 @@ impl Gateway {
             http,
             tls,
             reloader,
+            triggers,
             state,
             limits: Arc::new(ConnectionLimits::from_config(&config.server)),
             grace: spawned_grace(&config),
+            admin,
         })
     }
 
@@ -220,6 +231,11 @@ impl Gateway {
             .iter()
             .map(|l| l.local_addr().expect("a bound listener has an address"))
             .collect()
+    }
+
+    /// The bound admin address, with `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The bound plain-HTTP address, when configured.
@@ -243,6 +259,15 @@ impl Gateway {
         let https_addrs = self.https_addrs();
         let http_addr = self.http_addr();
         let mut http_listeners = self.http.into_iter();
+        if let Some((listener, token)) = self.admin {
+            let addr = listener.local_addr().ok();
+            let ctx = admin::AdminContext::new(self.state.clone(), self.reloader.clone());
+            let router = admin::router(ctx, token);
+            tasks.spawn(admin::serve(listener, self.tls.clone(), router, shutdown.clone(), self.grace));
+            if let Some(addr) = addr {
+                tracing::info!("admin API on https://{addr}");
+            }
+        }
         for (index, https) in self.https.into_iter().enumerate() {
             let work = listener::worker(
                 https,
@@ -282,6 +307,11 @@ impl Gateway {
         tasks.spawn(watch_store(
             self.state.clone(),
             failure.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(reload::reload_on_changes(
+            self.reloader.clone(),
+            self.triggers,
             shutdown.clone(),
         ));
         if let Some(webhooks) = self.state.webhooks.clone() {

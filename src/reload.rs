@@ -8,6 +8,10 @@
 //! calls in flight) and the TLS configuration (the next handshake uses
 //! the new certificate); open connections are never touched.
 
+mod watch;
+
+pub use watch::{Triggers, reload_on_changes};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,7 +53,14 @@ impl Changes {
 
 /// Sections read only at start-up: a change is reported, not applied.
 const RESTART_SECTIONS: &[&str] = &[
-    "server", "store", "auth", "rate_limit", "cors", "webhooks", "log", "admin",
+    "server",
+    "store",
+    "auth",
+    "rate_limit",
+    "cors",
+    "webhooks",
+    "log",
+    "admin",
 ];
 
 /// What every function is given of the gateway it runs under.
@@ -210,7 +221,12 @@ fn compare(current: &Registry, next: &Registry) -> Changes {
         registry
             .functions()
             .into_iter()
-            .map(|f| (format!("{}/{}", f.app, f.spec.route_name()), Arc::as_ptr(f) as usize))
+            .map(|f| {
+                (
+                    format!("{}/{}", f.app, f.spec.route_name()),
+                    Arc::as_ptr(f) as usize,
+                )
+            })
             .collect()
     };
     let (before, after) = (routes(current), routes(next));

@@ -30,6 +30,7 @@ use crate::registry::LiveRegistry;
 use crate::store::{CallStore, now_ms};
 
 pub use execute::outcome_of;
+pub use runner::FUNCTION_REMOVED;
 pub use spawn::{Accepted, SpawnError, SpawnInput, SpawnOptions};
 
 pub struct CallsConfig {

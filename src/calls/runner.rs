@@ -17,6 +17,9 @@ use crate::store::{FailureKind, Outcome, StoreError};
 
 use super::Calls;
 
+/// The stored error type of a call whose function was removed before it ran.
+pub const FUNCTION_REMOVED: &str = "function_removed";
+
 /// Most pending calls a dispatcher takes from the store in one write.
 const CLAIM_BATCH: usize = 128;
 
@@ -203,9 +206,15 @@ impl Calls {
         let mut next = HashMap::new();
         for function in registry.functions() {
             let key = (function.app.clone(), function.key.clone());
-            let kept = running
-                .remove(&key)
-                .filter(|(old, _)| Arc::ptr_eq(old, function));
+            let kept = match running.remove(&key) {
+                Some((old, stop)) if Arc::ptr_eq(&old, function) => Some((old, stop)),
+                // A new version: the previous one's dispatcher stops.
+                Some((_, stop)) => {
+                    stop.cancel();
+                    None
+                }
+                None => None,
+            };
             let entry = kept.unwrap_or_else(|| {
                 let stop = shutdown.child_token();
                 let dispatch = self.clone().dispatch(function.clone(), stop.clone());
@@ -246,7 +255,7 @@ impl Calls {
             for record in records {
                 let outcome = Outcome::Failed {
                     kind: FailureKind::Backend,
-                    error_type: "FunctionRemoved".to_owned(),
+                    error_type: FUNCTION_REMOVED.to_owned(),
                     message: format!(
                         "{app}/{} was removed from the gateway before this call ran",
                         key.replace('.', "/")

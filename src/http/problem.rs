@@ -64,6 +64,9 @@ pub enum ApiError {
     NotWorkable(String),
     #[error("the function's instance failed to start: its init reported {kind}")]
     InstanceInitFailed { kind: String },
+    /// A reload or a deploy removed the function before the call ran.
+    #[error("the function was removed from the gateway before this call ran")]
+    FunctionRemoved,
     #[error("the function is at its concurrency and queue limits; retry later")]
     Overloaded,
     #[error("the function ran past its timeout of {}", humantime::format_duration(*timeout))]
@@ -143,9 +146,9 @@ impl ApiError {
             ),
             ApiError::FunctionError { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "function_error"),
             ApiError::NotWorkable(_) => (StatusCode::CONFLICT, "not_workable"),
-            ApiError::BackendError | ApiError::InstanceInitFailed { .. } => {
-                (StatusCode::BAD_GATEWAY, "backend_error")
-            }
+            ApiError::BackendError
+            | ApiError::InstanceInitFailed { .. }
+            | ApiError::FunctionRemoved => (StatusCode::BAD_GATEWAY, "backend_error"),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::FunctionTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "function_timeout"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),

@@ -250,6 +250,9 @@ fn render(state: &AppState, trace: &Trace, record: CallRecord) -> Result<Respons
                 .exposing(expose_errors)
             }
             FailureKind::Backend if error_type == "backend_error" => ApiError::BackendError,
+            FailureKind::Backend if error_type == crate::calls::FUNCTION_REMOVED => {
+                ApiError::FunctionRemoved
+            }
             FailureKind::Backend => ApiError::InstanceInitFailed { kind: error_type },
         }),
         (CallState::TimedOut, _) => Err(ApiError::FunctionTimeout { timeout }),
