@@ -132,7 +132,7 @@ async fn method_not_allowed(request: Request) -> Response<Body> {
     let request_id = request
         .extensions()
         .get::<Trace>()
-        .map_or_else(|| random_hex::<16>(), |trace| trace.request_id.to_string());
+        .map_or_else(random_hex::<16>, |trace| trace.request_id.to_string());
     ApiError::MethodNotAllowed {
         allow: "GET, HEAD".to_owned(),
     }
