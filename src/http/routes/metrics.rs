@@ -13,9 +13,9 @@ use crate::http::state::AppState;
 use crate::metrics::{FunctionGauges, Scrape};
 use crate::store::CallState;
 
-/// How long the store's counts of calls by state are reused: a scrape
-/// every second costs the store one count every few seconds.
-const CALLS_CACHE: Duration = Duration::from_secs(5);
+/// How long the store's counts of calls by state are reused: however
+/// many scrapers there are, the store counts at most once a second.
+const CALLS_CACHE: Duration = Duration::from_secs(1);
 
 const STATES: [CallState; 6] = [
     CallState::Pending,
