@@ -1,21 +1,100 @@
 //! The admin API: deploys without a restart, their versions and
-//! rollbacks, and the console, on a listener of its own.
+//! rollbacks, and the console, on a listener of its own (loopback, the
+//! gateway's certificate, a Bearer token on every route that reads or
+//! changes anything). Without `[admin]` none of it exists.
 
 pub mod console;
+mod deploys;
+mod listener;
+mod problem;
+mod routes;
 
 use std::sync::Arc;
 
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use http::{Response, header};
+
 use crate::config::Overlays;
 use crate::store::{CallStore, StoreError};
+
+pub use listener::serve;
+pub use problem::AdminError;
 
 /// What every admin route is given: the gateway's state (registry, calls,
 /// store, metrics) and the reloader that deploys go through.
 pub struct AdminContext {
     pub state: Arc<crate::http::AppState>,
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Held through a whole deploy (swap and store write): deploys happen
+    /// one at a time, so each version follows the one before.
+    pub deploying: tokio::sync::Mutex<()>,
 }
 
-/// The deploys stored by the admin API, to lay over the file at start-up.
-pub async fn stored_overlays(_store: &dyn CallStore) -> Result<Overlays, StoreError> {
-    Ok(Overlays::default())
+impl AdminContext {
+    pub fn new(
+        state: Arc<crate::http::AppState>,
+        reloader: Arc<crate::reload::Reloader>,
+    ) -> Arc<AdminContext> {
+        Arc::new(AdminContext {
+            state,
+            reloader,
+            deploying: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// The deploys stored by the admin API, to lay over the file at start-up:
+/// the latest version of each (a delete removes the file's table).
+pub async fn stored_overlays(store: &dyn CallStore) -> Result<Overlays, StoreError> {
+    let mut overlays = Overlays::default();
+    for version in store.latest_deploys().await? {
+        overlays.0.insert(version.key, version.table);
+    }
+    Ok(overlays)
+}
+
+/// Every admin route, each behind the check of `token` but the console's
+/// page, which holds no data (it asks for the token itself).
+pub fn router(ctx: Arc<AdminContext>, token: String) -> Router {
+    let token: Arc<[u8]> = Arc::from(token.into_bytes());
+    let guarded = routes::router(ctx.clone())
+        .merge(console::router(ctx))
+        .fallback(|request: Request| async move {
+            AdminError::NoRoute(request.uri().path().to_owned()).into_response()
+        })
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let token = token.clone();
+                async move { bearer_check(&token, request, next).await }
+            },
+        ));
+    console::page_router().merge(guarded)
+}
+
+/// Lets a request through only with `Authorization: Bearer <token>`,
+/// compared in constant time (digests of equal length, so neither the
+/// token's content nor its length shows in the timing).
+async fn bearer_check(token: &[u8], request: Request, next: Next) -> Response<Body> {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, credential) = value.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| credential.trim())
+        });
+    let Some(given) = given else {
+        return problem::unauthorized(None);
+    };
+    let digest = |bytes: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let (want, got) = (digest(token), digest(given.as_bytes()));
+    if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_ref(), got.as_ref()).is_err() {
+        return problem::unauthorized(Some("the admin token is not right"));
+    }
+    next.run(request).await
 }

@@ -1,0 +1,174 @@
+//! Deploys, one at a time: a new table (or a delete) is laid over the
+//! others and validated whole by the reloader, which swaps the registry;
+//! then the version is stored in one durable write before the answer.
+//! Should that write fail, the previous deploys are served again and the
+//! client is told nothing changed (503).
+
+use serde::Serialize;
+
+use super::AdminContext;
+use super::problem::AdminError;
+use crate::config::{OverlayKey, OverlayKind};
+use crate::registry::{Lookup, Registry};
+use crate::reload::Changes;
+use crate::store::deploys::DeployVersion;
+use crate::store::now_ms;
+
+/// What a deploy made: its version, and what it changed, by route.
+#[derive(Debug, Serialize)]
+pub struct Deployed {
+    pub app: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub version: u64,
+    /// For a rollback: the version whose table it deployed again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u64>,
+    pub changes: Changes,
+    /// Whether the function or class was not served before (201).
+    #[serde(skip)]
+    pub created: bool,
+}
+
+/// `table` (`None`: a delete) in place of `key`'s, as a new version.
+pub async fn deploy(
+    ctx: &AdminContext,
+    key: OverlayKey,
+    table: Option<serde_json::Value>,
+) -> Result<Deployed, AdminError> {
+    let _one_at_a_time = ctx.deploying.lock().await;
+    deploy_locked(ctx, key, table, None).await
+}
+
+async fn deploy_locked(
+    ctx: &AdminContext,
+    key: OverlayKey,
+    table: Option<serde_json::Value>,
+    rolled_back_to: Option<u64>,
+) -> Result<Deployed, AdminError> {
+    let created = !serves(&ctx.state.registry.current(), &key);
+    let before = ctx.reloader.overlays().await;
+    let mut after = before.clone();
+    after.0.insert(key.clone(), table.clone());
+    let changes = ctx.reloader.apply(after).await?;
+    let store = ctx.state.calls.store();
+    match store.record_deploy(key.clone(), table, now_ms()).await {
+        Ok(version) => {
+            tracing::info!(deploy = %key, version, added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed, "admin: deployed");
+            Ok(Deployed {
+                kind: kind_name(key.kind),
+                app: key.app,
+                name: key.name,
+                version,
+                rolled_back_to,
+                changes,
+                created,
+            })
+        }
+        Err(e) => {
+            tracing::error!(deploy = %key, error = %e, "admin: the deploy could not be stored; serving the previous deploys again");
+            if let Err(revert) = ctx.reloader.apply(before).await {
+                tracing::error!(deploy = %key, error = %revert, "admin: the previous deploys no longer apply; the unstored deploy keeps serving until the next restart");
+            }
+            Err(AdminError::StoreUnavailable)
+        }
+    }
+}
+
+/// Deploys version `to` of `key` again (default: the one before the
+/// current) as a new version.
+pub async fn rollback(
+    ctx: &AdminContext,
+    key: OverlayKey,
+    to: Option<u64>,
+) -> Result<Deployed, AdminError> {
+    let _one_at_a_time = ctx.deploying.lock().await;
+    let versions = versions(ctx, &key).await?;
+    let target =
+        match to {
+            Some(number) => versions.iter().find(|v| v.version == number).ok_or(
+                AdminError::VersionNotFound {
+                    app: key.app.clone(),
+                    name: key.name.clone(),
+                    version: number,
+                },
+            )?,
+            None => match versions.len() {
+                0 | 1 => {
+                    return Err(AdminError::NothingToRollBack {
+                        app: key.app.clone(),
+                        name: key.name.clone(),
+                    });
+                }
+                n => &versions[n - 2],
+            },
+        };
+    let (table, number) = (target.table.clone(), target.version);
+    deploy_locked(ctx, key, table, Some(number)).await
+}
+
+/// Every stored version of `key`, oldest first; 404 when it neither
+/// serves now nor was ever deployed.
+pub async fn versions(
+    ctx: &AdminContext,
+    key: &OverlayKey,
+) -> Result<Vec<DeployVersion>, AdminError> {
+    let stored = ctx
+        .state
+        .calls
+        .store()
+        .deploy_versions(key.clone())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin: cannot read the deploys");
+            AdminError::StoreUnavailable
+        })?;
+    if stored.is_empty() {
+        known(ctx, key).await?;
+    }
+    Ok(stored)
+}
+
+/// 404 unless `key` serves now (`app_not_found` when its app has
+/// nothing serving and nothing deployed).
+pub async fn known(ctx: &AdminContext, key: &OverlayKey) -> Result<(), AdminError> {
+    let registry = ctx.state.registry.current();
+    if serves(&registry, key) {
+        return Ok(());
+    }
+    let deployed_in_app = ctx
+        .reloader
+        .overlays()
+        .await
+        .0
+        .keys()
+        .any(|k| k.app == key.app);
+    if registry.has_app(&key.app) || deployed_in_app {
+        Err(AdminError::NotFound {
+            app: key.app.clone(),
+            kind: key.kind,
+            name: key.name.clone(),
+        })
+    } else {
+        Err(AdminError::AppNotFound {
+            app: key.app.clone(),
+        })
+    }
+}
+
+/// Whether `key` is served by `registry` now.
+fn serves(registry: &Registry, key: &OverlayKey) -> bool {
+    match key.kind {
+        OverlayKind::Function => {
+            matches!(registry.lookup(&key.app, &key.name), Lookup::Found(f) if f.class.is_none())
+        }
+        OverlayKind::Class => registry.class(&key.app, &key.name).is_some(),
+    }
+}
+
+pub fn kind_name(kind: OverlayKind) -> &'static str {
+    match kind {
+        OverlayKind::Function => "function",
+        OverlayKind::Class => "class",
+    }
+}
