@@ -98,7 +98,7 @@ pub enum CallError {
     #[error("{}", .problem.describe(*.status))]
     Problem {
         status: StatusCode,
-        problem: Problem,
+        problem: Box<Problem>,
     },
     #[error("cannot reach the gateway: {0}")]
     Unreachable(String),
@@ -299,7 +299,7 @@ impl Plan {
             let body = client::read_body(answer.into_body()).await?;
             return Err(CallError::Problem {
                 status,
-                problem: Problem::parse(status, &body),
+                problem: Box::new(Problem::parse(status, &body)),
             });
         }
         if content_type.starts_with("application/x-ndjson") {
