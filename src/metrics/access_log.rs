@@ -9,7 +9,7 @@
 //! wake (which would take the channel's lock).
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -95,15 +95,16 @@ pub fn install(config: &LogConfig) -> std::io::Result<()> {
 /// Hands `entry` to the writer, or drops and counts it when the writer
 /// is behind. Never blocks.
 pub fn record(entry: AccessEntry) {
-    let Some(log) = ACCESS_LOG.get() else {
-        return;
-    };
-    match log.sender.try_send(Message::Entry(entry)) {
+    if let Some(log) = ACCESS_LOG.get() {
+        send(&log.sender, entry, &super::global().access_log_dropped);
+    }
+}
+
+fn send(sender: &SyncSender<Message>, entry: AccessEntry, dropped: &AtomicU64) {
+    match sender.try_send(Message::Entry(entry)) {
         Ok(()) => {}
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            super::global()
-                .access_log_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -258,6 +259,54 @@ mod tests {
         let mut out = Vec::new();
         format_line(&mut out, entry, format);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_waiting() {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+        let dropped = AtomicU64::new(0);
+        for _ in 0..5 {
+            send(&sender, entry(AccessRoute::Unmatched, None), &dropped);
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(receiver.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn the_writer_writes_whole_lines_and_answers_a_flush() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared::default();
+        let (sender, receiver) = std::sync::mpsc::sync_channel(CAPACITY);
+        let writer = {
+            let sink = sink.clone();
+            std::thread::spawn(move || write_lines(receiver, Box::new(sink), LogFormat::Text))
+        };
+        let dropped = AtomicU64::new(0);
+        for _ in 0..500 {
+            send(
+                &sender,
+                entry(AccessRoute::Unmatched, Some("fc-1")),
+                &dropped,
+            );
+        }
+        let (done, written) = std::sync::mpsc::channel();
+        sender.send(Message::Flush(done)).unwrap();
+        written.recv_timeout(Duration::from_secs(10)).unwrap();
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 500);
+        assert!(text.lines().all(|l| l.ends_with("call_id=fc-1")));
+        drop(sender);
+        writer.join().unwrap();
     }
 
     #[test]
