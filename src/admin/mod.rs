@@ -71,7 +71,40 @@ pub fn router(ctx: Arc<AdminContext>, token: String) -> Router {
                 async move { bearer_check(&token, request, next).await }
             },
         ));
-    console::page_router().merge(guarded)
+    console::page_router()
+        .merge(guarded)
+        .layer(axum::middleware::from_fn(identified))
+}
+
+/// Gives each request an id (`X-Request-Id`, the client's when sane), in
+/// its `Trace` and in every problem it is answered with.
+async fn identified(mut request: Request, next: Next) -> Response<Body> {
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        });
+    let id: Arc<str> = match given {
+        Some(id) => Arc::from(id),
+        None => Arc::from(crate::invocation::random_hex::<16>()),
+    };
+    request.extensions_mut().insert(crate::invocation::Trace {
+        request_id: id.clone(),
+        traceparent: String::new(),
+    });
+    let mut response = problem::REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// Lets a request through only with `Authorization: Bearer <token>`,

@@ -9,6 +9,18 @@ use crate::config::{ConfigError, OverlayKind};
 use crate::http::problem::ApiError;
 use crate::reload::ReloadError;
 
+tokio::task_local! {
+    /// The id of the admin request being answered (`X-Request-Id`).
+    pub static REQUEST_ID: std::sync::Arc<str>;
+}
+
+/// The request id of the moment (a new one outside a request).
+pub fn request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.to_string())
+        .unwrap_or_else(|_| crate::invocation::random_hex::<16>())
+}
+
 /// Every way an admin request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -91,7 +103,7 @@ impl AdminError {
             status: status.as_u16(),
             code,
             detail: self.to_string(),
-            request_id: crate::invocation::random_hex::<16>(),
+            request_id: request_id(),
             key,
         };
         let body = serde_json::to_vec(&problem).expect("a problem always serialises");
@@ -128,5 +140,5 @@ pub fn unauthorized(description: Option<&str>) -> Response<Body> {
     ApiError::Unauthorized {
         description: description.map(str::to_owned),
     }
-    .into_problem(&crate::invocation::random_hex::<16>())
+    .into_problem(&request_id())
 }
