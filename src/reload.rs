@@ -245,6 +245,47 @@ fn compare(current: &Registry, next: &Registry) -> Changes {
     changes
 }
 
+/// What serving `after` instead of `before` would change, by route, and
+/// the start-up-only sections that differ (what `fngate check` shows).
+pub fn preview(before: &Config, after: &Config) -> Changes {
+    let routes = |config: &Config| -> std::collections::BTreeMap<String, String> {
+        config
+            .functions
+            .iter()
+            .map(|spec| {
+                // A method changes with its class.
+                let class = spec.class.as_ref().and_then(|name| {
+                    config
+                        .classes
+                        .iter()
+                        .find(|c| c.app == spec.app && &c.name == name)
+                });
+                (
+                    format!("{}/{}", spec.app, spec.route_name()),
+                    format!("{spec:?}{class:?}"),
+                )
+            })
+            .collect()
+    };
+    let (old, new) = (routes(before), routes(after));
+    let mut changes = Changes {
+        restart_needed: restart_needed(&before.text, &after.text),
+        ..Changes::default()
+    };
+    for (route, spec) in &new {
+        match old.get(route) {
+            None => changes.added.push(route.clone()),
+            Some(was) if was != spec => changes.changed.push(route.clone()),
+            Some(_) => {}
+        }
+    }
+    changes.removed = (old.keys())
+        .filter(|route| !new.contains_key(*route))
+        .cloned()
+        .collect();
+    changes
+}
+
 /// The start-up-only sections that differ between two versions of the
 /// file (compared as TOML, so formatting and comments do not count).
 pub fn restart_needed(before: &str, after: &str) -> Vec<String> {
@@ -255,4 +296,54 @@ pub fn restart_needed(before: &str, after: &str) -> Vec<String> {
         .filter(|section| before.get(**section) != after.get(**section))
         .map(|section| format!("[{section}]"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(std::path::Path::new("/srv/gateway.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_preview_names_what_was_added_changed_removed_and_needs_a_restart() {
+        let before = config(
+            r#"
+            [apps.demo.functions.square]
+            backend = "exec"
+            command = ["python3", "square.py"]
+            [apps.demo.functions.gone]
+            backend = "exec"
+            command = ["python3", "gone.py"]
+            [apps.demo.functions.same]
+            backend = "exec"
+            command = ["python3", "same.py"]
+        "#,
+        );
+        let after = config(
+            r#"
+            [rate_limit]
+            requests_per_second = 5
+            burst = 5
+            [apps.demo.functions.square]
+            backend = "exec"
+            command = ["python3", "square.py"]
+            timeout = "5s"
+            [apps.demo.functions.same]
+            backend = "exec"
+            # comments and layout do not count
+            command = [ "python3",  "same.py" ]
+            [apps.demo.functions.cube]
+            backend = "exec"
+            command = ["python3", "cube.py"]
+        "#,
+        );
+        let changes = preview(&before, &after);
+        assert_eq!(changes.added, ["demo/cube"]);
+        assert_eq!(changes.changed, ["demo/square"]);
+        assert_eq!(changes.removed, ["demo/gone"]);
+        assert_eq!(changes.restart_needed, ["[rate_limit]"]);
+        assert!(preview(&after, &after).is_empty());
+    }
 }
