@@ -64,14 +64,14 @@ async fn start() -> (Gateway, SocketAddr) {
 async fn admin_addr(gw: &Gateway) -> SocketAddr {
     let said = gw
         .logs
-        .wait_for("admin API listening on https://", Duration::from_secs(10))
+        .wait_for("admin API on https://", Duration::from_secs(10))
         .await;
     assert!(said, "no admin listening line:\n{}", gw.logs.joined());
     gw.logs
         .snapshot()
         .iter()
-        .find_map(|line| addr_after(line, "admin API listening on https://"))
-        .expect("an address after `admin API listening on https://`")
+        .find_map(|line| addr_after(line, "admin API on https://"))
+        .expect("an address after `admin API on https://`")
 }
 
 /// A client of the admin listener trusting only the dev CA.
@@ -155,6 +155,26 @@ async fn known_calls(gw: &Gateway) {
         let location = common::header_str(&response, "location").expect("Location");
         assert_eq!(wait_for_call(gw, &client, &location).await, want, "{path}");
     }
+}
+
+/// Asserts `response` is a problem+json with `status` and `code` and a
+/// request id; returns its body.
+async fn admin_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("a JSON problem");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert_eq!(problem["code"], code, "{problem}");
+    assert!(
+        problem["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{problem}"
+    );
+    problem
 }
 
 fn row<'a>(overview: &'a Value, app: &str, name: &str) -> &'a Value {
@@ -317,7 +337,8 @@ async fn the_data_needs_the_admin_token_and_the_page_holds_none() {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.expect("GET /admin/overview");
-        common::assert_problem(response, 401, "unauthorized").await;
+        let problem = admin_problem(response, 401, "unauthorized").await;
+        assert!(problem["detail"].is_string(), "{problem}");
     }
 
     // The page opens without a token, and holds no function's name.
@@ -499,6 +520,8 @@ async fn the_console_in_chromium_shows_a_function_just_deployed() {
     );
     assert_eq!(r["storedAfterWrong"], Value::Null, "{r}");
     assert_eq!(r["storedToken"], TOKEN, "kept in sessionStorage: {r}");
+    assert_eq!(r["signInVisibleAfter"], false, "{r}");
+    assert_eq!(r["dataVisibleAfter"], true, "{r}");
 
     // The deployed function's row, with its latency over the window.
     let row = &r["row"];

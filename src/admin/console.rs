@@ -133,10 +133,14 @@ async fn method_not_allowed(request: Request) -> Response<Body> {
         .extensions()
         .get::<Trace>()
         .map_or_else(random_hex::<16>, |trace| trace.request_id.to_string());
-    ApiError::MethodNotAllowed {
+    let mut response = ApiError::MethodNotAllowed {
         allow: "GET, HEAD".to_owned(),
     }
-    .into_problem(&request_id)
+    .into_problem(&request_id);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        (response.headers_mut()).insert(crate::invocation::names::X_REQUEST_ID, value);
+    }
+    response
 }
 
 fn secure_headers(headers: &mut http::HeaderMap) {

@@ -110,6 +110,8 @@ async function run() {
       warmRoute,
       { timeout: 15000 },
     );
+    result.signInVisibleAfter = await page.isVisible('#sign-in');
+    result.dataVisibleAfter = await page.isVisible('#data');
     result.row = await page.evaluate(readRow, route);
     result.warmRow = await page.evaluate(readRow, warmRoute);
     result.calls = await page.evaluate(() => {
