@@ -27,8 +27,8 @@ use apps::Apps;
 use raw::{RawApp, RawClass, RawConfig, RawFunction, RawListen, RawServer, RawStore};
 
 pub use admin::AdminConfig;
-pub use overlays::{OverlayKey, OverlayKind, Overlays};
 pub use log::{AccessSink, LogConfig, LogFormat};
+pub use overlays::{OverlayKey, OverlayKind, Overlays};
 pub use policies::{BatchSpec, CallTarget, RetryPolicy};
 pub use security::{
     AllowedOrigins, ApiKeyConfig, AuthConfig, CorsConfig, JwtKeys, RateLimitConfig, WebhooksConfig,

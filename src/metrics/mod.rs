@@ -232,13 +232,16 @@ pub enum WebhookOutcome {
 /// Why a TLS handshake failed, as `reason` labels.
 pub const TLS_FAILURES: [&str; 2] = ["timeout", "error"];
 
+/// Series by (app, name).
+type ByName<T> = HashMap<(Arc<str>, Arc<str>), Arc<T>>;
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     /// Taken only when a function is built (start-up, reload, deploy) and
     /// at scrape time.
-    functions: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<FunctionMetrics>>>,
-    pools: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<PoolMetrics>>>,
+    functions: Mutex<ByName<FunctionMetrics>>,
+    pools: Mutex<ByName<PoolMetrics>>,
     unmatched: Arc<FunctionMetrics>,
     fixed: Vec<Arc<FunctionMetrics>>,
     /// Access-log lines dropped because the writer fell behind.

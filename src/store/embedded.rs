@@ -438,9 +438,8 @@ impl CallStore for EmbeddedStore {
         Box::pin(self.read(|connection| {
             let mut statement =
                 connection.prepare_cached("SELECT state, COUNT(*) FROM calls GROUP BY state")?;
-            let rows = statement.query_map([], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-            })?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
             let mut counts = Vec::new();
             for row in rows {
                 let (code, count) = row?;
