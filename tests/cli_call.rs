@@ -450,17 +450,27 @@ async fn from_the_quick_start_folder_the_dev_ca_is_trusted_by_itself() {
     assert_exit(&run, 0);
     assert_eq!(run.stdout, "1764\n");
 
-    // A class method: APP/CLASS/METHOD.
+    // A class method: APP/CLASS/METHOD, its parameter in the query.
     let run = fngate_call(
-        &["demo/counter/incr", "by=2", "--gateway", &url],
+        &["demo/counter/incr?name=ada", "by=2", "--gateway", &url],
         dir.path(),
         &[],
         "",
     )
     .await;
     assert_exit(&run, 0);
-    let counted: Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    assert_eq!(counted["count"], 2, "{run:#?}");
+    assert_eq!(run.stdout, "{\"name\":\"ada\",\"count\":2}\n");
+    // A method that takes only GET is called with GET, its pairs as the
+    // query.
+    let run = fngate_call(
+        &["demo/counter/get", "name=ada", "--gateway", &url],
+        dir.path(),
+        &[],
+        "",
+    )
+    .await;
+    assert_exit(&run, 0);
+    assert_eq!(run.stdout, "{\"name\":\"ada\",\"count\":2}\n");
 
     // From elsewhere, --config names the folder whose dev CA to trust.
     let elsewhere = tempfile::tempdir().unwrap();

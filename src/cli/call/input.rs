@@ -7,20 +7,62 @@ use std::path::Path;
 
 use super::CallError;
 
-/// `APP/FN` or `APP/CLASS/METHOD`, checked: the path below the gateway's
-/// base URL, e.g. `/demo/square`.
-pub fn function_path(target: &str) -> Result<String, CallError> {
-    let names: Vec<&str> = target.split('/').collect();
-    if !(2..=3).contains(&names.len()) {
-        return Err(CallError::Usage(format!(
-            "'{target}' is not APP/FUNCTION or APP/CLASS/METHOD"
-        )));
+/// `APP/FN` or `APP/CLASS/METHOD`, checked, and the query string that may
+/// follow it (`demo/counter/incr?name=ada`: a class's parameters, which
+/// only the query carries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The path below the gateway's base URL, e.g. `/demo/square`.
+    pub path: String,
+    pub query: Option<String>,
+}
+
+impl Target {
+    pub fn parse(target: &str) -> Result<Target, CallError> {
+        let (names, query) = match target.split_once('?') {
+            Some((names, query)) => (names, Some(query.to_owned())),
+            None => (target, None),
+        };
+        let names: Vec<&str> = names.split('/').collect();
+        if !(2..=3).contains(&names.len()) {
+            return Err(CallError::Usage(format!(
+                "'{target}' is not APP/FUNCTION or APP/CLASS/METHOD"
+            )));
+        }
+        for name in &names {
+            crate::config::check_name(name)
+                .map_err(|e| CallError::Usage(format!("'{target}': {e}")))?;
+        }
+        Ok(Target {
+            path: format!("/{}", names.join("/")),
+            query: query.filter(|q| !q.is_empty()),
+        })
     }
-    for name in &names {
-        crate::config::check_name(name)
-            .map_err(|e| CallError::Usage(format!("'{target}': {e}")))?;
+
+    /// `{base}{path}{suffix}`, then the query.
+    pub fn url(&self, base: &str, suffix: &str) -> String {
+        match &self.query {
+            Some(query) => format!("{base}{}{suffix}?{query}", self.path),
+            None => format!("{base}{}{suffix}", self.path),
+        }
     }
-    Ok(format!("/{}", names.join("/")))
+
+    /// The URL of a GET call: the query, then `pairs` as query parameters
+    /// (their text as typed; the gateway coerces them to the types of the
+    /// function's input schema).
+    pub fn get_url(&self, base: &str, pairs: &[String]) -> String {
+        let mut query = form_urlencoded::Serializer::new(self.query.clone().unwrap_or_default());
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            query.append_pair(key, value);
+        }
+        let query = query.finish();
+        if query.is_empty() {
+            format!("{base}{}", self.path)
+        } else {
+            format!("{base}{}?{query}", self.path)
+        }
+    }
 }
 
 /// A JSON object built from `key=value` pairs, in their order: a value
@@ -140,11 +182,23 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_two_or_three_names() {
-        assert_eq!(function_path("demo/square").unwrap(), "/demo/square");
+    fn targets_are_two_or_three_names_and_may_carry_a_query() {
+        let target = |text: &str| Target::parse(text).unwrap();
         assert_eq!(
-            function_path("demo/counter/incr").unwrap(),
-            "/demo/counter/incr"
+            target("demo/square").url("https://gw", ""),
+            "https://gw/demo/square"
+        );
+        assert_eq!(
+            target("demo/counter/incr?name=ada").url("https://gw", "/spawn"),
+            "https://gw/demo/counter/incr/spawn?name=ada"
+        );
+        assert_eq!(
+            target("demo/counter/get?name=ada").get_url("https://gw", &["x=4 2".to_owned()]),
+            "https://gw/demo/counter/get?name=ada&x=4+2"
+        );
+        assert_eq!(
+            target("demo/g").get_url("https://gw", &[]),
+            "https://gw/demo/g"
         );
         for bad in [
             "demo",
@@ -153,8 +207,9 @@ mod tests {
             "Demo/x",
             "demo/_x",
             "demo/sq uare",
+            "?x=1",
         ] {
-            assert!(function_path(bad).is_err(), "{bad}");
+            assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -33,7 +33,8 @@ const POLL_MARGIN: Duration = Duration::from_secs(30);
 /// SECONDS] [--map FILE] [--gateway URL] [--cacert FILE]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CallArgs {
-    /// The function: APP/FUNCTION, or APP/CLASS/METHOD.
+    /// The function: APP/FUNCTION, or APP/CLASS/METHOD; a query may follow
+    /// (APP/CLASS/METHOD?PARAMETER=VALUE).
     #[arg(value_name = "APP/FN")]
     pub function: String,
     /// Arguments, as a JSON object: a value that is JSON is that JSON
@@ -156,8 +157,12 @@ pub fn run(args: CallArgs, config: &Path) -> u8 {
 /// What to send, checked before anything is.
 struct Plan {
     gateway: GatewayClient,
-    /// `{base}/{app}/{function}`
-    function: String,
+    /// The gateway's base URL, without a trailing `/`.
+    base: String,
+    target: input::Target,
+    /// The `key=value` pairs, when they are the body: a function that
+    /// takes only GET gets them as its query instead.
+    pairs: Option<Vec<String>>,
     body: (&'static str, Bytes),
     spawn: bool,
     wait: Option<Duration>,
@@ -173,21 +178,48 @@ async fn call(args: CallArgs, config: &Path) -> Result<Exit, CallError> {
         (true, false) => "/map",
         (true, true) => "/map/spawn",
     };
-    let uri = parse_uri(&format!("{}{suffix}", plan.function))?;
+    let mut uri = parse_uri(&plan.target.url(&plan.base, suffix))?;
     let accept = plan.map.then_some("application/x-ndjson");
-    let answer = plan
+    let mut answer = plan
         .gateway
         .send(Method::POST, &uri, Some(plan.body.clone()), accept, None)
         .await?;
     if plan.spawn {
         return plan.spawned(&uri, answer).await;
     }
+    // A function that takes only GET (a 405 runs nothing) is called again
+    // with GET, its pairs as the query.
+    if let Some(pairs) = plan.pairs.as_deref().filter(|_| takes_only_get(&answer)) {
+        uri = parse_uri(&plan.target.get_url(&plan.base, pairs))?;
+        answer = plan
+            .gateway
+            .send(Method::GET, &uri, None, None, None)
+            .await?;
+    }
     plan.finish(&uri, answer).await
+}
+
+/// Whether `answer` is a 405 whose `Allow` lists GET and not POST.
+fn takes_only_get(answer: &hyper::Response<Incoming>) -> bool {
+    if answer.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return false;
+    }
+    let allow = answer
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let allowed = |method: &str| {
+        allow
+            .split(',')
+            .any(|m| m.trim().eq_ignore_ascii_case(method))
+    };
+    allowed("GET") && !allowed("POST")
 }
 
 impl Plan {
     fn new(args: CallArgs, config: &Path) -> Result<Plan, CallError> {
-        let path = input::function_path(&args.function)?;
+        let target = input::Target::parse(&args.function)?;
         let base = gateway_base(&args.gateway)?;
         let body = match (&args.json, &args.map) {
             (Some(json), _) if json == "-" => (
@@ -211,7 +243,9 @@ impl Plan {
         };
         Ok(Plan {
             gateway: GatewayClient::new(&trust, token.as_deref())?,
-            function: format!("{base}{path}"),
+            base,
+            target,
+            pairs: (args.json.is_none() && args.map.is_none()).then(|| args.pairs.clone()),
             body: (body.0, Bytes::from(body.1)),
             spawn: args.spawn,
             wait: args.wait,
