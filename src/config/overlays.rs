@@ -70,6 +70,7 @@ impl Config {
                 }
                 None => {
                     tables.remove(&key.name);
+                    prune(&mut document, key);
                 }
             }
         }
@@ -80,6 +81,26 @@ impl Config {
         // over the file again.
         merged.text = self.text.clone();
         Ok(merged)
+    }
+}
+
+/// Takes away the tables a removal left empty: an app with nothing
+/// left in it is no app (validation refuses an empty one).
+fn prune(document: &mut toml::Table, key: &OverlayKey) {
+    let Some(apps) = document.get_mut("apps").and_then(toml::Value::as_table_mut) else {
+        return;
+    };
+    if let Some(app) = apps.get_mut(&key.app).and_then(toml::Value::as_table_mut) {
+        let kind = key.kind.table();
+        if app.get(kind).and_then(toml::Value::as_table).is_some_and(toml::Table::is_empty) {
+            app.remove(kind);
+        }
+        if app.is_empty() {
+            apps.remove(&key.app);
+        }
+    }
+    if apps.is_empty() {
+        document.remove("apps");
     }
 }
 

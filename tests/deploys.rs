@@ -1,0 +1,330 @@
+//! Deploys without a restart: a deployed function serves at its stable
+//! URL at once; a deploy, a redeploy and a rollback under load lose no
+//! request and send every call started after each to the new version;
+//! calls in flight finish on the version they started on; deploys survive
+//! kill -9; `fngate deploy` pushes a file's apps.
+
+mod common;
+#[path = "admin/support.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, WORK_PY, assert_problem, eventually, exec_fn, json_ok};
+use serde_json::{Value, json};
+use support::{Admin, builder, version_table};
+
+/// The version a call of `/demo/ver` answered.
+async fn version_of(gw: &Gateway, client: &reqwest::Client, body: &str) -> String {
+    let answer = json_ok(gw.post_json(client, "/demo/ver", body).await).await;
+    answer["version"].as_str().expect("a version").to_owned()
+}
+
+#[tokio::test]
+async fn a_deployed_function_serves_at_its_stable_url_at_once() {
+    let gw = builder().start().await;
+    let admin = Admin::of(&gw).await;
+    let client = gw.client();
+    let missing = gw.post_json(&client, "/demo/ver", "{}").await;
+    assert_problem(missing, 404, "app_not_found").await;
+
+    let (status, deployed) = admin
+        .send(
+            "PUT",
+            "/admin/apps/demo/functions/ver",
+            Some(&version_table("1")),
+        )
+        .await;
+    assert_eq!(status, 201, "{deployed}");
+    assert_eq!(deployed["version"], 1);
+    assert_eq!(deployed["changes"]["added"], json!(["demo/ver"]));
+    // Served at once, by the first request after the answer.
+    assert_eq!(version_of(&gw, &client, "{}").await, "1");
+    let listed = admin.listed("demo", "ver").await.expect("listed");
+    assert_eq!(listed["source"], "deploy");
+    assert_eq!(listed["version"], 1);
+    assert_eq!(listed["route"], "/demo/ver");
+    assert_eq!(listed["backend"], "exec");
+    assert_eq!(listed["table"], version_table("1"));
+
+    // A redeploy answers 200 and says what it changed.
+    let (status, redeployed) = admin
+        .send(
+            "PUT",
+            "/admin/apps/demo/functions/ver",
+            Some(&version_table("2")),
+        )
+        .await;
+    assert_eq!(status, 200, "{redeployed}");
+    assert_eq!(redeployed["version"], 2);
+    assert_eq!(redeployed["changes"]["changed"], json!(["demo/ver"]));
+    assert_eq!(version_of(&gw, &client, "{}").await, "2");
+
+    // A delete is a version too, and can be rolled back.
+    let (status, deleted) = admin
+        .send("DELETE", "/admin/apps/demo/functions/ver", None)
+        .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["version"], 3);
+    assert_eq!(deleted["changes"]["removed"], json!(["demo/ver"]));
+    let gone = gw.post_json(&client, "/demo/ver", "{}").await;
+    assert_problem(gone, 404, "app_not_found").await;
+    let (_, versions) = admin.get("/admin/apps/demo/functions/ver/versions").await;
+    let versions = versions["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 3);
+    assert_eq!(versions[0]["table"], version_table("1"));
+    assert_eq!(versions[2]["deleted"], true);
+    assert!(versions[2]["time"].as_str().unwrap().ends_with('Z'));
+    let (status, rolled) = admin
+        .send("POST", "/admin/apps/demo/functions/ver/rollback", None)
+        .await;
+    assert_eq!(status, 201, "{rolled}");
+    assert_eq!(
+        (
+            rolled["version"].as_u64(),
+            rolled["rolled_back_to"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
+    assert_eq!(version_of(&gw, &client, "{}").await, "2");
+    let (status, rolled) = admin
+        .send(
+            "POST",
+            "/admin/apps/demo/functions/ver/rollback",
+            Some(&json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rolled}");
+    assert_eq!(version_of(&gw, &client, "{}").await, "1");
+    let (status, problem) = admin
+        .send(
+            "POST",
+            "/admin/apps/demo/functions/ver/rollback",
+            Some(&json!({"version": 9})),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("version_not_found")),
+        "{problem}"
+    );
+}
+
+/// One call of the load: when it was sent, and what it answered.
+struct Sample {
+    sent: Instant,
+    answer: Result<String, String>,
+}
+
+/// 16 connections (half h1, half h2) calling `/demo/ver` in a loop until
+/// `stop`, counting the calls that ended in `done`; every call's sample.
+fn load(
+    gw: &Gateway,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<Sample>>> {
+    (0..16)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                gw.client_h1()
+            } else {
+                gw.client_h2()
+            };
+            let url = gw.url("/demo/ver");
+            let stop = stop.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = match client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body("{}")
+                        .send()
+                        .await
+                    {
+                        Ok(response) => {
+                            let status = response.status();
+                            let text = response.text().await.unwrap_or_default();
+                            match serde_json::from_str::<Value>(&text) {
+                                Ok(v) if status == 200 && v["version"].is_string() => {
+                                    Ok(v["version"].as_str().unwrap().to_owned())
+                                }
+                                _ => Err(format!("{status}: {text}")),
+                            }
+                        }
+                        Err(e) => Err(format!("{e:?}")),
+                    };
+                    samples.push(Sample { sent, answer });
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                samples
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn deploy_redeploy_and_rollback_under_load_lose_nothing_and_route_new_calls_to_the_new_version()
+ {
+    let gw = builder().start().await;
+    let admin = Admin::of(&gw).await;
+    admin.deploy("demo", "ver", &version_table("1")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks = load(&gw, stop.clone(), done.clone());
+    // Each phase lasts until 48 calls ended in it: at most 16 of them (one
+    // per connection) were sent before it began.
+    let phase_of_calls = || {
+        let done = done.clone();
+        async move {
+            let from = done.load(Ordering::Relaxed);
+            let ended = eventually(Duration::from_secs(120), || {
+                done.load(Ordering::Relaxed) >= from + 48
+            })
+            .await;
+            assert!(ended, "the load made no progress");
+        }
+    };
+    phase_of_calls().await;
+    let redeploy_sent = Instant::now();
+    let body = admin.deploy("demo", "ver", &version_table("2")).await;
+    let redeployed = Instant::now();
+    assert_eq!(body["changes"]["changed"], json!(["demo/ver"]));
+    phase_of_calls().await;
+    let rollback_sent = Instant::now();
+    let (status, body) = admin
+        .send("POST", "/admin/apps/demo/functions/ver/rollback", None)
+        .await;
+    let rolled_back = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rolled_back_to"], 1);
+    phase_of_calls().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.expect("a load task"));
+    }
+    let failed: Vec<&String> = samples
+        .iter()
+        .filter_map(|s| s.answer.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let phase = |from: Instant, to: Option<Instant>| -> Vec<&str> {
+        samples
+            .iter()
+            .filter(|s| s.sent >= from && to.is_none_or(|to| s.sent < to))
+            .map(|s| s.answer.as_deref().unwrap())
+            .collect()
+    };
+    let first = phase(
+        Instant::now() - Duration::from_secs(3600),
+        Some(redeploy_sent),
+    );
+    let second = phase(redeployed, Some(rollback_sent));
+    let third = phase(rolled_back, None);
+    for (name, answers, want) in [
+        ("before the redeploy", &first, "1"),
+        ("after the redeploy", &second, "2"),
+        ("after the rollback", &third, "1"),
+    ] {
+        assert!(answers.len() >= 16, "{name}: only {} calls", answers.len());
+        let wrong: Vec<&&str> = answers.iter().filter(|a| **a != want).collect();
+        assert!(
+            wrong.is_empty(),
+            "{name}: {} of {} calls answered another version: {:?}",
+            wrong.len(),
+            answers.len(),
+            wrong
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_call_in_flight_finishes_on_the_version_it_started_on() {
+    let gw = builder().start().await;
+    let admin = Admin::of(&gw).await;
+    admin.deploy("demo", "ver", &version_table("1")).await;
+    let slow = {
+        let client = gw.client();
+        let url = gw.url("/demo/ver");
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"seconds": 3, "marker": "started"}"#)
+                .send()
+                .await
+                .expect("the slow call");
+            json_ok(response).await
+        })
+    };
+    let marker = gw.dir.join("started");
+    assert!(
+        eventually(Duration::from_secs(10), || marker.exists()).await,
+        "the slow call never ran"
+    );
+    let body = admin.deploy("demo", "ver", &version_table("2")).await;
+    assert_eq!(body["version"], 2);
+    let started = Instant::now();
+    assert_eq!(version_of(&gw, &gw.client(), "{}").await, "2");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the new version waited for the old call"
+    );
+    let old = slow.await.expect("the slow call's task");
+    assert_eq!(old["version"], "1", "the call in flight changed version");
+}
+
+#[tokio::test]
+async fn deploys_survive_kill_9() {
+    let file = exec_fn("demo", "square", "work.py", "");
+    let mut gw = builder().file("work.py", WORK_PY).toml(&file).start().await;
+    {
+        let admin = Admin::of(&gw).await;
+        admin.deploy("demo", "ver", &version_table("1")).await;
+        admin.deploy("demo", "ver", &version_table("2")).await;
+        let (status, body) = admin
+            .send("DELETE", "/admin/apps/demo/functions/square", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // SIGKILL: nothing gets to flush or say goodbye.
+    gw.kill().await;
+    let again = builder()
+        .file("work.py", WORK_PY)
+        .toml(&file)
+        .in_dir(&gw.dir)
+        .start()
+        .await;
+    let admin = Admin::of(&again).await;
+    let client = again.client();
+    assert_eq!(version_of(&again, &client, "{}").await, "2");
+    let square = again
+        .post_json(&client, "/demo/square", r#"{"x": 3}"#)
+        .await;
+    assert_problem(square, 404, "function_not_found").await;
+    let listed = admin.listed("demo", "ver").await.expect("ver is listed");
+    assert_eq!(
+        (listed["source"].as_str(), listed["version"].as_u64()),
+        (Some("deploy"), Some(2)),
+        "{listed}"
+    );
+    assert!(admin.listed("demo", "square").await.is_none());
+    // Its history came back too: a rollback goes on from it.
+    let (status, body) = admin
+        .send("POST", "/admin/apps/demo/functions/ver/rollback", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 3);
+    assert_eq!(version_of(&again, &client, "{}").await, "1");
+}
