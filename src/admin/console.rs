@@ -45,16 +45,6 @@ pub const LATENCY_WINDOW: Duration = Duration::from_secs(300);
 /// How often the latency ring keeps a snapshot.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
-/// Every call state, in the order the overview lists them.
-const CALL_STATES: [CallState; 6] = [
-    CallState::Pending,
-    CallState::Running,
-    CallState::Succeeded,
-    CallState::Failed,
-    CallState::TimedOut,
-    CallState::Cancelled,
-];
-
 /// `GET /admin/` (and `/admin`, sent on to it): the page, which needs no
 /// token and shows nothing until one is typed into it.
 pub fn page_router() -> Router {
@@ -203,9 +193,34 @@ pub struct Overview {
     pub window_seconds: u64,
     pub functions: Vec<FunctionRow>,
     pub classes: Vec<ClassRow>,
-    /// Calls in the store by state (every state, zeros too); `null` when
-    /// the store did not answer.
-    pub calls: Option<HashMap<&'static str, u64>>,
+    /// Calls in the store by state; `null` when the store did not answer.
+    pub calls: Option<CallCounts>,
+}
+
+/// Calls in the store by state, every state (zeros too), in the order a
+/// call goes through them.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub cancelled: u64,
+}
+
+impl CallCounts {
+    fn add(&mut self, state: CallState, n: u64) {
+        let count = match state {
+            CallState::Pending => &mut self.pending,
+            CallState::Running => &mut self.running,
+            CallState::Succeeded => &mut self.succeeded,
+            CallState::Failed => &mut self.failed,
+            CallState::TimedOut => &mut self.timed_out,
+            CallState::Cancelled => &mut self.cancelled,
+        };
+        *count += n;
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -362,13 +377,12 @@ fn backend_kind(backend: &BackendSpec) -> &'static str {
     }
 }
 
-async fn calls_by_state(ctx: &AdminContext) -> Option<HashMap<&'static str, u64>> {
+async fn calls_by_state(ctx: &AdminContext) -> Option<CallCounts> {
     match ctx.state.calls.store().count_by_state().await {
         Ok(counted) => {
-            let mut calls: HashMap<&'static str, u64> =
-                CALL_STATES.iter().map(|s| (s.as_str(), 0)).collect();
+            let mut calls = CallCounts::default();
             for (state, n) in counted {
-                *calls.entry(state.as_str()).or_default() += n;
+                calls.add(state, n);
             }
             Some(calls)
         }
