@@ -544,3 +544,88 @@ async fn a_real_prometheus_scrapes_the_gateway_over_https() {
         .unwrap();
     assert_eq!(up[0]["value"][1], "1");
 }
+
+/// A webhook receiver on 127.0.0.1 answering its n-th request with
+/// `statuses[n]` (200 once they run out); returns its port.
+async fn receiver(statuses: Vec<u16>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            // Read the head and the body its content-length announces.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok(read) = stream.read(&mut buf).await else {
+                    break;
+                };
+                if read == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..read]);
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let status = statuses.get(n).copied().unwrap_or(200);
+            n += 1;
+            let answer =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn webhook_deliveries_are_counted_by_outcome() {
+    let port = receiver(vec![500]).await;
+    let gw = Gateway::builder()
+        .file("work.py", WORK_PY)
+        .toml(&exec_fn("m", "sq", "work.py", ""))
+        .toml(
+            "[webhooks]\nsecret_env = \"FNGATE_WEBHOOK_SECRET\"\n\
+             allow_hosts = [\"127.0.0.1\"]\nmax_attempts = 3\n",
+        )
+        .env(
+            "FNGATE_WEBHOOK_SECRET",
+            "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3",
+        )
+        .start()
+        .await;
+    let spawned = gw
+        .client()
+        .post(gw.url("/m/sq/spawn"))
+        .header("content-type", "application/json")
+        .header("callback-url", format!("http://127.0.0.1:{port}/hook"))
+        .body(r#"{"x": 4}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spawned.status(), 202);
+    // The first attempt gets a 500, the retry (about a second later) a 200.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(&gw).await;
+        let outcome = |o: &str| value(&text, "fngate_webhook_deliveries_total", &[("outcome", o)]);
+        if outcome("delivered") == 1.0 {
+            assert_eq!(outcome("failed"), 1.0, "{text}");
+            assert_eq!(outcome("gave_up"), 0.0, "{text}");
+            // The spawn, its start and its end were committed.
+            assert!(value(&text, "fngate_store_commit_duration_seconds_count", &[]) >= 2.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
