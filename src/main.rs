@@ -63,6 +63,11 @@ enum Command {
     /// backend error (5xx), 5 unreachable or untrusted, 6 still pending
     /// after --wait). The token comes from FNGATE_TOKEN.
     Call(fngate::cli::call::CallArgs),
+    /// Push the function and class tables of FILE.toml's [apps.*] through
+    /// a gateway's admin API, printing what each changed (exit status: 0
+    /// deployed, 1 a table refused, 2 usage, 4 gateway error, 5
+    /// unreachable or untrusted). The token comes from FNGATE_ADMIN_TOKEN.
+    Deploy(fngate::cli::deploy::DeployArgs),
 }
 
 /// Exit status for an unusable configuration, or anything else that
@@ -87,6 +92,9 @@ fn main() -> ExitCode {
         Some(Command::Call(args)) => {
             return ExitCode::from(fngate::cli::call::run(args, &cli.config));
         }
+        Some(Command::Deploy(args)) => {
+            return ExitCode::from(fngate::cli::deploy::run(args, &cli.config));
+        }
         command => command,
     };
     if let Some(Command::Keygen { name }) = &command {
@@ -109,7 +117,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { sub, scope, ttl } => token(&config, &sub, &scope, &ttl),
-        Command::Keygen { .. } | Command::Worker(_) | Command::Call(_) => {
+        Command::Keygen { .. }
+        | Command::Worker(_)
+        | Command::Call(_)
+        | Command::Deploy(_) => {
             unreachable!("handled before the config is read")
         }
         Command::Serve => match run(config) {

@@ -328,3 +328,91 @@ async fn deploys_survive_kill_9() {
     assert_eq!(body["version"], 3);
     assert_eq!(version_of(&again, &client, "{}").await, "1");
 }
+
+#[tokio::test]
+async fn fngate_deploy_pushes_a_files_apps() {
+    let gw = builder().start().await;
+    let admin = Admin::of(&gw).await;
+    let apps = gw.dir.join("apps.toml");
+    std::fs::write(
+        &apps,
+        "[apps.demo.functions.ver]\nbackend = \"exec\"\ncommand = [\"python3\", \"version.py\", \"from-file\"]\n\n\
+         [apps.tools.functions.ver]\nbackend = \"exec\"\ncommand = [\"python3\", \"version.py\", \"tools\"]\ntimeout = \"5s\"\n",
+    )
+    .unwrap();
+    let config = gw.dir.join("gateway.toml");
+    let gateway = format!("https://localhost:{}", admin.addr.port());
+    let args = |file: &std::path::Path| {
+        vec![
+            "deploy".to_owned(),
+            file.to_str().unwrap().to_owned(),
+            "--gateway".to_owned(),
+            gateway.clone(),
+            "--config".to_owned(),
+            config.to_str().unwrap().to_owned(),
+        ]
+    };
+    let run = |args: Vec<String>, envs: Vec<(&'static str, &'static str)>| {
+        let dir = gw.dir.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_bin_env(&args, &dir, &envs).await
+        }
+    };
+    let token = vec![(support::TOKEN_ENV, support::TOKEN)];
+    let (code, stdout, stderr) = run(args(&apps), token.clone()).await;
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("apps.demo.functions.ver: version 1 (new): added demo/ver"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("apps.tools.functions.ver: version 1 (new): added tools/ver"),
+        "{stdout}"
+    );
+    let client = gw.client();
+    assert_eq!(version_of(&gw, &client, "{}").await, "from-file");
+    let tools = json_ok(gw.post_json(&client, "/tools/ver", "{}").await).await;
+    assert_eq!(tools["version"], "tools");
+    assert_eq!(
+        admin.listed("tools", "ver").await.unwrap()["table"]["timeout"],
+        "5s"
+    );
+
+    // Pushed again unchanged: a new version that changes nothing.
+    let (code, stdout, _) = run(args(&apps), token.clone()).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("apps.demo.functions.ver: version 2: unchanged"),
+        "{stdout}"
+    );
+
+    // A refused table names its key; the tables before it are deployed.
+    let bad = gw.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[apps.demo.functions.ok]\nbackend = \"exec\"\ncommand = [\"python3\", \"version.py\", \"ok\"]\n\n\
+         [apps.demo.functions.zzz]\nbackend = \"exec\"\ncommand = [\"python3\", \"version.py\"]\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(args(&bad), token.clone()).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("apps.demo.functions.zzz.timeout"),
+        "{stderr}"
+    );
+    assert!(admin.listed("demo", "ok").await.is_some());
+    assert!(admin.listed("demo", "zzz").await.is_none());
+
+    // No token, a wrong one, and a file with more than apps.
+    let (code, _, stderr) = run(args(&apps), vec![]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("FNGATE_ADMIN_TOKEN"), "{stderr}");
+    let (code, _, stderr) = run(args(&apps), vec![(support::TOKEN_ENV, "wrong")]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("401 unauthorized"), "{stderr}");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+    let (code, _, stderr) = run(args(&bad), token).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("[server]"), "{stderr}");
+}

@@ -2,3 +2,4 @@
 //! function over HTTPS as any other client would.
 
 pub mod call;
+pub mod deploy;

@@ -3,7 +3,7 @@
 //! line, and the exit status says what happened (see [`Exit`]). The
 //! request is built in `input`, sent by `client`, and shown by `output`.
 
-mod client;
+pub mod client;
 mod input;
 mod output;
 
