@@ -216,10 +216,15 @@ impl Described<'_> {
     }
 
     fn accepted(what: &str) -> Value {
+        let call = json!({"call_id": "$response.body#/call_id"});
         json!({
             "description": format!("The {what} is stored and will run; `GET /calls/{{call_id}}` answers with its result."),
             "headers": {"Location": location("`/calls/{call_id}`."), "X-Call-Id": call_id_header()},
             "content": {"application/json": {"schema": schema_ref("SpawnAccepted")}},
+            "links": {
+                "result": {"operationId": "calls.get", "parameters": call, "description": "Its result, or its progress."},
+                "cancel": {"operationId": "calls.cancel", "parameters": call, "description": "Cancels it."},
+            },
         })
     }
 
