@@ -557,10 +557,7 @@ async fn receiver(statuses: Vec<u16>) -> u16 {
             // Read the head and the body its content-length announces.
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            loop {
-                let Ok(read) = stream.read(&mut buf).await else {
-                    break;
-                };
+            while let Ok(read) = stream.read(&mut buf).await {
                 if read == 0 {
                     break;
                 }
