@@ -492,3 +492,102 @@ async fn from_the_quick_start_folder_the_dev_ca_is_trusted_by_itself() {
     assert_exit(&run, 0);
     assert_eq!(run.stdout, "25\n");
 }
+
+/// The sh block of the README's "Calling from a terminal", as (command,
+/// the `# ` lines under it).
+fn readme_terminal_block() -> Vec<(String, Vec<String>)> {
+    let readme = std::fs::read_to_string(common::repo_dir().join("README.md")).expect("README.md");
+    let section = readme
+        .split_once("\n## Calling from a terminal\n")
+        .expect("README has `## Calling from a terminal`")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("an sh block in the section")
+        .0;
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix('#') {
+            Some(expected) => steps
+                .last_mut()
+                .expect("a command before its output")
+                .1
+                .push(expected.strip_prefix(' ').unwrap_or(expected).to_owned()),
+            None => steps.push((line.to_owned(), Vec::new())),
+        }
+    }
+    steps
+}
+
+/// Whether `text` matches `pattern`, where `...` stands for any text.
+fn glob(pattern: &str, text: &str) -> bool {
+    let pieces: Vec<&str> = pattern.split("...").collect();
+    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+    if pieces.len() == 1 {
+        return pattern == text;
+    }
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..];
+    for piece in &pieces[1..pieces.len() - 1] {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// Every line of the README's terminal block, run as written (`fngate`
+/// is the binary under test, pointed at the quick start's port instead of
+/// 8443) in a copy of the quick start, prints what the README says
+/// (stdout and stderr together).
+#[tokio::test]
+async fn the_readme_terminal_examples_print_what_the_readme_says() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_quick_start(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("gateway.toml")).unwrap();
+    let gw = Gateway::builder()
+        .in_dir(dir.path())
+        .raw_config(&common::quick_start_on_port_0(&config))
+        .start()
+        .await;
+    let port = gw.addr.port().to_string();
+    let steps = readme_terminal_block();
+    assert!(steps.len() >= 8, "{steps:?}");
+    for (command, expected) in steps {
+        assert!(command.contains("fngate call "), "{command}");
+        let script = format!(
+            "fngate() {{ \"$FNGATE_BIN\" \"$@\" --gateway https://localhost:$PORT; }}\n{command}"
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(dir.path())
+                .env("FNGATE_BIN", BIN)
+                .env("PORT", &port)
+                .env_remove("FNGATE_TOKEN")
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("`{command}` did not end"))
+        .expect("run bash");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = expected
+            .join("\n")
+            .replace("localhost:8443", &format!("localhost:{port}"));
+        assert!(
+            glob(&want, printed.trim_end()),
+            "README `{command}`:\n  says:\n{want}\n  printed:\n{printed}"
+        );
+    }
+}
