@@ -549,6 +549,41 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_page_is_served_to_get_alone() {
+        use tower::ServiceExt;
+        let request = |method: &str, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let page = page_router()
+            .oneshot(request("GET", "/admin/"))
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(page.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let moved = page_router()
+            .oneshot(request("GET", "/admin"))
+            .await
+            .unwrap();
+        assert_eq!(moved.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(moved.headers()[header::LOCATION], "/admin/");
+        let refused = page_router()
+            .oneshot(request("POST", "/admin/"))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(
+            refused.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+
     #[test]
     fn the_page_runs_only_its_own_inline_script_and_style() {
         let page = page_once();
