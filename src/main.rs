@@ -58,10 +58,11 @@ enum Command {
     /// Serve a function's calls from this machine: run COMMAND as its
     /// instance and pull its calls from the gateway.
     Worker(fngate::worker::WorkerArgs),
-    /// Call a function and print its result as JSON (exit status: 0 ok,
-    /// 1 the function failed, 2 usage, 3 refused (4xx), 4 gateway or
-    /// backend error (5xx), 5 unreachable or untrusted, 6 still pending
-    /// after --wait). The token comes from FNGATE_TOKEN.
+    /// Call a function and print its result as JSON.
+    ///
+    /// Exit status: 0 ok, 1 the function failed, 2 usage, 3 refused (4xx),
+    /// 4 gateway or backend error (5xx), 5 unreachable or untrusted, 6
+    /// still pending after --wait. The token comes from FNGATE_TOKEN.
     Call(fngate::cli::call::CallArgs),
     /// Push the function and class tables of FILE.toml's [apps.*] through
     /// a gateway's admin API, printing what each changed (exit status: 0
