@@ -1,6 +1,7 @@
 //! What the admin and deploy suites share: a gateway with `[admin]` on a
 //! free loopback port, and a client for its admin API that trusts only
 //! the dev CA.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
