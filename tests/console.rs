@@ -315,7 +315,7 @@ async fn a_busy_instance_shows_as_busy() {
         .await;
     assert_eq!(spawned.status(), 202);
     let mut seen = Value::Null;
-    for _ in 0..100 {
+    for _ in 0..300 {
         let overview = overview(&client, admin).await;
         seen = row(&overview, "demo", "warm")["instances"].clone();
         if seen["busy"] == 1 {
