@@ -33,7 +33,7 @@ use fngate::config::Config;
 use fngate::http::AppState;
 use fngate::http::problem::ApiError;
 use fngate::invocation::{CallId, Invocation, Trace, deadline_ms_after};
-use fngate::registry::{Lookup, Registry};
+use fngate::registry::{LiveRegistry, Lookup, Registry};
 use fngate::store::embedded::EmbeddedStore;
 use fngate::translate::json::{self, Rules};
 use fngate::translate::{self, Arguments, InputRules};
@@ -209,15 +209,16 @@ struct Gateway {
 fn gateway(toml: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let config = Config::from_toml(&dir.path().join("gateway.toml"), toml).expect("a valid config");
-    let registry = Arc::new(Registry::from_config(&config, &HttpClients::new()));
+    let live = LiveRegistry::new(Registry::from_config(&config, &HttpClients::new()));
+    let registry = live.current();
     let store = EmbeddedStore::open(&config.store.path).expect("an embedded store");
     let settings = CallsConfig {
         result_ttl: config.store.result_ttl,
         max_pending: config.store.max_pending,
         max_wait: config.store.max_wait,
     };
-    let calls = Arc::new(Calls::new(Arc::new(store), registry.clone(), settings));
-    let state = AppState::new(registry.clone(), calls, None, None, &config);
+    let calls = Arc::new(Calls::new(Arc::new(store), live.clone(), settings));
+    let state = AppState::new(live, calls, None, None, &config);
     Gateway {
         registry,
         router: fngate::http::router(Arc::new(state)),
