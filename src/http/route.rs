@@ -41,6 +41,7 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
     // Resolve. A clone of the URI shares its bytes: the path outlives the
     // request, which the route family takes.
     let uri = request.uri().clone();
+    let head = request.method() == Method::HEAD;
     let registry = state.registry.current();
     let Resolved { label, route } = resolve::resolve(&registry, uri.path());
     // Admit the caller; translate and dispatch in the route family.
@@ -87,7 +88,23 @@ pub async fn handle(state: &Arc<AppState>, request: Request) -> Response<Body> {
             caller,
         }) => Box::pin(work::work(state, function, route, &caller, request)).await,
     };
-    respond(result, label, &trace)
+    let response = respond(result, label, &trace);
+    if head { headless(response) } else { response }
+}
+
+/// A `HEAD` answer: the head of the answer without its body. HTTP/2
+/// forbids DATA frames on it (hyper drops the body itself on HTTP/1.1
+/// only), so the body goes here, and its length, when known, stays in
+/// `Content-Length`.
+fn headless(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = http_body::Body::size_hint(&body).exact() {
+        parts
+            .headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert(http::HeaderValue::from(length));
+    }
+    Response::from_parts(parts, Body::empty())
 }
 
 /// A route whose caller is admitted, as the route family that answers it.
