@@ -377,6 +377,34 @@ async fn the_document_is_built_from_the_host_the_client_named() {
     );
 }
 
+/// HTTP/2 forbids DATA frames on an answer to HEAD: curl refuses one
+/// that has them (a stream error), and gets the length without the body.
+#[tokio::test]
+async fn head_answers_over_h2_carry_the_length_and_no_body() {
+    let (_dir, gw) = quick_start().await;
+    for path in ["/_/openapi.json", "/_/docs", "/_/health"] {
+        let output = Command::new("curl")
+            .args(["-sS", "-I", "--http2", "--cacert"])
+            .arg(gw.ca_path())
+            .arg(gw.url(path))
+            .output()
+            .await
+            .expect("run curl");
+        let head = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+        assert!(
+            output.status.success(),
+            "HEAD {path}: {}\n{head}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(head.starts_with("http/2 200"), "{head}");
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(length.is_some_and(|n| n > 0), "HEAD {path}: {head}");
+    }
+}
+
 #[tokio::test]
 async fn docs_page_is_self_contained_under_a_strict_policy() {
     let (_dir, gw) = quick_start().await;

@@ -23,7 +23,13 @@ use tokio::process::{Child, Command};
 /// README sections whose shell blocks call a gateway, each run by a test
 /// below. A curl example in another section fails
 /// `every_readme_block_that_calls_a_gateway_is_run`.
-const GATEWAY_SECTIONS: &[&str] = &["Quick start", "Spawned calls", "Who may call", "Docker"];
+const GATEWAY_SECTIONS: &[&str] = &[
+    "Quick start",
+    "Spawned calls",
+    "Who may call",
+    "OpenAPI",
+    "Docker",
+];
 
 /// How long one README block may take (the spawn walkthrough waits for
 /// calls of a few seconds).
@@ -432,6 +438,13 @@ async fn spawn_walkthrough_prints_what_the_readme_says() {
     let dir = quick_start_dir();
     let (_gateway, port) = start_quick_start(dir.path()).await;
     run_section("Spawned calls", dir.path(), &[(8443, port)]).await;
+}
+
+#[tokio::test]
+async fn openapi_lines_print_what_the_readme_says() {
+    let dir = quick_start_dir();
+    let (_gateway, port) = start_quick_start(dir.path()).await;
+    run_section("OpenAPI", dir.path(), &[(8443, port)]).await;
 }
 
 /// The block starts its own gateway on examples/auth.toml in the

@@ -171,8 +171,8 @@ fn calls(paths: &mut Map<String, Value>, settings: &Settings, forwards: bool) {
     );
 }
 
-/// `/_/health`, `/_/ready`, and this document and its page. They take no
-/// credentials.
+/// `/_/health`, `/_/ready`, `/_/metrics`, and this document and its page.
+/// They take no credentials.
 fn gateway(paths: &mut Map<String, Value>) {
     let status = |values: &[&str]| {
         json!({
@@ -201,6 +201,18 @@ fn gateway(paths: &mut Map<String, Value>) {
                 "200": json_answer("Its store works and it is not draining.", status(&["ready"])),
                 "503": json_answer("It drains, or its call store failed (`detail` says how).", status(&["draining", "store_failed"])),
             },
+        }}),
+    );
+    paths.insert(
+        "/_/metrics".into(),
+        json!({"get": {
+            "operationId": "gateway.metrics",
+            "tags": ["gateway"],
+            "summary": "Metrics in the Prometheus text format",
+            "responses": {"200": {
+                "description": "Every `fngate_` series (the README lists them).",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }},
         }}),
     );
     paths.insert(
@@ -313,6 +325,7 @@ mod tests {
             "calls.cancel",
             "gateway.health",
             "gateway.ready",
+            "gateway.metrics",
         ] {
             assert!(ids.iter().any(|i| i == id), "{id} in {ids:?}");
         }
