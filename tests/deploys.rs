@@ -110,6 +110,18 @@ async fn a_deployed_function_serves_at_its_stable_url_at_once() {
         (404, Some("version_not_found")),
         "{problem}"
     );
+    // Version 0 is the file's: ver is in no file, so it is gone.
+    let (status, rolled) = admin
+        .send(
+            "POST",
+            "/admin/apps/demo/functions/ver/rollback",
+            Some(&json!({"version": 0})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rolled}");
+    assert_eq!(rolled["changes"]["removed"], json!(["demo/ver"]));
+    let gone = gw.post_json(&client, "/demo/ver", "{}").await;
+    assert_problem(gone, 404, "app_not_found").await;
 }
 
 /// One call of the load: when it was sent, and what it answered.
@@ -327,6 +339,28 @@ async fn deploys_survive_kill_9() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 3);
     assert_eq!(version_of(&again, &client, "{}").await, "1");
+    // The deleted file function's version 0 is the file's table again.
+    let (status, body) = admin
+        .send("POST", "/admin/apps/demo/functions/square/rollback", None)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["version"].as_u64(), body["rolled_back_to"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let square = again
+        .post_json(&client, "/demo/square", r#"{"x": 3}"#)
+        .await;
+    assert_eq!(json_ok(square).await["square"], 9);
+    let listed = admin
+        .listed("demo", "square")
+        .await
+        .expect("square is back");
+    assert_eq!(listed["source"], "file", "{listed}");
+    let (_, versions) = admin
+        .get("/admin/apps/demo/functions/square/versions")
+        .await;
+    assert_eq!(versions["versions"][1]["file"], true, "{versions}");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use super::problem::AdminError;
 use crate::config::{OverlayKey, OverlayKind};
 use crate::registry::{Lookup, Registry};
 use crate::reload::Changes;
-use crate::store::deploys::DeployVersion;
+use crate::store::deploys::{DeployVersion, DeployedTable};
 use crate::store::now_ms;
 
 /// What a deploy made: its version, and what it changed, by route.
@@ -30,11 +30,11 @@ pub struct Deployed {
     pub created: bool,
 }
 
-/// `table` (`None`: a delete) in place of `key`'s, as a new version.
+/// `table` in place of `key`'s, as a new version.
 pub async fn deploy(
     ctx: &AdminContext,
     key: OverlayKey,
-    table: Option<serde_json::Value>,
+    table: DeployedTable,
 ) -> Result<Deployed, AdminError> {
     let _one_at_a_time = ctx.deploying.lock().await;
     deploy_locked(ctx, key, table, None).await
@@ -43,13 +43,16 @@ pub async fn deploy(
 async fn deploy_locked(
     ctx: &AdminContext,
     key: OverlayKey,
-    table: Option<serde_json::Value>,
+    table: DeployedTable,
     rolled_back_to: Option<u64>,
 ) -> Result<Deployed, AdminError> {
     let created = !serves(&ctx.state.registry.current(), &key);
     let before = ctx.reloader.overlays().await;
     let mut after = before.clone();
-    after.0.insert(key.clone(), table.clone());
+    match table.overlay() {
+        Some(overlay) => after.0.insert(key.clone(), overlay),
+        None => after.0.remove(&key),
+    };
     let changes = ctx.reloader.apply(after).await?;
     let store = ctx.state.calls.store();
     match store.record_deploy(key.clone(), table, now_ms()).await {
@@ -76,7 +79,8 @@ async fn deploy_locked(
 }
 
 /// Deploys version `to` of `key` again (default: the one before the
-/// current) as a new version.
+/// current) as a new version. Version 0 is the configuration file's
+/// table (or none): the one before the first deploy.
 pub async fn rollback(
     ctx: &AdminContext,
     key: OverlayKey,
@@ -84,26 +88,30 @@ pub async fn rollback(
 ) -> Result<Deployed, AdminError> {
     let _one_at_a_time = ctx.deploying.lock().await;
     let versions = versions(ctx, &key).await?;
-    let target =
-        match to {
-            Some(number) => versions.iter().find(|v| v.version == number).ok_or(
-                AdminError::VersionNotFound {
+    if versions.is_empty() {
+        // Served from the file, never deployed: nothing to go back to.
+        return Err(AdminError::NothingToRollBack {
+            app: key.app.clone(),
+            name: key.name.clone(),
+        });
+    }
+    let number = match to {
+        Some(number) => number,
+        None => versions.len() as u64 - 1,
+    };
+    let table = match number {
+        0 => DeployedTable::File,
+        _ => match versions.iter().find(|v| v.version == number) {
+            Some(version) => version.table.clone(),
+            None => {
+                return Err(AdminError::VersionNotFound {
                     app: key.app.clone(),
                     name: key.name.clone(),
                     version: number,
-                },
-            )?,
-            None => match versions.len() {
-                0 | 1 => {
-                    return Err(AdminError::NothingToRollBack {
-                        app: key.app.clone(),
-                        name: key.name.clone(),
-                    });
-                }
-                n => &versions[n - 2],
-            },
-        };
-    let (table, number) = (target.table.clone(), target.version);
+                });
+            }
+        },
+    };
     deploy_locked(ctx, key, table, Some(number)).await
 }
 

@@ -47,11 +47,14 @@ impl AdminContext {
 }
 
 /// The deploys stored by the admin API, to lay over the file at start-up:
-/// the latest version of each (a delete removes the file's table).
+/// the latest version of each (a delete removes the file's table; a
+/// return to the file lays nothing over it).
 pub async fn stored_overlays(store: &dyn CallStore) -> Result<Overlays, StoreError> {
     let mut overlays = Overlays::default();
     for version in store.latest_deploys().await? {
-        overlays.0.insert(version.key, version.table);
+        if let Some(overlay) = version.table.overlay() {
+            overlays.0.insert(version.key, overlay);
+        }
     }
     Ok(overlays)
 }

@@ -16,6 +16,7 @@ use super::AdminContext;
 use super::deploys::{self, Deployed, kind_name};
 use super::problem::AdminError;
 use crate::config::{BackendSpec, OverlayKey, OverlayKind};
+use crate::store::deploys::DeployedTable;
 
 type Ctx = State<Arc<AdminContext>>;
 
@@ -95,7 +96,7 @@ async fn put_table(ctx: &AdminContext, key: OverlayKey, body: Bytes) -> Response
         }
         Err(e) => return e.into_response(),
     };
-    answer(deploys::deploy(ctx, key, Some(table)).await)
+    answer(deploys::deploy(ctx, key, DeployedTable::Table(table)).await)
 }
 
 async fn put_function(
@@ -118,7 +119,7 @@ async fn delete(ctx: &AdminContext, key: OverlayKey) -> Response<Body> {
     if let Err(e) = deploys::known(ctx, &key).await {
         return e.into_response();
     }
-    answer(deploys::deploy(ctx, key, None).await)
+    answer(deploys::deploy(ctx, key, DeployedTable::Deleted).await)
 }
 
 async fn delete_function(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Response<Body> {
@@ -143,8 +144,9 @@ async fn versions(ctx: &AdminContext, key: OverlayKey) -> Response<Body> {
                 "time": rfc3339(v.created_ms),
             });
             match v.table {
-                Some(table) => entry["table"] = table,
-                None => entry["deleted"] = Value::Bool(true),
+                DeployedTable::Table(table) => entry["table"] = table,
+                DeployedTable::Deleted => entry["deleted"] = Value::Bool(true),
+                DeployedTable::File => entry["file"] = Value::Bool(true),
             }
             entry
         })

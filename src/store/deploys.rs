@@ -11,9 +11,30 @@ pub struct DeployVersion {
     /// 1 for the first deploy of `key`, then one more per deploy,
     /// delete and rollback.
     pub version: u64,
-    /// The table as deployed (JSON with the TOML's keys); `None` for a delete.
-    pub table: Option<serde_json::Value>,
+    pub table: DeployedTable,
     pub created_ms: i64,
+}
+
+/// What a version serves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeployedTable {
+    /// This table (JSON with the TOML's keys), in place of the file's.
+    Table(serde_json::Value),
+    /// Nothing: the file's table of that name, if any, is taken away too.
+    Deleted,
+    /// Whatever the configuration file says (version 0 of every key).
+    File,
+}
+
+impl DeployedTable {
+    /// The overlay it lays over the file: `None` for none at all.
+    pub fn overlay(&self) -> Option<Option<serde_json::Value>> {
+        match self {
+            DeployedTable::Table(table) => Some(Some(table.clone())),
+            DeployedTable::Deleted => Some(None),
+            DeployedTable::File => None,
+        }
+    }
 }
 
 /// The kind as stored: `function` or `class`.

@@ -454,7 +454,7 @@ impl CallStore for EmbeddedStore {
     fn record_deploy(
         &self,
         key: crate::config::OverlayKey,
-        table: Option<serde_json::Value>,
+        table: super::deploys::DeployedTable,
         created_ms: i64,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.write(move |reply| {

@@ -452,12 +452,12 @@ pub trait CallStore: Send + Sync {
     /// a state with none may be left out).
     fn count_by_state(&self) -> BoxFuture<'_, Result<Vec<(CallState, u64)>, StoreError>>;
 
-    /// Stores a new version of a deployed table (`None`: a delete) in one
-    /// durable write; answers its number, one more than `key`'s latest.
+    /// Stores a new version of a deployed table in one durable write;
+    /// answers its number, one more than `key`'s latest.
     fn record_deploy(
         &self,
         key: crate::config::OverlayKey,
-        table: Option<serde_json::Value>,
+        table: deploys::DeployedTable,
         created_ms: i64,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 

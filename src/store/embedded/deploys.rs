@@ -1,6 +1,6 @@
 //! The embedded store's deploys (layout 5): one row per version of a
-//! deployed function's or class's table, its JSON text or NULL for a
-//! delete. A version is one write of the writer thread, numbered in the
+//! deployed function's or class's table, its JSON text, or NULL for a
+//! delete (`to_file` 0) or a return to the file's table (`to_file` 1). A version is one write of the writer thread, numbered in the
 //! same transaction (one more than the key's latest).
 
 use rusqlite::{Connection, Row, params};
@@ -8,7 +8,7 @@ use rusqlite::{Connection, Row, params};
 use super::writer::Reply;
 use crate::config::OverlayKey;
 use crate::store::StoreError;
-use crate::store::deploys::{DeployVersion, kind_name, kind_of};
+use crate::store::deploys::{DeployVersion, DeployedTable, kind_name, kind_of};
 
 /// The deploys' table, created beside `calls` (by a layout-4 file too).
 pub(super) const DEPLOY_SCHEMA: &str = "
@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS deploys (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     table_json TEXT,
+    to_file INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (app, kind, name, version)
 );
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS deploys (
 /// A new version for the writer thread: its key, table and time.
 pub(crate) struct DeployWrite {
     pub key: OverlayKey,
-    pub table: Option<serde_json::Value>,
+    pub table: DeployedTable,
     pub created_ms: i64,
     pub reply: Reply<u64>,
 }
@@ -52,9 +53,14 @@ pub(super) fn apply(tx: &Connection, write: &DeployWrite) -> Result<u64, rusqlit
             row.get(0)
         })?;
     let version = latest + 1;
-    let table = write.table.as_ref().map(|t| t.to_string());
+    let (table, to_file) = match &write.table {
+        DeployedTable::Table(table) => (Some(table.to_string()), false),
+        DeployedTable::Deleted => (None, false),
+        DeployedTable::File => (None, true),
+    };
     tx.prepare_cached(
-        "INSERT INTO deploys (app, kind, name, version, table_json, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO deploys (app, kind, name, version, table_json, to_file, created_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         write.key.app,
@@ -62,6 +68,7 @@ pub(super) fn apply(tx: &Connection, write: &DeployWrite) -> Result<u64, rusqlit
         write.key.name,
         version,
         table,
+        to_file,
         write.created_ms
     ])?;
     Ok(version as u64)
@@ -73,7 +80,7 @@ pub(super) fn versions(
     key: &OverlayKey,
 ) -> Result<Vec<DeployVersion>, rusqlite::Error> {
     let mut statement = connection.prepare_cached(
-        "SELECT app, kind, name, version, table_json, created_ms FROM deploys \
+        "SELECT app, kind, name, version, table_json, to_file, created_ms FROM deploys \
          WHERE app = ?1 AND kind = ?2 AND name = ?3 ORDER BY version",
     )?;
     let rows = statement.query_map(params![key.app, kind_name(key.kind), key.name], version)?;
@@ -87,7 +94,7 @@ pub(super) fn versions(
 /// The latest version of every key.
 pub(super) fn latest(connection: &Connection) -> Result<Vec<DeployVersion>, rusqlite::Error> {
     let mut statement = connection.prepare_cached(
-        "SELECT d.app, d.kind, d.name, d.version, d.table_json, d.created_ms FROM deploys d \
+        "SELECT d.app, d.kind, d.name, d.version, d.table_json, d.to_file, d.created_ms FROM deploys d \
          JOIN (SELECT app, kind, name, max(version) AS version FROM deploys GROUP BY app, kind, name) l \
          ON d.app = l.app AND d.kind = l.kind AND d.name = l.name AND d.version = l.version \
          ORDER BY d.app, d.kind, d.name",
@@ -105,11 +112,12 @@ fn version(row: &Row<'_>) -> Result<Option<DeployVersion>, rusqlite::Error> {
     let Some(kind) = kind_of(&row.get::<_, String>(1)?) else {
         return Ok(None);
     };
-    let table = match row.get::<_, Option<String>>(4)? {
-        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+    let table = match (row.get::<_, Option<String>>(4)?, row.get::<_, bool>(5)?) {
+        (Some(text), _) => DeployedTable::Table(serde_json::from_str(&text).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
         })?),
-        None => None,
+        (None, false) => DeployedTable::Deleted,
+        (None, true) => DeployedTable::File,
     };
     Ok(Some(DeployVersion {
         key: OverlayKey {
@@ -119,7 +127,7 @@ fn version(row: &Row<'_>) -> Result<Option<DeployVersion>, rusqlite::Error> {
         },
         version: row.get::<_, i64>(3)? as u64,
         table,
-        created_ms: row.get(5)?,
+        created_ms: row.get(6)?,
     }))
 }
 
@@ -127,6 +135,7 @@ fn version(row: &Row<'_>) -> Result<Option<DeployVersion>, rusqlite::Error> {
 mod tests {
     use crate::config::{OverlayKey, OverlayKind};
     use crate::store::CallStore;
+    use crate::store::deploys::DeployedTable;
     use crate::store::embedded::EmbeddedStore;
 
     fn key(kind: OverlayKind, name: &str) -> OverlayKey {
@@ -149,24 +158,30 @@ mod tests {
             let two = serde_json::json!({"backend": "exec", "command": ["b"]});
             assert_eq!(
                 store
-                    .record_deploy(cube.clone(), Some(one), 10)
+                    .record_deploy(cube.clone(), DeployedTable::Table(one), 10)
                     .await
                     .unwrap(),
                 1
             );
             assert_eq!(
                 store
-                    .record_deploy(cube.clone(), Some(two), 20)
+                    .record_deploy(cube.clone(), DeployedTable::Table(two), 20)
                     .await
                     .unwrap(),
                 2
             );
             assert_eq!(
-                store.record_deploy(model.clone(), None, 30).await.unwrap(),
+                store
+                    .record_deploy(model.clone(), DeployedTable::File, 30)
+                    .await
+                    .unwrap(),
                 1
             );
             assert_eq!(
-                store.record_deploy(cube.clone(), None, 40).await.unwrap(),
+                store
+                    .record_deploy(cube.clone(), DeployedTable::Deleted, 40)
+                    .await
+                    .unwrap(),
                 3
             );
         }
@@ -174,13 +189,14 @@ mod tests {
         let versions = store.deploy_versions(cube.clone()).await.unwrap();
         let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
         assert_eq!(numbers, [1, 2, 3]);
-        assert_eq!(versions[1].table.as_ref().unwrap()["command"][0], "b");
+        assert!(matches!(&versions[1].table, DeployedTable::Table(t) if t["command"][0] == "b"));
         assert_eq!(versions[1].created_ms, 20);
-        assert!(versions[2].table.is_none());
+        assert_eq!(versions[2].table, DeployedTable::Deleted);
         let latest = store.latest_deploys().await.unwrap();
         let seen: Vec<(OverlayKind, u64)> =
             latest.iter().map(|v| (v.key.kind, v.version)).collect();
         assert_eq!(seen, [(OverlayKind::Class, 1), (OverlayKind::Function, 3)]);
+        assert_eq!(latest[0].table, DeployedTable::File);
     }
 
     #[tokio::test]
@@ -196,7 +212,13 @@ mod tests {
         }
         let store = EmbeddedStore::open(&path).unwrap();
         let cube = key(OverlayKind::Function, "cube");
-        assert_eq!(store.record_deploy(cube.clone(), None, 1).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .record_deploy(cube.clone(), DeployedTable::Deleted, 1)
+                .await
+                .unwrap(),
+            1
+        );
         let connection = rusqlite::Connection::open(&path).unwrap();
         let layout: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
