@@ -530,3 +530,116 @@ async fn schemathesis_finds_no_contract_violation_in_the_quick_start() {
     assert_eq!(tested, Some(operations - 1), "{stdout}");
     assert!(stdout.contains("passed"), "{stdout}");
 }
+
+/// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, as
+/// Chromium's `--ignore-certificate-errors-spki-list` takes it.
+fn spki_sha256_base64(cert_pem: &Path) -> String {
+    let pem =
+        std::fs::read(cert_pem).unwrap_or_else(|e| panic!("read {}: {e}", cert_pem.display()));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("gateway.crt is PEM");
+    let cert = pem.parse_x509().expect("gateway.crt is X.509");
+    base64::engine::general_purpose::STANDARD.encode(sha256(cert.public_key().raw))
+}
+
+/// The page in headless Chromium (Debian's `chromium`, driven by
+/// playwright-core from `tests/browser/`): it renders the document under
+/// its own policy with nothing blocked, and its "try it" form calls
+/// functions and shows their answers. A screenshot goes to
+/// `target/openapi-docs.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_page_renders_the_document_and_tries_calls_in_chromium() {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        chromium.is_file(),
+        "the docs page test needs Chromium at {} (apt-get install -y chromium, or set CHROMIUM)",
+        chromium.display()
+    );
+    assert!(
+        repo_dir()
+            .join("tests/browser/node_modules/playwright-core/package.json")
+            .is_file(),
+        "the docs page test needs playwright-core: npm ci --prefix tests/browser"
+    );
+    let (_dir, gw) = quick_start().await;
+    let screenshot = repo_dir().join("target/openapi-docs.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let spki = spki_sha256_base64(&gw.dir.join("certs/gateway.crt"));
+    let driver = Command::new("node")
+        .arg(repo_dir().join("tests/openapi/docs.mjs"))
+        .arg(gw.url(""))
+        .arg(&spki)
+        .arg(&screenshot)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), driver)
+        .await
+        .expect("docs.mjs ends within 90 s")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "docs.mjs failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gw.logs.joined()
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let seen: Value = serde_json::from_str(line).expect("docs.mjs prints one JSON line");
+
+    assert_eq!(seen["pageStatus"], 200);
+    assert_eq!(
+        seen["violations"],
+        json!([]),
+        "the policy blocked something"
+    );
+    assert_eq!(seen["consoleErrors"], json!([]), "{seen}");
+    // Every operation of the document is on the page, by app.
+    let on_page: Vec<String> = serde_json::from_value(seen["operations"].clone()).unwrap();
+    let mut documented = operation_ids(&document(&gw).await);
+    let mut shown = on_page.clone();
+    documented.sort();
+    shown.sort();
+    assert_eq!(shown, documented);
+    assert_eq!(seen["sections"], json!(["demo", "calls", "gateway"]));
+    // Nothing but this origin was asked for.
+    for url in seen["requests"].as_array().unwrap() {
+        let url = url.as_str().unwrap();
+        assert!(url.starts_with(&gw.url("/")), "asked another origin: {url}");
+    }
+    // The forms call the functions and show their answers.
+    let greet = &seen["greet"];
+    assert!(
+        greet["status"].as_str().unwrap().starts_with("200"),
+        "{greet}"
+    );
+    assert!(
+        greet["answer"].as_str().unwrap().contains("hello, Ada"),
+        "{greet}"
+    );
+    let square = &seen["square"];
+    assert!(
+        square["status"].as_str().unwrap().starts_with("200"),
+        "{square}"
+    );
+    assert_eq!(square["answer"], "144");
+    let bad = &seen["badGreet"];
+    assert!(bad["status"].as_str().unwrap().starts_with("400"), "{bad}");
+    assert!(
+        bad["answer"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_arguments"),
+        "{bad}"
+    );
+    assert!(
+        screenshot.is_file(),
+        "a screenshot at {}",
+        screenshot.display()
+    );
+}

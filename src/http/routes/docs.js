@@ -90,16 +90,17 @@
   function tryIt(path, method, parameters, operation) {
     const fields = {};
     const rows = parameters.map((p) => {
-      const input = el("input", {type: "text", placeholder: p.name === "kwargs" ? "x=42&y=a (query string)" : p.name});
+      const input = el("input", {type: "text", "data-param": p.in + ":" + p.name,
+        placeholder: p.name === "kwargs" ? "x=42&y=a (query string)" : p.name});
       fields[p.in + ":" + p.name] = {parameter: p, input};
       return el("tr", {}, el("td", {}, el("code", {}, p.name), " (" + p.in + ")"), el("td", {}, input));
     });
     const media = operation.requestBody && operation.requestBody.content || {};
     const bodyType = Object.keys(media).find((t) => t === "application/json") || Object.keys(media)[0];
-    const body = bodyType ? el("textarea", {placeholder: bodyType === "application/json" ? "{\"x\": 42}" : ""}) : null;
-    const send = el("button", {type: "button"}, "Send");
+    const body = bodyType ? el("textarea", {class: "body", placeholder: bodyType === "application/json" ? "{\"x\": 42}" : ""}) : null;
+    const send = el("button", {type: "button", class: "send"}, "Send");
     const status = el("p", {class: "status"});
-    const answer = el("pre", {hidden: ""});
+    const answer = el("pre", {class: "answer", hidden: ""});
     send.addEventListener("click", async () => {
       let url = path;
       const query = new URLSearchParams();
@@ -149,7 +150,7 @@
     const parameters = parametersOf(pathItem, operation);
     const locked = Array.isArray(operation.security) && operation.security.length > 0 &&
       !operation.security.some((r) => Object.keys(r).length === 0);
-    const view = el("details", {class: "op", "data-search": (method + " " + path + " " + (operation.summary || "")).toLowerCase()},
+    const view = el("details", {class: "op", "data-op": operation.operationId, "data-search": (method + " " + path + " " + (operation.summary || "")).toLowerCase()},
       el("summary", {},
         el("span", {class: "method m-" + method}, method),
         el("span", {class: "path"}, path),
