@@ -135,8 +135,7 @@ fn plan(args: &DeployArgs, config: &Path) -> Result<Plan, String> {
     Ok((client, base, tables))
 }
 
-/// Every function's and class's table of `file`, in the file's order of
-/// apps and names.
+/// Every function's and class's table of `file`, by app, kind and name.
 fn tables(file: &Path) -> Result<Vec<Table>, String> {
     let shown = file.display();
     let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: {e}"))?;
