@@ -450,3 +450,118 @@ async fn fngate_deploy_pushes_a_files_apps() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("[server]"), "{stderr}");
 }
+
+/// Set in the copy of this test binary that runs inside a mount namespace.
+const IN_NAMESPACE: &str = "FNGATE_TEST_IN_MOUNT_NAMESPACE";
+
+#[tokio::test]
+async fn a_deploy_the_store_cannot_take_is_503_and_changes_nothing() {
+    let exe = std::env::current_exe().expect("this test binary");
+    let name = "full_store_inside_a_mount_namespace";
+    let mut tried = Vec::new();
+    for unshare in [&["-r", "-m"][..], &["-m"][..]] {
+        let output = tokio::process::Command::new("unshare")
+            .args(unshare)
+            .arg("--")
+            .arg(&exe)
+            .args([
+                "--exact",
+                name,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(IN_NAMESPACE, "1")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run unshare(1)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if text.contains("unshare failed") {
+            tried.push(format!("unshare {}: {}", unshare.join(" "), text.trim()));
+            continue;
+        }
+        assert!(
+            output.status.success(),
+            "{name} failed in its mount namespace:\n{text}"
+        );
+        assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+        return;
+    }
+    panic!(
+        "THIS TEST CANNOT RUN HERE: it needs a mount namespace for a 2 MiB tmpfs \
+         (unprivileged user namespaces, or root):\n{}",
+        tried.join("\n")
+    );
+}
+
+#[tokio::test]
+#[ignore = "run inside a mount namespace by a_deploy_the_store_cannot_take_is_503_..."]
+async fn full_store_inside_a_mount_namespace() {
+    assert!(
+        std::env::var_os(IN_NAMESPACE).is_some(),
+        "run inside a mount namespace"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .expect("run mount(8)");
+    assert!(status.success(), "mount -t tmpfs failed: {status}");
+    let filler = data.join("filler");
+    std::fs::write(&filler, vec![0; 1_200_000]).unwrap();
+    let gw = builder()
+        .toml("[store]\npath = \"data/calls.db\"\n")
+        .toml("[apps.s.functions.quick]\nbackend = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; echo 1\"]\n")
+        .in_dir(dir.path())
+        .start()
+        .await;
+    let admin = Admin::of(&gw).await;
+    admin.deploy("demo", "ver", &version_table("1")).await;
+    // Spawns fill the disk until the store refuses one.
+    let client = gw.client();
+    let pad = json!({ "pad": "x".repeat(4000) }).to_string();
+    let mut full = false;
+    for _ in 0..400 {
+        let response = gw.post_json(&client, "/s/quick/spawn", &pad).await;
+        if response.status() == 503 {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "400 spawns of 4 KB fitted in 800 KB of disk");
+    let (_, before) = admin.get("/admin/functions").await;
+    let mut padded = version_table("2");
+    padded["env"] = json!({ "PAD": "y".repeat(4000) });
+    let (status, problem) = admin
+        .send("PUT", "/admin/apps/demo/functions/ver", Some(&padded))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (503, Some("overloaded")),
+        "{problem}"
+    );
+    // The swap was undone: the old version serves, as the list says.
+    assert_eq!(version_of(&gw, &client, "{}").await, "1");
+    let (_, after) = admin.get("/admin/functions").await;
+    assert_eq!(before, after);
+    let (status, problem) = admin
+        .send("PUT", "/admin/apps/demo/functions/new", Some(&padded))
+        .await;
+    assert_eq!(status, 503, "{problem}");
+    let missing = gw.post_json(&client, "/demo/new", "{}").await;
+    assert_problem(missing, 404, "function_not_found").await;
+
+    // With room again, the same deploy goes through.
+    std::fs::remove_file(&filler).unwrap();
+    let body = admin.deploy("demo", "ver", &padded).await;
+    assert_eq!(body["version"], 2);
+    assert_eq!(version_of(&gw, &client, "{}").await, "2");
+}
