@@ -11,6 +11,8 @@
 //! (`.ci/run` installs both); without them the tests fail and say so.
 
 mod common;
+#[path = "admin/support.rs"]
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -642,4 +644,74 @@ async fn docs_page_renders_the_document_and_tries_calls_in_chromium() {
         "a screenshot at {}",
         screenshot.display()
     );
+}
+
+/// The document is built from the registry serving now: a deploy adds a
+/// function to it and a delete takes it away; a reload (SIGHUP) adds what
+/// the new config adds.
+#[tokio::test]
+async fn the_document_follows_deploys_and_reloads() {
+    let builder = support::builder().toml(&exec_fn("demo", "ver", "version.py", ""));
+    let text = builder.config_text();
+    let gw = builder.start().await;
+    let admin = support::Admin::of(&gw).await;
+    let before = document(&gw).await;
+    assert!(before["paths"]["/demo/ver"]["post"].is_object());
+    assert!(before["paths"]["/shop/new"].is_null());
+
+    let mut table = support::version_table("1");
+    table["methods"] = json!(["GET"]);
+    table["input_schema"] = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    admin.deploy("shop", "new", &table).await;
+    let deployed = document(&gw).await;
+    let get = operation(&deployed, "/shop/new", "get");
+    assert_eq!(get["operationId"], "shop.new.invoke_get");
+    assert_eq!(get["parameters"][0]["schema"], json!({"type": "integer"}));
+    assert!(deployed["paths"]["/shop/new"].get("post").is_none());
+    assert!(
+        deployed["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "shop", "description": "The functions of app `shop`."}))
+    );
+
+    let (status, _) = admin
+        .send("DELETE", "/admin/apps/shop/functions/new", None)
+        .await;
+    assert_eq!(status, 200);
+    let deleted = document(&gw).await;
+    assert!(deleted["paths"]["/shop/new"].is_null());
+    assert!(
+        deleted["components"]["schemas"]
+            .get("shop.new.input")
+            .is_none()
+    );
+
+    // A reload: the file gains a function.
+    let next = format!(
+        "{text}{}",
+        exec_fn("demo", "added", "version.py", "public = true")
+    );
+    let tmp = gw.dir.join("gateway.toml.new");
+    std::fs::write(&tmp, next).expect("write the new config");
+    std::fs::rename(&tmp, gw.dir.join("gateway.toml")).expect("rename it over the config");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("send SIGHUP");
+    assert!(
+        gw.logs
+            .wait_for("configuration reloaded", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.logs.joined()
+    );
+    let reloaded = document(&gw).await;
+    assert!(
+        operation(&reloaded, "/demo/added", "post")
+            .get("security")
+            .is_none()
+    );
+    assert!(reloaded["paths"]["/demo/ver"]["post"].is_object());
 }
