@@ -565,3 +565,101 @@ async fn full_store_inside_a_mount_namespace() {
     assert_eq!(body["version"], 2);
     assert_eq!(version_of(&gw, &client, "{}").await, "2");
 }
+
+#[tokio::test]
+async fn a_class_is_deployed_with_its_methods_and_removed_whole() {
+    let gw = builder()
+        .file(
+            "lambda_runtime.py",
+            common::repo_file("examples/lambda_runtime.py"),
+        )
+        .file(
+            "setup_counter.py",
+            common::repo_file("tests/instances/setup_counter.py"),
+        )
+        .start()
+        .await;
+    let admin = Admin::of(&gw).await;
+    let mut class = json!({
+        "backend": "lambda",
+        "command": ["python3", "lambda_runtime.py", "setup_counter.handler"],
+        "max_instances": 1,
+        "exit_grace": "1s",
+        "env": {"SETUP_COUNT_FILE": "model.setup"},
+        "functions": {"predict": {"timeout": "10s"}},
+    });
+    let (status, body) = admin
+        .send("PUT", "/admin/apps/demo/classes/model", Some(&class))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["kind"].as_str(), body["version"].as_u64()),
+        (Some("class"), Some(1))
+    );
+    assert_eq!(body["changes"]["added"], json!(["demo/model/predict"]));
+    let client = gw.client();
+    let predict = json_ok(
+        gw.post_json(&client, "/demo/model/predict", r#"{"x": 1}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (predict["class"].as_str(), predict["function"].as_str()),
+        (Some("model"), Some("predict")),
+        "{predict}"
+    );
+    let listed = admin
+        .listed("demo", "predict")
+        .await
+        .expect("the method is listed");
+    assert_eq!(listed["class"], "model");
+    assert_eq!(listed["route"], "/demo/model/predict");
+    assert_eq!(listed["backend"], "lambda");
+    assert_eq!(
+        (listed["source"].as_str(), listed["version"].as_u64()),
+        (Some("deploy"), Some(1))
+    );
+    assert_eq!(listed["table"], class);
+
+    // A method more: the class's new version serves both.
+    class["functions"]["embed"] = json!({"methods": ["POST", "GET"]});
+    let (status, body) = admin
+        .send("PUT", "/admin/apps/demo/classes/model", Some(&class))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["changes"]["added"],
+        json!(["demo/model/embed"]),
+        "{body}"
+    );
+    let embed = json_ok(gw.post_json(&client, "/demo/model/embed", "{}").await).await;
+    assert_eq!(embed["function"], "embed", "{embed}");
+
+    // A method's bad value is refused, naming the method's key.
+    let (status, problem) = admin
+        .send("PUT", "/admin/apps/demo/classes/model", Some(&json!({"backend": "lambda", "command": ["x"], "functions": {"predict": {"timeout": "later"}}})))
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(
+        problem["key"], "apps.demo.classes.model.functions.predict.timeout",
+        "{problem}"
+    );
+
+    let (status, body) = admin
+        .send("DELETE", "/admin/apps/demo/classes/model", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut removed: Vec<String> =
+        serde_json::from_value(body["changes"]["removed"].clone()).unwrap();
+    removed.sort();
+    assert_eq!(removed, ["demo/model/embed", "demo/model/predict"]);
+    let gone = gw.post_json(&client, "/demo/model/predict", "{}").await;
+    assert_problem(gone, 404, "app_not_found").await;
+    let (_, versions) = admin.get("/admin/apps/demo/classes/model/versions").await;
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(3),
+        "{versions}"
+    );
+    assert_eq!(versions["kind"], "class");
+}
