@@ -306,3 +306,58 @@ async fn an_unusable_admin_section_stops_the_start_naming_the_key() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+#[tokio::test]
+async fn wrong_methods_and_oversized_bodies_get_problems() {
+    let (_gw, admin) = started().await;
+    for (method, path, allow) in [
+        ("POST", "/admin/functions", "GET, HEAD"),
+        ("GET", "/admin/apps/demo/functions/square", "PUT, DELETE"),
+        (
+            "DELETE",
+            "/admin/apps/demo/classes/model/versions",
+            "GET, HEAD",
+        ),
+        ("GET", "/admin/apps/demo/functions/square/rollback", "POST"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = admin
+            .client
+            .request(method.clone(), admin.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header_str(&response, "allow").as_deref(),
+            Some(allow),
+            "{method} {path}"
+        );
+        assert_problem(response, 405, "method_not_allowed").await;
+    }
+    let huge = format!(
+        "{{\"backend\": \"exec\", \"pad\": \"{}\"}}",
+        "x".repeat(3 << 20)
+    );
+    let response = admin
+        .client
+        .put(admin.url("/admin/apps/demo/functions/cube"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "payload_too_large").await;
+    assert!(admin.listed("demo", "cube").await.is_none());
+}
+
+#[tokio::test]
+async fn a_gateway_with_an_admin_listener_drains_and_exits_cleanly() {
+    let (mut gw, admin) = started().await;
+    // An open keep-alive connection to the admin listener does not hold the exit.
+    let (status, _) = admin.get("/admin/functions").await;
+    assert_eq!(status, 200);
+    let exit = gw.terminate(std::time::Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit:?}");
+}

@@ -47,6 +47,10 @@ pub enum AdminError {
     InvalidJson(String),
     #[error("no admin route {0}")]
     NoRoute(String),
+    #[error("this route allows only {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("the call store cannot record this deploy now; nothing was changed, retry later")]
     StoreUnavailable,
     #[error("the gateway failed while handling this request")]
@@ -85,6 +89,10 @@ impl AdminError {
             AdminError::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "invalid_config"),
             AdminError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             AdminError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            AdminError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AdminError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             AdminError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -116,6 +124,9 @@ impl AdminError {
         );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        if let AdminError::MethodNotAllowed { allow } = &self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

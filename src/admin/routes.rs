@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -20,33 +21,44 @@ use crate::store::deploys::DeployedTable;
 
 type Ctx = State<Arc<AdminContext>>;
 
+/// A request body, or why it could not be read.
+type SentBody = Result<Bytes, BytesRejection>;
+
+/// `route`, answering other methods `405` with `Allow: allow`.
+fn only(
+    route: MethodRouter<Arc<AdminContext>>,
+    allow: &'static str,
+) -> MethodRouter<Arc<AdminContext>> {
+    route.fallback(move || async move { AdminError::MethodNotAllowed { allow }.into_response() })
+}
+
 /// Every deploy route, for functions and for classes.
 pub fn router(ctx: Arc<AdminContext>) -> Router {
     Router::new()
-        .route("/admin/functions", get(list))
+        .route("/admin/functions", only(get(list), "GET, HEAD"))
         .route(
             "/admin/apps/{app}/functions/{name}",
-            put(put_function).delete(delete_function),
+            only(put(put_function).delete(delete_function), "PUT, DELETE"),
         )
         .route(
             "/admin/apps/{app}/classes/{name}",
-            put(put_class).delete(delete_class),
+            only(put(put_class).delete(delete_class), "PUT, DELETE"),
         )
         .route(
             "/admin/apps/{app}/functions/{name}/versions",
-            get(versions_function),
+            only(get(versions_function), "GET, HEAD"),
         )
         .route(
             "/admin/apps/{app}/classes/{name}/versions",
-            get(versions_class),
+            only(get(versions_class), "GET, HEAD"),
         )
         .route(
             "/admin/apps/{app}/functions/{name}/rollback",
-            post(rollback_function),
+            only(post(rollback_function), "POST"),
         )
         .route(
             "/admin/apps/{app}/classes/{name}/rollback",
-            post(rollback_class),
+            only(post(rollback_class), "POST"),
         )
         .with_state(ctx)
 }
@@ -76,17 +88,27 @@ fn answer(result: Result<Deployed, AdminError>) -> Response<Body> {
 }
 
 /// A request body as JSON (`None` when empty).
-fn body_json(body: &Bytes) -> Result<Option<Value>, AdminError> {
+fn body_json(body: SentBody) -> Result<Option<Value>, AdminError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AdminError::PayloadTooLarge(format!(
+            "the body is larger than the admin API takes ({})",
+            rejection.body_text()
+        )),
+        _ => AdminError::InvalidJson(format!(
+            "the body cannot be read: {}",
+            rejection.body_text()
+        )),
+    })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
+    serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| AdminError::InvalidJson(format!("the body is not JSON: {e}")))
 }
 
-async fn put_table(ctx: &AdminContext, key: OverlayKey, body: Bytes) -> Response<Body> {
-    let table = match body_json(&body) {
+async fn put_table(ctx: &AdminContext, key: OverlayKey, body: SentBody) -> Response<Body> {
+    let table = match body_json(body) {
         Ok(Some(table)) => table,
         Ok(None) => {
             return AdminError::InvalidJson(format!(
@@ -102,7 +124,7 @@ async fn put_table(ctx: &AdminContext, key: OverlayKey, body: Bytes) -> Response
 async fn put_function(
     State(ctx): Ctx,
     Path(at): Path<(String, String)>,
-    body: Bytes,
+    body: SentBody,
 ) -> Response<Body> {
     put_table(&ctx, key(OverlayKind::Function, at), body).await
 }
@@ -110,7 +132,7 @@ async fn put_function(
 async fn put_class(
     State(ctx): Ctx,
     Path(at): Path<(String, String)>,
-    body: Bytes,
+    body: SentBody,
 ) -> Response<Body> {
     put_table(&ctx, key(OverlayKind::Class, at), body).await
 }
@@ -168,8 +190,8 @@ async fn versions_class(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Re
     versions(&ctx, key(OverlayKind::Class, at)).await
 }
 
-async fn rollback(ctx: &AdminContext, key: OverlayKey, body: Bytes) -> Response<Body> {
-    let to = match body_json(&body) {
+async fn rollback(ctx: &AdminContext, key: OverlayKey, body: SentBody) -> Response<Body> {
+    let to = match body_json(body) {
         Ok(None) => None,
         Ok(Some(Value::Object(members))) => match members.get("version") {
             None => None,
@@ -197,7 +219,7 @@ async fn rollback(ctx: &AdminContext, key: OverlayKey, body: Bytes) -> Response<
 async fn rollback_function(
     State(ctx): Ctx,
     Path(at): Path<(String, String)>,
-    body: Bytes,
+    body: SentBody,
 ) -> Response<Body> {
     rollback(&ctx, key(OverlayKind::Function, at), body).await
 }
@@ -205,7 +227,7 @@ async fn rollback_function(
 async fn rollback_class(
     State(ctx): Ctx,
     Path(at): Path<(String, String)>,
-    body: Bytes,
+    body: SentBody,
 ) -> Response<Body> {
     rollback(&ctx, key(OverlayKind::Class, at), body).await
 }
