@@ -84,6 +84,17 @@ pub fn error_ref(status: u16) -> Value {
     json!({"$ref": format!("#/components/responses/{name}")})
 }
 
+/// The error responses of `statuses`, and `429` under `[rate_limit]`,
+/// into an operation's `responses`.
+pub fn add_errors(settings: &Settings, statuses: &[u16], responses: &mut Map<String, Value>) {
+    for status in statuses {
+        responses.insert(status.to_string(), error_ref(*status));
+    }
+    if settings.rate_limited {
+        responses.insert("429".into(), error_ref(429));
+    }
+}
+
 /// A `$ref` to `#/components/schemas/{name}`.
 pub fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})

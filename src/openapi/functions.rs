@@ -6,7 +6,7 @@ use http::Method;
 use serde_json::{Map, Value, json};
 
 use super::Settings;
-use super::components::{call_id_header, error_ref, location, schema_ref, security};
+use super::components::{add_errors, call_id_header, location, schema_ref, security};
 use crate::registry::{Function, Target};
 
 /// The errors a sync call with a body may answer (`405` never: only the
@@ -129,15 +129,6 @@ impl Described<'_> {
         schema_ref(self.input.as_deref().unwrap_or("AnyJson"))
     }
 
-    fn errors(&self, statuses: &[u16], responses: &mut Map<String, Value>) {
-        for status in statuses {
-            responses.insert(status.to_string(), error_ref(*status));
-        }
-        if self.settings.rate_limited {
-            responses.insert("429".into(), error_ref(429));
-        }
-    }
-
     /// What its calls do, said once for every operation.
     fn about(&self) -> String {
         let spec = &self.function.spec;
@@ -239,42 +230,53 @@ impl Described<'_> {
     /// A sync call with a body (`POST`, or another method it allows).
     fn invoke(&self, method: &Method) -> Value {
         let name = self.name();
-        let action = match *method {
-            Method::POST => "invoke".to_owned(),
-            _ => format!("invoke_{}", method.as_str().to_ascii_lowercase()),
+        // Only a POST is spawned by `Prefer: respond-async`.
+        let post = *method == Method::POST;
+        let action = match post {
+            true => "invoke".to_owned(),
+            false => format!("invoke_{}", method.as_str().to_ascii_lowercase()),
         };
         let mut operation = self.operation(
             &action,
             format!("Call {name}"),
             format!(
-                "{}\n\nA JSON object is keyword arguments, an array positional arguments, any other value one positional argument; an empty body means none. Query parameters are keyword arguments too. `Prefer: respond-async` spawns the call instead (`202`).",
-                self.about()
+                "{}\n\nA JSON object is keyword arguments, an array positional arguments, any other value one positional argument; an empty body means none. Query parameters are keyword arguments too.{}",
+                self.about(),
+                if post {
+                    " `Prefer: respond-async` spawns the call instead (`202`)."
+                } else {
+                    ""
+                }
             ),
         );
-        push_parameter(
-            &mut operation,
-            json!({
-                "name": "Prefer",
-                "in": "header",
-                "required": false,
-                "description": "`respond-async`: spawn the call and answer `202` at once (RFC 7240).",
-                "schema": {"type": "string", "enum": ["respond-async"]},
-            }),
-        );
+        if post {
+            push_parameter(
+                &mut operation,
+                json!({
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": false,
+                    "description": "`respond-async`: spawn the call and answer `202` at once (RFC 7240).",
+                    "schema": {"type": "string", "enum": ["respond-async"]},
+                }),
+            );
+        }
         operation["requestBody"] = self.json_body(self.input_schema(), "The call's arguments.");
         let mut responses = Map::new();
         responses.insert("200".into(), self.result());
-        let mut accepted = Self::accepted("call");
-        accepted["headers"]["Preference-Applied"] = json!({
-            "description": "`respond-async`.",
-            "required": true,
-            "schema": {"type": "string"},
-        });
-        responses.insert("202".into(), accepted);
+        if post {
+            let mut accepted = Self::accepted("call");
+            accepted["headers"]["Preference-Applied"] = json!({
+                "description": "`respond-async`.",
+                "required": true,
+                "schema": {"type": "string"},
+            });
+            responses.insert("202".into(), accepted);
+        }
         if !self.function.spec.stream {
             responses.insert("303".into(), Self::redirected());
         }
-        self.errors(INVOKE_ERRORS, &mut responses);
+        add_errors(self.settings, INVOKE_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }
@@ -299,7 +301,7 @@ impl Described<'_> {
         if !self.function.spec.stream {
             responses.insert("303".into(), Self::redirected());
         }
-        self.errors(GET_ERRORS, &mut responses);
+        add_errors(self.settings, GET_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }
@@ -326,7 +328,7 @@ impl Described<'_> {
         operation["requestBody"] = self.json_body(self.input_schema(), "The call's arguments.");
         let mut responses = Map::new();
         responses.insert("202".into(), Self::accepted("call"));
-        self.errors(SPAWN_ERRORS, &mut responses);
+        add_errors(self.settings, SPAWN_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }
@@ -405,7 +407,7 @@ impl Described<'_> {
                 },
             }),
         );
-        self.errors(MAP_ERRORS, &mut responses);
+        add_errors(self.settings, MAP_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }
@@ -424,7 +426,7 @@ impl Described<'_> {
         operation["requestBody"] = self.inputs();
         let mut responses = Map::new();
         responses.insert("202".into(), Self::accepted("map"));
-        self.errors(SPAWN_ERRORS, &mut responses);
+        add_errors(self.settings, SPAWN_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }
@@ -487,7 +489,7 @@ impl Described<'_> {
             }),
         );
         responses.insert("202".into(), Self::accepted("request"));
-        self.errors(FORWARD_ERRORS, &mut responses);
+        add_errors(self.settings, FORWARD_ERRORS, &mut responses);
         operation["responses"] = Value::Object(responses);
         operation
     }

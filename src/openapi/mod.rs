@@ -12,7 +12,9 @@ mod functions;
 use serde_json::{Map, Value, json};
 
 use crate::registry::{Registry, Target};
-use components::{call_id_header, error_ref, location, optional_security, retry_after, schema_ref};
+use components::{
+    add_errors, call_id_header, location, optional_security, retry_after, schema_ref,
+};
 
 /// What besides the registry shapes the document.
 pub struct Settings {
@@ -74,14 +76,9 @@ pub fn document(registry: &Registry, settings: &Settings) -> Value {
 /// is deployed, whose stored answers keep the service's status and
 /// content type.
 fn calls(paths: &mut Map<String, Value>, settings: &Settings, forwards: bool) {
-    let errors = |statuses: &[u16]| -> Map<String, Value> {
+    let errors = |statuses: &[u16]| {
         let mut responses = Map::new();
-        for status in statuses {
-            responses.insert(status.to_string(), error_ref(*status));
-        }
-        if settings.rate_limited {
-            responses.insert("429".into(), error_ref(429));
-        }
+        add_errors(settings, statuses, &mut responses);
         responses
     };
     let mut result_content = json!({
