@@ -4,6 +4,8 @@
 //! Should that write fail, the previous deploys are served again and the
 //! client is told nothing changed (503).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::AdminContext;
@@ -11,7 +13,7 @@ use super::problem::AdminError;
 use crate::config::{OverlayKey, OverlayKind};
 use crate::registry::{Lookup, Registry};
 use crate::reload::Changes;
-use crate::store::deploys::{DeployVersion, DeployedTable};
+use crate::store::deploys::{DeployVersion, DeployedTable, kind_name};
 use crate::store::now_ms;
 
 /// What a deploy made: its version, and what it changed, by route.
@@ -32,12 +34,26 @@ pub struct Deployed {
 
 /// `table` in place of `key`'s, as a new version.
 pub async fn deploy(
-    ctx: &AdminContext,
+    ctx: Arc<AdminContext>,
     key: OverlayKey,
     table: DeployedTable,
 ) -> Result<Deployed, AdminError> {
-    let _one_at_a_time = ctx.deploying.lock().await;
-    deploy_locked(ctx, key, table, None).await
+    to_the_end(async move {
+        let _one_at_a_time = ctx.deploying.lock().await;
+        deploy_locked(&ctx, key, table, None).await
+    })
+    .await
+}
+
+/// Runs a deploy in a task of its own: a client that goes away mid-deploy
+/// must not stop it between the swap and the store write (or the revert).
+async fn to_the_end(
+    deploy: impl Future<Output = Result<Deployed, AdminError>> + Send + 'static,
+) -> Result<Deployed, AdminError> {
+    tokio::spawn(deploy).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "admin: a deploy failed");
+        Err(AdminError::Internal)
+    })
 }
 
 async fn deploy_locked(
@@ -82,11 +98,22 @@ async fn deploy_locked(
 /// current) as a new version. Version 0 is the configuration file's
 /// table (or none): the one before the first deploy.
 pub async fn rollback(
+    ctx: Arc<AdminContext>,
+    key: OverlayKey,
+    to: Option<u64>,
+) -> Result<Deployed, AdminError> {
+    to_the_end(async move {
+        let _one_at_a_time = ctx.deploying.lock().await;
+        rollback_locked(&ctx, key, to).await
+    })
+    .await
+}
+
+async fn rollback_locked(
     ctx: &AdminContext,
     key: OverlayKey,
     to: Option<u64>,
 ) -> Result<Deployed, AdminError> {
-    let _one_at_a_time = ctx.deploying.lock().await;
     let versions = versions(ctx, &key).await?;
     if versions.is_empty() {
         // Served from the file, never deployed: nothing to go back to.
@@ -171,12 +198,5 @@ fn serves(registry: &Registry, key: &OverlayKey) -> bool {
             matches!(registry.lookup(&key.app, &key.name), Lookup::Found(f) if f.class.is_none())
         }
         OverlayKind::Class => registry.class(&key.app, &key.name).is_some(),
-    }
-}
-
-pub fn kind_name(kind: OverlayKind) -> &'static str {
-    match kind {
-        OverlayKind::Function => "function",
-        OverlayKind::Class => "class",
     }
 }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::config::{ConfigError, OverlayKind};
 use crate::http::problem::ApiError;
 use crate::reload::ReloadError;
+use crate::store::deploys::kind_name;
 
 tokio::task_local! {
     /// The id of the admin request being answered (`X-Request-Id`).
@@ -26,7 +27,7 @@ pub fn request_id() -> String {
 pub enum AdminError {
     #[error("no app '{app}'")]
     AppNotFound { app: String },
-    #[error("no {} '{name}' in app '{app}'", kind_word(*.kind))]
+    #[error("no {} '{name}' in app '{app}'", kind_name(*.kind))]
     NotFound {
         app: String,
         kind: OverlayKind,
@@ -70,13 +71,6 @@ struct Problem<'a> {
     /// The configuration key a refused deploy names.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
-}
-
-fn kind_word(kind: OverlayKind) -> &'static str {
-    match kind {
-        OverlayKind::Function => "function",
-        OverlayKind::Class => "class",
-    }
 }
 
 impl AdminError {

@@ -14,10 +14,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::AdminContext;
-use super::deploys::{self, Deployed, kind_name};
+use super::deploys::{self, Deployed};
 use super::problem::AdminError;
 use crate::config::{BackendSpec, OverlayKey, OverlayKind};
-use crate::store::deploys::DeployedTable;
+use crate::store::deploys::{DeployedTable, kind_name};
 
 type Ctx = State<Arc<AdminContext>>;
 
@@ -107,7 +107,7 @@ fn body_json(body: SentBody) -> Result<Option<Value>, AdminError> {
         .map_err(|e| AdminError::InvalidJson(format!("the body is not JSON: {e}")))
 }
 
-async fn put_table(ctx: &AdminContext, key: OverlayKey, body: SentBody) -> Response<Body> {
+async fn put_table(ctx: Arc<AdminContext>, key: OverlayKey, body: SentBody) -> Response<Body> {
     let table = match body_json(body) {
         Ok(Some(table)) => table,
         Ok(None) => {
@@ -126,7 +126,7 @@ async fn put_function(
     Path(at): Path<(String, String)>,
     body: SentBody,
 ) -> Response<Body> {
-    put_table(&ctx, key(OverlayKind::Function, at), body).await
+    put_table(ctx, key(OverlayKind::Function, at), body).await
 }
 
 async fn put_class(
@@ -134,22 +134,22 @@ async fn put_class(
     Path(at): Path<(String, String)>,
     body: SentBody,
 ) -> Response<Body> {
-    put_table(&ctx, key(OverlayKind::Class, at), body).await
+    put_table(ctx, key(OverlayKind::Class, at), body).await
 }
 
-async fn delete(ctx: &AdminContext, key: OverlayKey) -> Response<Body> {
-    if let Err(e) = deploys::known(ctx, &key).await {
+async fn delete(ctx: Arc<AdminContext>, key: OverlayKey) -> Response<Body> {
+    if let Err(e) = deploys::known(&ctx, &key).await {
         return e.into_response();
     }
     answer(deploys::deploy(ctx, key, DeployedTable::Deleted).await)
 }
 
 async fn delete_function(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Response<Body> {
-    delete(&ctx, key(OverlayKind::Function, at)).await
+    delete(ctx, key(OverlayKind::Function, at)).await
 }
 
 async fn delete_class(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Response<Body> {
-    delete(&ctx, key(OverlayKind::Class, at)).await
+    delete(ctx, key(OverlayKind::Class, at)).await
 }
 
 async fn versions(ctx: &AdminContext, key: OverlayKey) -> Response<Body> {
@@ -190,7 +190,7 @@ async fn versions_class(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Re
     versions(&ctx, key(OverlayKind::Class, at)).await
 }
 
-async fn rollback(ctx: &AdminContext, key: OverlayKey, body: SentBody) -> Response<Body> {
+async fn rollback(ctx: Arc<AdminContext>, key: OverlayKey, body: SentBody) -> Response<Body> {
     let to = match body_json(body) {
         Ok(None) => None,
         Ok(Some(Value::Object(members))) => match members.get("version") {
@@ -221,7 +221,7 @@ async fn rollback_function(
     Path(at): Path<(String, String)>,
     body: SentBody,
 ) -> Response<Body> {
-    rollback(&ctx, key(OverlayKind::Function, at), body).await
+    rollback(ctx, key(OverlayKind::Function, at), body).await
 }
 
 async fn rollback_class(
@@ -229,7 +229,7 @@ async fn rollback_class(
     Path(at): Path<(String, String)>,
     body: SentBody,
 ) -> Response<Body> {
-    rollback(&ctx, key(OverlayKind::Class, at), body).await
+    rollback(ctx, key(OverlayKind::Class, at), body).await
 }
 
 /// `GET /admin/functions`: every function and class method serving now,
