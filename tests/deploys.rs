@@ -663,3 +663,33 @@ async fn a_class_is_deployed_with_its_methods_and_removed_whole() {
     );
     assert_eq!(versions["kind"], "class");
 }
+
+#[tokio::test]
+async fn stored_deploys_that_no_longer_fit_the_file_stop_the_start_naming_the_key() {
+    let mut gw = builder().start().await;
+    Admin::of(&gw)
+        .await
+        .deploy("demo", "ver", &version_table("1"))
+        .await;
+    gw.kill().await;
+    // The file now has a class of the deployed function's name.
+    let config = gw.dir.join("gateway.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[apps.demo.classes.ver]\nbackend = \"lambda\"\ncommand = [\"python3\", \"version.py\"]\n\
+         [apps.demo.classes.ver.functions.run]\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, _, stderr) = common::run_bin_env(
+        &["serve", "--config", config.to_str().unwrap()],
+        &gw.dir,
+        &[(support::TOKEN_ENV, support::TOKEN)],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the stored deploys over the configuration file"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("apps.demo"), "{stderr}");
+}
