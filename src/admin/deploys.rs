@@ -45,6 +45,16 @@ pub async fn deploy(
     .await
 }
 
+/// Stops serving `key` (404 unless it serves now), as a new version.
+pub async fn delete(ctx: Arc<AdminContext>, key: OverlayKey) -> Result<Deployed, AdminError> {
+    to_the_end(async move {
+        let _one_at_a_time = ctx.deploying.lock().await;
+        known(&ctx, &key).await?;
+        deploy_locked(&ctx, key, DeployedTable::Deleted, None).await
+    })
+    .await
+}
+
 /// Runs a deploy in a task of its own: a client that goes away mid-deploy
 /// must not stop it between the swap and the store write (or the revert).
 async fn to_the_end(

@@ -138,10 +138,7 @@ async fn put_class(
 }
 
 async fn delete(ctx: Arc<AdminContext>, key: OverlayKey) -> Response<Body> {
-    if let Err(e) = deploys::known(&ctx, &key).await {
-        return e.into_response();
-    }
-    answer(deploys::deploy(ctx, key, DeployedTable::Deleted).await)
+    answer(deploys::delete(ctx, key).await)
 }
 
 async fn delete_function(State(ctx): Ctx, Path(at): Path<(String, String)>) -> Response<Body> {
