@@ -515,55 +515,95 @@ async fn full_store_inside_a_mount_namespace() {
         .status()
         .expect("run mount(8)");
     assert!(status.success(), "mount -t tmpfs failed: {status}");
-    let filler = data.join("filler");
-    std::fs::write(&filler, vec![0; 1_200_000]).unwrap();
     let gw = builder()
         .toml("[store]\npath = \"data/calls.db\"\n")
-        .toml("[apps.s.functions.quick]\nbackend = \"exec\"\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; echo 1\"]\n")
         .in_dir(dir.path())
         .start()
         .await;
     let admin = Admin::of(&gw).await;
     admin.deploy("demo", "ver", &version_table("1")).await;
-    // Spawns fill the disk until the store refuses one.
     let client = gw.client();
-    let pad = json!({ "pad": "x".repeat(4000) }).to_string();
-    let mut full = false;
-    for _ in 0..400 {
-        let response = gw.post_json(&client, "/s/quick/spawn", &pad).await;
-        if response.status() == 503 {
-            full = true;
+    // Fill the disk to its last byte before each deploy: a refused write
+    // checkpoints the WAL and truncates it, which gives room back, and a
+    // WAL that was reset takes writes in the space it already holds.
+    let mut fillers = 0;
+    let mut fill = || {
+        fillers += 1;
+        fill_up(&data.join(format!("filler-{fillers}")));
+    };
+    let mut serving = "1".to_owned();
+    let mut refused = None;
+    for attempt in 2..40 {
+        fill();
+        let (_, before) = admin.get("/admin/functions").await;
+        let table = padded(&attempt.to_string());
+        let (status, body) = admin
+            .send("PUT", "/admin/apps/demo/functions/ver", Some(&table))
+            .await;
+        if status == 503 {
+            refused = Some((body, before, table));
             break;
         }
+        assert_eq!(status, 200, "{body}");
+        serving = attempt.to_string();
     }
-    assert!(full, "400 spawns of 4 KB fitted in 800 KB of disk");
-    let (_, before) = admin.get("/admin/functions").await;
-    let mut padded = version_table("2");
-    padded["env"] = json!({ "PAD": "y".repeat(4000) });
-    let (status, problem) = admin
-        .send("PUT", "/admin/apps/demo/functions/ver", Some(&padded))
-        .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (503, Some("overloaded")),
-        "{problem}"
-    );
-    // The swap was undone: the old version serves, as the list says.
-    assert_eq!(version_of(&gw, &client, "{}").await, "1");
+    let (problem, before, table) = refused.expect("a deploy on a full disk was refused");
+    assert_eq!(problem["code"], "overloaded", "{problem}");
+    // The swap was undone: the version before serves, as the list says.
+    assert_eq!(version_of(&gw, &client, "{}").await, serving);
     let (_, after) = admin.get("/admin/functions").await;
     assert_eq!(before, after);
-    let (status, problem) = admin
-        .send("PUT", "/admin/apps/demo/functions/new", Some(&padded))
-        .await;
-    assert_eq!(status, 503, "{problem}");
+    let mut new_refused = false;
+    for _ in 0..20 {
+        fill();
+        let (status, body) = admin
+            .send("PUT", "/admin/apps/demo/functions/new", Some(&table))
+            .await;
+        if status == 503 {
+            new_refused = true;
+            break;
+        }
+        // Stored after all: take it away again for the next try.
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = admin
+            .send(
+                "POST",
+                "/admin/apps/demo/functions/new/rollback",
+                Some(&json!({"version": 0})),
+            )
+            .await;
+        assert!(status == 200 || status == 503, "{body}");
+    }
+    assert!(
+        new_refused,
+        "a new function's deploy on a full disk was refused"
+    );
     let missing = gw.post_json(&client, "/demo/new", "{}").await;
     assert_problem(missing, 404, "function_not_found").await;
 
     // With room again, the same deploy goes through.
-    std::fs::remove_file(&filler).unwrap();
-    let body = admin.deploy("demo", "ver", &padded).await;
-    assert_eq!(body["version"], 2);
-    assert_eq!(version_of(&gw, &client, "{}").await, "2");
+    for filler in 1..=fillers {
+        std::fs::remove_file(data.join(format!("filler-{filler}"))).unwrap();
+    }
+    let version = table["command"][2].as_str().unwrap().to_owned();
+    admin.deploy("demo", "ver", &table).await;
+    assert_eq!(version_of(&gw, &client, "{}").await, version);
+}
+
+/// `version_table(version)` with 4 KB more to store.
+fn padded(version: &str) -> Value {
+    let mut table = version_table(version);
+    table["env"] = json!({ "PAD": "y".repeat(4000) });
+    table
+}
+
+/// Writes `path` until its filesystem is full.
+fn fill_up(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create a filler");
+    let chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
 }
 
 #[tokio::test]
