@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Serve,
-    /// Validate the configuration and print every route.
+    /// Validate the configuration and print every route; with [admin],
+    /// also what a reload of the running gateway would change.
     Check,
     /// Mint an HS256 JWT with the configured secret (for development).
     Token {
@@ -173,6 +174,26 @@ fn check(config: &Config) {
             function.spec.route(),
             function.describe()
         );
+    }
+    match fngate::cli::check::reload_preview(config) {
+        Ok(changes) if changes.is_empty() => {
+            println!("a reload of the running gateway would change nothing");
+        }
+        Ok(changes) => {
+            println!("a reload of the running gateway would change:");
+            let lines = [
+                ("add", &changes.added),
+                ("change", &changes.changed),
+                ("remove", &changes.removed),
+                ("restart to apply", &changes.restart_needed),
+            ];
+            for (what, routes) in lines {
+                for route in routes {
+                    println!("  {what} {route}");
+                }
+            }
+        }
+        Err(why) => println!("({why}: nothing to compare with)"),
     }
 }
 

@@ -429,3 +429,46 @@ where
     }
     false
 }
+
+#[tokio::test]
+async fn fngate_check_shows_what_a_reload_would_change() {
+    let backend = HttpBackend::start().await;
+    let admin = format!(
+        "\n[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_env = \"FNGATE_ADMIN_TOKEN\"\n",
+        closed_port()
+    );
+    let token = [("FNGATE_ADMIN_TOKEN", "check-token-5c1e")];
+    let gw = Gateway::builder()
+        .raw_config(&config(&backend, 0, &admin))
+        .env(token[0].0, token[0].1)
+        .start()
+        .await;
+    assert!(gw.logs.wait_for("admin", Duration::from_secs(10)).await);
+    let check = |file: &'static str| {
+        let dir = gw.dir.clone();
+        async move { run_bin_env(&["check", "--config", file], &dir, &token).await }
+    };
+    // The file it serves: nothing to change.
+    let (status, out, err) = check("gateway.toml").await;
+    assert_eq!(status, Some(0), "{out}{err}");
+    assert!(out.contains("would change nothing"), "{out}{err}");
+    // A candidate beside it (not the watched file): probe0 goes, probe1
+    // comes, square changes, and [rate_limit] waits for a restart.
+    let candidate =
+        config(&backend, 1, &admin).replacen("urls = [", "timeout = \"7s\"\nurls = [", 1)
+            + "\n[rate_limit]\nrequests_per_second = 5\nburst = 5\n";
+    std::fs::write(gw.dir.join("candidate.toml"), candidate).unwrap();
+    let (status, out, err) = check("candidate.toml").await;
+    assert_eq!(status, Some(0), "{out}{err}");
+    for line in [
+        "add demo/probe1",
+        "change demo/square",
+        "remove demo/probe0",
+        "restart to apply [rate_limit]",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}{err}");
+    }
+    // Nothing was applied by looking.
+    let client = gw.client();
+    assert!(until_status(&client, &gw.url("/demo/probe0"), 200).await);
+}

@@ -36,6 +36,7 @@ fn only(
 pub fn router(ctx: Arc<AdminContext>) -> Router {
     Router::new()
         .route("/admin/functions", only(get(list), "GET, HEAD"))
+        .route("/admin/config", only(get(serving_config), "GET, HEAD"))
         .route(
             "/admin/apps/{app}/functions/{name}",
             only(put(put_function).delete(delete_function), "PUT, DELETE"),
@@ -232,6 +233,31 @@ async fn rollback_class(
 /// `GET /admin/functions`: every function and class method serving now,
 /// with its table (a method: its class's, which a PUT of the class takes)
 /// and where it comes from.
+/// The configuration file as the gateway last read it, and the deploys
+/// laid over it: what `fngate check` compares a file with to show what a
+/// reload would change.
+async fn serving_config(State(ctx): Ctx) -> Response<Body> {
+    let file = ctx.reloader.file_config().await;
+    let overlays: Vec<Value> = (ctx.reloader.overlays().await.0.into_iter())
+        .map(|(key, table)| {
+            json!({
+                "app": key.app,
+                "kind": kind_name(key.kind),
+                "name": key.name,
+                "table": table,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "file": file.file.display().to_string(),
+            "text": &*file.text,
+            "overlays": overlays,
+        }),
+    )
+}
+
 async fn list(State(ctx): Ctx) -> Response<Body> {
     let latest = match ctx.state.calls.store().latest_deploys().await {
         Ok(latest) => latest,

@@ -2,4 +2,5 @@
 //! function over HTTPS as any other client would.
 
 pub mod call;
+pub mod check;
 pub mod deploy;
