@@ -1,6 +1,7 @@
 //! TLS for the listener: the configured PEM chain and key, or the dev CA
 //! and leaf certificate of `dev_ca`. TLS 1.2 and 1.3 only, ALPN `h2` and
-//! `http/1.1`, session resumption on unless turned off.
+//! `http/1.1`, session resumption on unless turned off. `client` is the
+//! other side, for fngate's own clients of a gateway.
 
 use std::fs;
 use std::io::Write;
@@ -16,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::TlsSource;
 use crate::invocation::Principal;
 
+pub mod client;
 mod dev_ca;
 
 pub use dev_ca::{DevCertificate, ensure_dev_certificate};

@@ -4,26 +4,17 @@
 //! their ends, each request with the Bearer token and the worker's id.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::WorkerError;
 use super::options::WorkerOptions;
 use super::wire::{Call, FunctionSpec};
-
-/// How long a connection to the gateway may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::client::{self as tls, HttpsClient};
 
 /// The longest wait for an answer to a request that is not a poll.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -130,11 +121,9 @@ pub(super) enum End<'a> {
     Error { kind: &'a str, message: &'a str },
 }
 
-type Https = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The worker's client of one function's work routes.
 pub(super) struct GatewayClient {
-    http: Https,
+    http: HttpsClient,
     /// `{gateway}/_/work/{app}/{function}`
     work: String,
     authorization: HeaderValue,
@@ -158,25 +147,9 @@ impl GatewayClient {
             })?;
         authorization.set_sensitive(true);
         let worker = HeaderValue::from_str(worker_id).expect("a worker id is wk- and hex digits");
-        let tls = tls_config(options.cacert.as_deref())?;
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         let target = &options.target;
         Ok(GatewayClient {
-            http,
+            http: tls::https_client(roots(options.cacert.as_deref())?),
             work: format!(
                 "{}/_/work/{}/{}",
                 options.gateway, target.app, target.function
@@ -282,8 +255,8 @@ impl GatewayClient {
             .map_err(|e| Failure::Unavailable(format!("building a request: {e}")))?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
-                let why = error_chain(&e);
-                if is_untrusted(&e) {
+                let why = tls::error_chain(&e);
+                if tls::is_untrusted(&e) {
                     Failure::Untrusted(why)
                 } else {
                     Failure::Unavailable(why)
@@ -353,91 +326,22 @@ fn problem(status: StatusCode, body: &[u8]) -> (Option<String>, String) {
     }
 }
 
-/// TLS to the gateway: TLS 1.2 and 1.3 (aws-lc-rs), trusting the CA
-/// certificates of `cacert`, or the system's roots.
-fn tls_config(cacert: Option<&Path>) -> Result<rustls::ClientConfig, WorkerError> {
-    let roots = match cacert {
-        Some(path) => roots_from_pem(path)?,
-        None => system_roots(),
+/// What the worker trusts: the CA certificates of `cacert`, or the
+/// system's roots.
+fn roots(cacert: Option<&Path>) -> Result<rustls::RootCertStore, WorkerError> {
+    let Some(path) = cacert else {
+        let roots = tls::system_roots();
+        if roots.is_empty() {
+            tracing::warn!(
+                "no system CA certificate found: the gateway's certificate cannot be checked (pass --cacert)"
+            );
+        }
+        return Ok(roots);
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the aws-lc-rs provider supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-fn roots_from_pem(path: &Path) -> Result<rustls::RootCertStore, WorkerError> {
-    let bad = |why: String| WorkerError::CaFile {
+    tls::roots_from_pem(path).map_err(|why| WorkerError::CaFile {
         path: path.to_owned(),
         why,
-    };
-    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("a certificate cannot be trusted: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no PEM certificate".to_owned()));
-    }
-    Ok(roots)
-}
-
-fn system_roots() -> rustls::RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no system CA certificate found: the gateway's certificate cannot be checked (pass --cacert)"
-        );
-    }
-    roots
-}
-
-/// Whether `error` or one of its causes is a certificate the client does
-/// not trust (which trying again does not mend).
-fn is_untrusted(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if matches!(tls_error(error), Some(rustls::Error::InvalidCertificate(_))) {
-            return true;
-        }
-        next = error.source();
-    }
-    false
-}
-
-/// The TLS error `error` is, or wraps in I/O errors (whose `source()`
-/// skips the error they wrap).
-fn tls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    loop {
-        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
-    }
-}
-
-/// An error and its causes on one line, for the log.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
+    })
 }
 
 #[cfg(test)]
@@ -487,12 +391,12 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         std::fs::write(&good, ca.pem()).unwrap();
-        assert_eq!(roots_from_pem(&good).unwrap().len(), 1);
+        assert_eq!(roots(Some(&good)).unwrap().len(), 1);
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no certificate here\n").unwrap();
         for path in [empty, dir.path().join("missing.pem")] {
-            match roots_from_pem(&path) {
+            match roots(Some(&path)) {
                 Err(error @ WorkerError::CaFile { .. }) => assert_eq!(error.exit_code(), 2),
                 other => panic!("{}: {:?}", path.display(), other.map(|r| r.len())),
             }

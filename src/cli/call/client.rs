@@ -3,7 +3,6 @@
 //! `--cacert`), with the caller's Bearer token on every request.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,17 +10,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::CallError;
-
-/// How long a connection to the gateway may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::client::{self as tls, HttpsClient};
 
 /// The largest answer read whole (a result, a problem); NDJSON answers
 /// are printed line by line instead. Well above any gateway's `max_body`.
@@ -30,11 +21,9 @@ const MAX_ANSWER: usize = 256 << 20;
 /// The dev CA a gateway generates next to its config.
 const DEV_CA: &str = "certs/dev-ca.pem";
 
-type Https = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// One gateway, as `fngate call` talks to it.
 pub struct GatewayClient {
-    http: Https,
+    http: HttpsClient,
     authorization: Option<HeaderValue>,
 }
 
@@ -63,28 +52,8 @@ impl GatewayClient {
             }
             None => None,
         };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("the aws-lc-rs provider supports the default protocol versions")
-            .with_root_certificates(roots(trust)?)
-            .with_no_client_auth();
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Ok(GatewayClient {
-            http,
+            http: tls::https_client(roots(trust)?),
             authorization,
         })
     }
@@ -145,8 +114,8 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, CallError> {
 /// Why a request got no answer: the gateway cannot be reached, or its
 /// certificate is not trusted (with what to do about it).
 fn unreachable(uri: &Uri, error: &(dyn std::error::Error + 'static)) -> CallError {
-    let why = error_chain(error);
-    if is_untrusted(error) {
+    let why = tls::error_chain(error);
+    if tls::is_untrusted(error) {
         return CallError::Untrusted(format!("{uri}: {why}"));
     }
     CallError::Unreachable(format!("{uri}: {why}"))
@@ -158,10 +127,7 @@ fn roots(trust: &Trust) -> Result<rustls::RootCertStore, CallError> {
     if let Some(path) = &trust.cacert {
         return roots_from_pem(path, "--cacert");
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
+    let mut roots = tls::system_roots();
     if let Some(dev_ca) = &trust.dev_ca {
         for cert in roots_from_pem(dev_ca, "the dev CA")?.roots {
             roots.roots.push(cert);
@@ -181,59 +147,11 @@ pub fn dev_ca_next_to(config: &Path) -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// The CA certificates of the PEM file at `path`, which `what` names in
+/// the message when it cannot serve.
 fn roots_from_pem(path: &Path, what: &str) -> Result<rustls::RootCertStore, CallError> {
-    let bad = |why: String| CallError::Usage(format!("{what} {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("a certificate cannot be trusted: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("holds no PEM certificate".to_owned()));
-    }
-    Ok(roots)
-}
-
-/// Whether `error` or one of its causes is a certificate the client does
-/// not trust.
-fn is_untrusted(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if matches!(tls_error(error), Some(rustls::Error::InvalidCertificate(_))) {
-            return true;
-        }
-        next = error.source();
-    }
-    false
-}
-
-/// The TLS error `error` is, or wraps in I/O errors (whose `source()`
-/// skips the error they wrap).
-fn tls_error<'a>(mut error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    loop {
-        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        error = error.downcast_ref::<std::io::Error>()?.get_ref()?;
-    }
-}
-
-/// An error and its causes on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
+    tls::roots_from_pem(path)
+        .map_err(|why| CallError::Usage(format!("{what} {}: {why}", path.display())))
 }
 
 #[cfg(test)]
