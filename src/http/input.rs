@@ -129,6 +129,17 @@ pub fn body_limit(state: &AppState, function: &Function) -> u64 {
     function.spec.max_body.unwrap_or(state.max_body)
 }
 
+/// Refuses any method but GET and HEAD, as the read-only routes under
+/// `/_/` do.
+pub fn only_get(method: &Method) -> Result<(), ApiError> {
+    match *method {
+        Method::GET | Method::HEAD => Ok(()),
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: "GET, HEAD".to_owned(),
+        }),
+    }
+}
+
 /// Refuses a method `function` does not allow (its `methods`), as its
 /// sync calls, passthrough requests and their spawns with
 /// `Prefer: respond-async` do.

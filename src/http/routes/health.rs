@@ -4,21 +4,22 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
+use crate::http::input::only_get;
 use crate::http::problem::ApiError;
 use crate::http::respond::json_response;
 use crate::http::state::AppState;
 
 /// `GET /_/health`: answers whenever the gateway answers at all.
 pub fn health(request: &Request) -> Result<Response<Body>, ApiError> {
-    only_get(request)?;
+    only_get(request.method())?;
     Ok(json_response(StatusCode::OK, r#"{"status":"ok"}"#))
 }
 
 /// `GET /_/ready`: 503 once the store failed or a drain began.
 pub fn ready(state: &AppState, request: &Request) -> Result<Response<Body>, ApiError> {
-    only_get(request)?;
+    only_get(request.method())?;
     // A failed store comes first: the gateway drains because of it.
     Ok(if let Some(fault) = state.calls.store().health().fault() {
         let body = serde_json::json!({"status": "store_failed", "detail": fault.why});
@@ -30,19 +31,11 @@ pub fn ready(state: &AppState, request: &Request) -> Result<Response<Body>, ApiE
     })
 }
 
-fn only_get(request: &Request) -> Result<(), ApiError> {
-    match *request.method() {
-        Method::GET | Method::HEAD => Ok(()),
-        _ => Err(ApiError::MethodNotAllowed {
-            allow: "GET, HEAD".to_owned(),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::state;
+    use http::Method;
 
     fn request(method: Method, uri: &str) -> Request {
         http::Request::builder()

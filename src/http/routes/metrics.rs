@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use http::{HeaderValue, Method, Response, StatusCode};
 
+use crate::http::input;
 use crate::http::problem::ApiError;
 use crate::http::state::AppState;
 use crate::metrics::{FunctionGauges, Scrape};
@@ -30,14 +31,7 @@ type Counts = Vec<(&'static str, u64)>;
 
 /// `GET /_/metrics`.
 pub async fn metrics(state: &AppState, method: Method) -> Result<Response<Body>, ApiError> {
-    match method {
-        Method::GET | Method::HEAD => {}
-        _ => {
-            return Err(ApiError::MethodNotAllowed {
-                allow: "GET, HEAD".to_owned(),
-            });
-        }
-    }
+    input::only_get(&method)?;
     let registry = state.registry.current();
     let functions = (registry.functions().into_iter())
         .map(|function| {
