@@ -19,13 +19,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::routing::get;
-use base64::Engine;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use super::AdminContext;
 use crate::config::BackendSpec;
+use crate::http::page::{self, Page};
 use crate::http::problem::ApiError;
 use crate::invocation::{Trace, random_hex};
 use crate::metrics::{HistogramSnapshot, InstanceStates};
@@ -95,17 +95,8 @@ async fn sample_until_dropped(console: Weak<Console>) {
 }
 
 async fn page() -> Response<Body> {
-    let page = page_once();
-    let mut response = Response::new(Body::from(page.html.as_str()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    if let Ok(policy) = HeaderValue::from_str(&page.policy) {
-        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
-    }
-    secure_headers(headers);
+    let mut response = page_once().response();
+    (response.headers_mut()).insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -133,43 +124,17 @@ async fn method_not_allowed(request: Request) -> Response<Body> {
     response
 }
 
+/// The page's guards, and no caching (as the page itself): the overview
+/// is the gateway's state now.
 fn secure_headers(headers: &mut http::HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    page::guard(headers);
 }
 
-/// The page and its `Content-Security-Policy`, put together once.
-struct Page {
-    html: String,
-    policy: String,
-}
-
+/// The page, put together once.
 fn page_once() -> &'static Page {
     static PAGE_ONCE: OnceLock<Page> = OnceLock::new();
-    PAGE_ONCE.get_or_init(|| Page {
-        html: PAGE.replace("{style}", STYLE).replace("{script}", SCRIPT),
-        policy: format!(
-            "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
-             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            sha256_source(SCRIPT),
-            sha256_source(STYLE)
-        ),
-    })
-}
-
-/// A CSP hash source of an inline element's exact text.
-fn sha256_source(text: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    let encoded = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-    format!("sha256-{encoded}")
+    PAGE_ONCE.get_or_init(|| Page::new(PAGE, STYLE, SCRIPT))
 }
 
 async fn overview_route(State(console): State<Arc<Console>>) -> Response<Body> {
@@ -479,6 +444,7 @@ impl LatencyWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::page::sha256_source;
     use crate::metrics::AtomicHistogram;
 
     fn key(name: &str) -> SeriesKey {

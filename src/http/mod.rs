@@ -8,6 +8,7 @@ mod base_url;
 pub mod context;
 mod cors;
 mod input;
+pub(crate) mod page;
 pub mod problem;
 mod resolve;
 mod respond;

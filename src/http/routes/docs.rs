@@ -7,10 +7,11 @@ use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::extract::Request;
-use base64::Engine;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::http::base_url;
+use crate::http::input::only_get;
+use crate::http::page::Page;
 use crate::http::problem::ApiError;
 use crate::http::respond::json_response;
 use crate::http::state::AppState;
@@ -24,7 +25,7 @@ const SCRIPT: &str = include_str!("docs.js");
 
 /// `GET /_/openapi.json`.
 pub fn openapi(state: &AppState, request: &Request) -> Result<Response<Body>, ApiError> {
-    only_get(request)?;
+    only_get(request.method())?;
     let settings = Settings {
         server_url: base_url::external_base(request),
         auth: state.auth.as_ref().map(|auth| AuthSchemes {
@@ -48,68 +49,22 @@ pub fn openapi(state: &AppState, request: &Request) -> Result<Response<Body>, Ap
 /// script and style (by hash) and nothing else, and lets it fetch from
 /// this origin only.
 pub fn docs(request: &Request) -> Result<Response<Body>, ApiError> {
-    only_get(request)?;
-    let page = page();
-    let mut response = Response::new(Body::from(page.html.as_str()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    if let Ok(policy) = HeaderValue::from_str(&page.policy) {
-        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
-    }
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    Ok(response)
+    only_get(request.method())?;
+    Ok(page().response())
 }
 
-/// The page and its `Content-Security-Policy`, put together once.
-struct Page {
-    html: String,
-    policy: String,
-}
-
+/// The page, put together once.
 fn page() -> &'static Page {
     static PAGE_ONCE: OnceLock<Page> = OnceLock::new();
-    PAGE_ONCE.get_or_init(|| Page {
-        html: PAGE.replace("{style}", STYLE).replace("{script}", SCRIPT),
-        policy: format!(
-            "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
-             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            sha256_source(SCRIPT),
-            sha256_source(STYLE)
-        ),
-    })
-}
-
-/// A CSP hash source of an inline element's exact text.
-fn sha256_source(text: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    let encoded = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
-    format!("sha256-{encoded}")
-}
-
-fn only_get(request: &Request) -> Result<(), ApiError> {
-    match *request.method() {
-        Method::GET | Method::HEAD => Ok(()),
-        _ => Err(ApiError::MethodNotAllowed {
-            allow: "GET, HEAD".to_owned(),
-        }),
-    }
+    PAGE_ONCE.get_or_init(|| Page::new(PAGE, STYLE, SCRIPT))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::page::sha256_source;
     use crate::http::state;
+    use http::Method;
     use http_body_util::BodyExt;
 
     fn request(method: Method, uri: &str) -> Request {
