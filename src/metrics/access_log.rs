@@ -130,6 +130,7 @@ pub fn flush(within: Duration) {
 /// sleeps a little longer each time it finds nothing.
 fn write_lines(receiver: Receiver<Message>, mut sink: Box<dyn Write + Send>, format: LogFormat) {
     let mut buffer = Vec::with_capacity(CHUNK * 2);
+    let mut lines = Lines::default();
     let mut idle = Duration::from_millis(1);
     loop {
         let mut flushes = Vec::new();
@@ -138,7 +139,7 @@ fn write_lines(receiver: Receiver<Message>, mut sink: Box<dyn Write + Send>, for
             match receiver.try_recv() {
                 Ok(Message::Entry(entry)) => {
                     let start = buffer.len();
-                    format_line(&mut buffer, &entry, format);
+                    lines.push(&mut buffer, &entry, format);
                     if buffer.len() > CHUNK {
                         write_chunk(&mut sink, &buffer[..start]);
                         buffer.drain(..start);
@@ -181,58 +182,140 @@ fn write_chunk(sink: &mut Box<dyn Write + Send>, lines: &[u8]) {
 
 /// Appends `entry`'s line (with its newline) to `out`.
 pub fn format_line(out: &mut Vec<u8>, entry: &AccessEntry, format: LogFormat) {
-    let time = humantime::format_rfc3339_micros(entry.time);
-    let latency_ms = entry.latency.as_secs_f64() * 1000.0;
-    let call_id = entry.call_id.as_ref().and_then(|v| v.to_str().ok());
-    let route: &str = match &entry.route {
-        AccessRoute::Function(f) => &f.route,
-        AccessRoute::Fixed(label) => label,
-        AccessRoute::Unmatched => "-",
-    };
-    // Request ids, names and call ids are from fixed alphabets, but the
-    // method is a client's token: it is written through the JSON escaper.
-    let _ = match format {
-        LogFormat::Text => {
-            let _ = write!(
-                out,
-                "{time} access method={} route={route} status={} latency_ms={latency_ms:.3} request_id={}",
-                entry.method, entry.status, entry.request_id
-            );
-            if let Some(id) = call_id {
-                let _ = write!(out, " call_id={id}");
-            }
-            writeln!(out)
-        }
-        LogFormat::Json => {
-            let _ = write!(out, "{{\"time\":\"{time}\",\"request_id\":");
-            json_str(out, &entry.request_id);
-            out.extend_from_slice(b",\"method\":");
-            json_str(out, entry.method.as_str());
-            out.extend_from_slice(b",\"route\":");
-            json_str(out, route);
-            match &entry.route {
-                AccessRoute::Function(f) => {
-                    out.extend_from_slice(b",\"app\":");
-                    json_str(out, &f.app);
-                    out.extend_from_slice(b",\"function\":");
-                    json_str(out, &f.function);
+    Lines::default().push(out, entry, format);
+}
+
+/// Writes lines cheaply: no `fmt` machinery, and the date and time of
+/// day formatted once per second (a busy gateway writes thousands of
+/// lines a second, on the same core as its requests).
+#[derive(Default)]
+struct Lines {
+    /// The second `stamp` is for, since the epoch.
+    second: Option<u64>,
+    /// `YYYY-MM-DDTHH:MM:SS` of that second.
+    stamp: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, out: &mut Vec<u8>, entry: &AccessEntry, format: LogFormat) {
+        let since = entry
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let call_id = entry.call_id.as_ref().and_then(|v| v.to_str().ok());
+        let route: &str = match &entry.route {
+            AccessRoute::Function(f) => &f.route,
+            AccessRoute::Fixed(label) => label,
+            AccessRoute::Unmatched => "-",
+        };
+        match format {
+            LogFormat::Text => {
+                self.time(out, since);
+                // Request ids, names and call ids are from fixed
+                // alphabets; the method is a client's token, but a valid
+                // one (http's `Method` takes token characters only).
+                out.extend_from_slice(b" access method=");
+                out.extend_from_slice(entry.method.as_str().as_bytes());
+                out.extend_from_slice(b" route=");
+                out.extend_from_slice(route.as_bytes());
+                out.extend_from_slice(b" status=");
+                push_number(out, u64::from(entry.status));
+                out.extend_from_slice(b" latency_ms=");
+                push_millis(out, entry.latency);
+                out.extend_from_slice(b" request_id=");
+                out.extend_from_slice(entry.request_id.as_bytes());
+                if let Some(id) = call_id {
+                    out.extend_from_slice(b" call_id=");
+                    out.extend_from_slice(id.as_bytes());
                 }
-                AccessRoute::Fixed(_) | AccessRoute::Unmatched => {
-                    out.extend_from_slice(b",\"app\":null,\"function\":null");
+                out.push(b'\n');
+            }
+            LogFormat::Json => {
+                out.extend_from_slice(b"{\"time\":\"");
+                self.time(out, since);
+                out.extend_from_slice(b"\",\"request_id\":");
+                json_str(out, &entry.request_id);
+                out.extend_from_slice(b",\"method\":");
+                json_str(out, entry.method.as_str());
+                out.extend_from_slice(b",\"route\":");
+                json_str(out, route);
+                match &entry.route {
+                    AccessRoute::Function(f) => {
+                        out.extend_from_slice(b",\"app\":");
+                        json_str(out, &f.app);
+                        out.extend_from_slice(b",\"function\":");
+                        json_str(out, &f.function);
+                    }
+                    AccessRoute::Fixed(_) | AccessRoute::Unmatched => {
+                        out.extend_from_slice(b",\"app\":null,\"function\":null");
+                    }
                 }
+                out.extend_from_slice(b",\"status\":");
+                push_number(out, u64::from(entry.status));
+                out.extend_from_slice(b",\"latency_ms\":");
+                push_millis(out, entry.latency);
+                out.extend_from_slice(b",\"call_id\":");
+                match call_id {
+                    Some(id) => json_str(out, id),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b"}\n");
             }
-            let _ = write!(
-                out,
-                ",\"status\":{},\"latency_ms\":{latency_ms:.3},\"call_id\":",
-                entry.status
-            );
-            match call_id {
-                Some(id) => json_str(out, id),
-                None => out.extend_from_slice(b"null"),
-            }
-            writeln!(out, "}}")
         }
-    };
+    }
+
+    /// `2025-11-24T16:00:00.000000Z` (RFC 3339, UTC, microseconds).
+    fn time(&mut self, out: &mut Vec<u8>, since: Duration) {
+        let second = since.as_secs();
+        if self.second != Some(second) {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            let text = humantime::format_rfc3339_seconds(at).to_string();
+            self.stamp.clear();
+            self.stamp
+                .extend_from_slice(text.trim_end_matches('Z').as_bytes());
+            self.second = Some(second);
+        }
+        out.extend_from_slice(&self.stamp);
+        out.push(b'.');
+        push_padded(out, u64::from(since.subsec_micros()), 6);
+        out.push(b'Z');
+    }
+}
+
+/// `n` in decimal.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in decimal, with leading zeros to `width` digits.
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let start = out.len();
+    push_number(out, n);
+    let len = out.len() - start;
+    if len < width {
+        let zeros = width - len;
+        out.splice(start..start, std::iter::repeat_n(b'0', zeros));
+    }
+}
+
+/// `latency` in milliseconds with three decimals (`1.500`), rounded to
+/// the microsecond.
+fn push_millis(out: &mut Vec<u8>, latency: Duration) {
+    let micros = (latency.as_nanos() + 500) / 1000;
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    push_number(out, micros / 1000);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
 }
 
 fn json_str(out: &mut Vec<u8>, text: &str) {
@@ -324,6 +407,29 @@ mod tests {
         let text = line(&entry(AccessRoute::Unmatched, None), LogFormat::Text);
         assert!(text.contains(" route=- "), "{text}");
         assert!(!text.contains("call_id"), "{text}");
+    }
+
+    #[test]
+    fn numbers_and_times_are_written_in_full() {
+        let mut out = Vec::new();
+        push_millis(&mut out, Duration::from_nanos(12_345_678_901));
+        assert_eq!(out, b"12345.679");
+        out.clear();
+        push_millis(&mut out, Duration::from_nanos(40_400));
+        assert_eq!(out, b"0.040");
+        out.clear();
+        push_padded(&mut out, 7, 6);
+        assert_eq!(out, b"000007");
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        let at = Duration::from_secs(1_764_000_000) + Duration::from_micros(42);
+        lines.time(&mut out, at);
+        out.push(b' ');
+        lines.time(&mut out, at + Duration::from_millis(1_500));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2025-11-24T16:00:00.000042Z 2025-11-24T16:00:01.500042Z"
+        );
     }
 
     #[test]
