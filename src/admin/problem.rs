@@ -6,7 +6,7 @@ use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::config::{ConfigError, OverlayKind};
-use crate::http::problem::ApiError;
+use crate::http::problem::{ApiError, Problem};
 use crate::reload::ReloadError;
 use crate::store::deploys::kind_name;
 
@@ -58,21 +58,6 @@ pub enum AdminError {
     Internal,
 }
 
-/// Problem details, members in the order DESIGN.md shows them.
-#[derive(serde::Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    title: &'static str,
-    status: u16,
-    code: &'static str,
-    detail: String,
-    request_id: String,
-    /// The configuration key a refused deploy names.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<&'a str>,
-}
-
 impl AdminError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -92,30 +77,19 @@ impl AdminError {
         }
     }
 
-    /// The problem+json answer.
+    /// The problem+json answer, with the admin's codes and, on a refused
+    /// deploy, the `key` it names.
     pub fn into_response(self) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let key = match &self {
             AdminError::InvalidConfig { key, .. } => Some(key.as_str()),
             _ => None,
         };
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            code,
-            detail: self.to_string(),
-            request_id: request_id(),
-            key,
-        };
-        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = status;
+        let request_id = request_id();
+        let mut response = Problem::new(status, code, self.to_string(), &request_id)
+            .with_key(key)
+            .into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
         }
@@ -146,4 +120,61 @@ pub fn unauthorized(description: Option<&str>) -> Response<Body> {
         description: description.map(str::to_owned),
     }
     .into_problem(&request_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+
+    async fn body_of(response: Response<Body>) -> serde_json::Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_deploy_names_its_key_with_the_admin_code() {
+        let refused = AdminError::InvalidConfig {
+            key: "apps.demo.functions.power.timeout".to_owned(),
+            message: "'soon' is not a duration".to_owned(),
+        };
+        let response = REQUEST_ID
+            .scope(Arc::from("req-7"), async { refused.into_response() })
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"type":"about:blank","title":"Bad Request","status":400,"code":"invalid_config","detail":"apps.demo.functions.power.timeout: 'soon' is not a duration","request_id":"req-7","key":"apps.demo.functions.power.timeout"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_codes_carry_their_headers_and_no_key() {
+        let missing = AdminError::VersionNotFound {
+            app: "demo".to_owned(),
+            name: "power".to_owned(),
+            version: 9,
+        }
+        .into_response();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let problem = body_of(missing).await;
+        assert_eq!(problem["code"], "version_not_found");
+        assert_eq!(problem["detail"], "demo/power has no version 9");
+        assert!(problem.get("key").is_none() && problem.get("error").is_none());
+
+        let busy = AdminError::StoreUnavailable.into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body_of(busy).await["code"], "overloaded");
+
+        let method = AdminError::MethodNotAllowed { allow: "GET, PUT" }.into_response();
+        assert_eq!(method.headers()[header::ALLOW], "GET, PUT");
+        assert_eq!(body_of(method).await["code"], "method_not_allowed");
+    }
 }

@@ -79,18 +79,72 @@ pub enum ApiError {
     Internal,
 }
 
-/// RFC 9457 problem details, members in the order DESIGN.md shows them.
+/// RFC 9457 problem details, members in the order DESIGN.md shows them:
+/// what the gateway answers an [`ApiError`] with, and what the admin API
+/// builds its own codes into.
 #[derive(serde::Serialize)]
-struct Problem<'a> {
+pub struct Problem<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     title: &'static str,
-    status: u16,
+    #[serde(serialize_with = "status_number")]
+    status: StatusCode,
     code: &'static str,
     detail: String,
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ReportedError<'a>>,
+    /// The configuration key a refused configuration names (the admin
+    /// API's `invalid_config`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+}
+
+impl<'a> Problem<'a> {
+    /// The problem of `status`, with `code` and `detail`, answering the
+    /// request `request_id`; its title is the status's reason.
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+        request_id: &'a str,
+    ) -> Problem<'a> {
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status,
+            code,
+            detail,
+            request_id,
+            error: None,
+            key: None,
+        }
+    }
+
+    /// The problem naming the configuration key `key`, when given.
+    pub fn with_key(self, key: Option<&'a str>) -> Problem<'a> {
+        Problem { key, ..self }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a problem always serialises")
+    }
+
+    /// The `application/problem+json` answer with the problem's status;
+    /// the caller adds the headers its error calls for.
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = Response::new(Body::from(self.to_json()));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+fn status_number<S: serde::Serializer>(status: &StatusCode, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_u16(status.as_u16())
 }
 
 /// The function's own error, as it reported it.
@@ -160,34 +214,25 @@ impl ApiError {
     /// The problem details of this error as JSON (one line), as a
     /// problem+json body or a map input's `error` member carries them.
     pub fn problem_json(&self, request_id: &str) -> Vec<u8> {
+        self.problem(request_id).to_json()
+    }
+
+    fn problem<'a>(&'a self, request_id: &'a str) -> Problem<'a> {
         let (status, code) = self.status_and_code();
         let error = match self {
             ApiError::FunctionError { kind, message } => Some(ReportedError { kind, message }),
             _ => None,
         };
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error"),
-            status: status.as_u16(),
-            code,
-            detail: self.to_string(),
-            request_id,
+        Problem {
             error,
-        };
-        serde_json::to_vec(&problem).expect("a problem always serialises")
+            ..Problem::new(status, code, self.to_string(), request_id)
+        }
     }
 
     /// The problem+json response for this error.
     pub fn into_problem(self, request_id: &str) -> Response<Body> {
-        let (status, _) = self.status_and_code();
-        let body = self.problem_json(request_id);
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = status;
+        let mut response = self.problem(request_id).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         match &self {
             ApiError::MethodNotAllowed { allow } => {
                 if let Ok(value) = HeaderValue::from_str(allow) {
