@@ -196,7 +196,13 @@ impl Gateway {
             Some(auth) => Some(Authenticator::new(auth).map_err(ServeError::Auth)?),
             None => None,
         };
-        let state = Arc::new(AppState::new(registry.clone(), calls, webhooks, auth, &config));
+        let state = Arc::new(AppState::new(
+            registry.clone(),
+            calls,
+            webhooks,
+            auth,
+            &config,
+        ));
         let tls = tls::LiveTls::new(tls);
         let triggers = reload::Triggers::install(&config);
         let reloader = Arc::new(Reloader::new(
@@ -263,7 +269,13 @@ impl Gateway {
             let addr = listener.local_addr().ok();
             let ctx = admin::AdminContext::new(self.state.clone(), self.reloader.clone());
             let router = admin::router(ctx, token);
-            tasks.spawn(admin::serve(listener, self.tls.clone(), router, shutdown.clone(), self.grace));
+            tasks.spawn(admin::serve(
+                listener,
+                self.tls.clone(),
+                router,
+                shutdown.clone(),
+                self.grace,
+            ));
             if let Some(addr) = addr {
                 tracing::info!("admin API on https://{addr}");
             }

@@ -119,10 +119,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token { sub, scope, ttl } => token(&config, &sub, &scope, &ttl),
-        Command::Keygen { .. }
-        | Command::Worker(_)
-        | Command::Call(_)
-        | Command::Deploy(_) => {
+        Command::Keygen { .. } | Command::Worker(_) | Command::Call(_) | Command::Deploy(_) => {
             unreachable!("handled before the config is read")
         }
         Command::Serve => match run(config) {

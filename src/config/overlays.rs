@@ -92,7 +92,11 @@ fn prune(document: &mut toml::Table, key: &OverlayKey) {
     };
     if let Some(app) = apps.get_mut(&key.app).and_then(toml::Value::as_table_mut) {
         let kind = key.kind.table();
-        if app.get(kind).and_then(toml::Value::as_table).is_some_and(toml::Table::is_empty) {
+        if app
+            .get(kind)
+            .and_then(toml::Value::as_table)
+            .is_some_and(toml::Table::is_empty)
+        {
             app.remove(kind);
         }
         if app.is_empty() {
