@@ -18,6 +18,7 @@ use super::{
     NewCall, Origin, Outcome, PendingCounts, StoreError, StoreHealth,
 };
 
+mod call_writes;
 mod deploys;
 mod faults;
 mod maps;

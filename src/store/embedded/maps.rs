@@ -6,7 +6,8 @@
 
 use rusqlite::{Connection, params};
 
-use super::writer::{self, Reply};
+use super::call_writes;
+use super::writer::Reply;
 use crate::store::map::{ClaimedInput, InputEnded, MapInput, MapProgress, OpenMap, StoredInput};
 use crate::store::{CallState, FailureKind, Inserted, NewCall, Outcome, StoreError, now_ms};
 
@@ -117,7 +118,7 @@ fn insert(
     inputs: &[MapInput],
     expires_ms: i64,
 ) -> Result<Inserted, rusqlite::Error> {
-    let inserted = writer::insert(tx, call)?;
+    let inserted = call_writes::insert(tx, call)?;
     if !matches!(inserted, Inserted::Created) {
         return Ok(inserted);
     }
@@ -263,7 +264,7 @@ fn end_if_done(tx: &Connection, id: &str, expires_ms: i64) -> Result<bool, rusql
             expires_ms
         ])? == 1;
     if ended {
-        writer::queue_delivery(tx, id, now)?;
+        call_writes::queue_delivery(tx, id, now)?;
     }
     Ok(ended)
 }
