@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::{BUSY_TIMEOUT, COLUMNS, SCHEMA, SCHEMA_VERSION, deploys, maps};
 use super::{Fault, fault_of};
 
 /// What to do with a store that is corrupt or unreadable.
@@ -145,4 +146,62 @@ pub(super) fn add_origin_columns(writer: &Connection) -> Result<(), rusqlite::Er
         )?;
     }
     Ok(())
+}
+
+/// Opens the file, checks it, and brings its layout up: the writer's
+/// connection and the pending count. Errors say what to do, not which
+/// file (the caller names it).
+pub(super) fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), String> {
+    let writer = Connection::open(path).map_err(|e| explain(&e))?;
+    writer.busy_timeout(BUSY_TIMEOUT).map_err(|e| explain(&e))?;
+    match check_integrity(&writer, check_budget)? {
+        Checked::Sound => {}
+        Checked::Unfinished { after } => tracing::warn!(
+            file = %path.display(),
+            "the integrity check did not finish within {after:?}; starting unchecked (corruption is found when a read or write meets it)"
+        ),
+    }
+    writer
+        .pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| writer.pragma_update(None, "synchronous", "FULL"))
+        .map_err(|e| explain(&e))?;
+    // A file written by another layout fails here, at start-up, with
+    // what to do, instead of failing every spawn later. Layout 1 lacks the
+    // class parameters' column, layout 2 the nested calls' columns,
+    // layout 3 the spawned maps' column and table, layout 4 the deploys'
+    // table: all are added here.
+    writer
+        .execute_batch(SCHEMA)
+        .and_then(|()| add_parameters_column(&writer))
+        .and_then(|()| add_origin_columns(&writer))
+        .and_then(|()| maps::add_map_column(&writer))
+        .and_then(|()| writer.execute_batch(maps::MAP_SCHEMA))
+        .and_then(|()| writer.execute_batch(deploys::DEPLOY_SCHEMA))
+        .and_then(|()| {
+            writer
+                .prepare(&format!(
+                    "SELECT {COLUMNS}, idem_key, idem_hash FROM calls LIMIT 0"
+                ))
+                .map(drop)
+        })
+        .map_err(|e| match fault_of(&e) {
+            Fault::None => format!(
+                "was written by another version of fngate's store ({e}); move it away to start afresh"
+            ),
+            Fault::Transient | Fault::Broken(_) => explain(&e),
+        })?;
+    let layout = || -> Result<u64, rusqlite::Error> {
+        // Written only when it changes: a store on a full disk still opens.
+        let version: i64 = writer.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version != SCHEMA_VERSION {
+            writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        let pending: i64 =
+            writer.query_row("SELECT count(*) FROM calls WHERE state = 0", [], |row| {
+                row.get(0)
+            })?;
+        Ok(pending as u64)
+    };
+    let pending = layout().map_err(|e| explain(&e))?;
+    Ok((writer, pending))
 }
