@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, Response};
 use super::problem::ApiError;
 use crate::invocation::{Trace, names, push_random_hex, random_hex};
 use crate::metrics::FunctionMetrics;
-use crate::metrics::access_log::{self, AccessEntry, AccessRoute};
+use crate::metrics::access_log::{self, AccessEntry, AccessRoute, CallIdText};
 
 /// The route a response belongs to, for the metrics and the access log
 /// (names only: no path suffix, no query).
@@ -152,7 +152,8 @@ fn log_request(
     request_id: Arc<str>,
     started: std::time::Instant,
 ) {
-    let latency = started.elapsed();
+    let at = std::time::Instant::now();
+    let latency = at.saturating_duration_since(started);
     let status = response.status().as_u16();
     let route = response.extensions().get::<RouteLabel>();
     let metrics = crate::metrics::global();
@@ -168,13 +169,16 @@ fn log_request(
     series.record_request(status, latency);
     if access_log::enabled() {
         access_log::record(AccessEntry {
-            time: std::time::SystemTime::now(),
+            at,
             request_id,
             method,
             route: access_route,
             status,
             latency,
-            call_id: response.headers().get(names::X_CALL_ID).cloned(),
+            call_id: response
+                .headers()
+                .get(names::X_CALL_ID)
+                .and_then(CallIdText::new),
         });
     }
 }

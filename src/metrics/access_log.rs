@@ -1,45 +1,55 @@
 //! The access log: one line per request, written off the request path.
 //!
-//! A request hands its entry (a few `Arc` clones and numbers) to a bounded
-//! channel with `try_send` and goes on; a thread of its own formats the
-//! lines and writes them. When the writer falls behind and the channel is
-//! full, the line is dropped and counted (`fngate_access_log_dropped_total`):
-//! a request never waits for stderr or a disk. The writer polls instead of
-//! blocking on the channel, so no sender ever has a sleeping receiver to
-//! wake (which would take the channel's lock).
+//! A request appends its entry (a few `Arc` clones, numbers and the call
+//! id's bytes) to a buffer of its own thread's and goes on: an uncontended
+//! lock, no channel, no clock read, no wake-up of another thread. A thread
+//! of its own takes every thread's buffer in turn (swapping in an empty
+//! one), formats the lines and writes them. When the writer falls behind
+//! and a thread's buffer is full, the line is dropped and counted
+//! (`fngate_access_log_dropped_total`): a request never waits for stderr
+//! or a disk.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method};
 
 use super::FunctionMetrics;
 use crate::config::{AccessSink, LogConfig, LogFormat};
 
-/// Entries the channel holds before new ones are dropped.
+/// Entries a thread's buffer holds before new ones are dropped.
 const CAPACITY: usize = 16 * 1024;
 
-/// The longest the writer sleeps between looks at an idle channel.
+/// The longest the writer sleeps between looks at idle buffers.
 const IDLE_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Pipes take writes of up to 4 KiB whole: lines written to stderr in
 /// chunks of at most this size never interleave with other log lines.
 const CHUNK: usize = 4096;
 
+/// How long the writer dates entries from one reading of both clocks.
+const CLOCK_READING_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Room kept for one more line in a chunk: lines are far shorter (request
+/// ids, names and call ids are all bounded well below this).
+const LINE_MAX: usize = 1024;
+
 /// What one request leaves for its access-log line. Nothing of the
 /// request's body, query, headers or credentials is in it.
 pub struct AccessEntry {
-    pub time: SystemTime,
+    /// When the response was ready (the writer turns it into wall-clock
+    /// time, so a request reads no second clock).
+    pub at: Instant,
     pub request_id: Arc<str>,
     pub method: Method,
     pub route: AccessRoute,
     pub status: u16,
     pub latency: Duration,
     /// The response's `X-Call-Id`.
-    pub call_id: Option<HeaderValue>,
+    pub call_id: Option<CallIdText>,
 }
 
 /// The route a request took, by name only.
@@ -50,17 +60,51 @@ pub enum AccessRoute {
     Unmatched,
 }
 
-enum Message {
-    Entry(AccessEntry),
-    /// Answered once every entry sent before it is written.
-    Flush(std::sync::mpsc::Sender<()>),
+/// A call id's bytes, copied (call ids are 35 bytes: no allocation, no
+/// reference count shared with the response).
+pub struct CallIdText {
+    len: u8,
+    bytes: [u8; CallIdText::INLINE],
 }
 
+impl CallIdText {
+    const INLINE: usize = 48;
+
+    /// The header's value, when it is text that fits (the gateway's own
+    /// ids always do; anything else is left out of the line).
+    pub fn new(value: &HeaderValue) -> Option<CallIdText> {
+        let text = value.to_str().ok()?;
+        let mut bytes = [0u8; CallIdText::INLINE];
+        bytes
+            .get_mut(..text.len())?
+            .copy_from_slice(text.as_bytes());
+        Some(CallIdText {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    /// Visible ASCII (`HeaderValue::to_str` let it through).
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// One thread's entries, waiting for the writer.
+type Buffer = Arc<Mutex<Vec<AccessEntry>>>;
+
 struct AccessLog {
-    sender: SyncSender<Message>,
+    /// Every thread's buffer that has recorded a request.
+    buffers: Mutex<Vec<Buffer>>,
+    /// Each is answered once every entry recorded before it is written.
+    flushes: Mutex<Sender<Sender<()>>>,
 }
 
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+thread_local! {
+    static BUFFER: std::cell::OnceCell<Buffer> = const { std::cell::OnceCell::new() };
+}
 
 /// Starts the access log's writer as `config` says (once per process:
 /// the first call wins; with `access = "off"` nothing is written).
@@ -83,30 +127,62 @@ pub fn install(config: &LogConfig) -> std::io::Result<()> {
             )
         }
     };
-    let (sender, receiver) = std::sync::mpsc::sync_channel(CAPACITY);
+    let (flushes, flush_requests) = std::sync::mpsc::channel();
+    if ACCESS_LOG
+        .set(AccessLog {
+            buffers: Mutex::new(Vec::new()),
+            flushes: Mutex::new(flushes),
+        })
+        .is_err()
+    {
+        return Ok(());
+    }
     let format = config.format;
     std::thread::Builder::new()
         .name("fngate-access-log".into())
-        .spawn(move || write_lines(receiver, sink, format))?;
-    let _ = ACCESS_LOG.set(AccessLog { sender });
+        .spawn(move || {
+            if let Some(log) = ACCESS_LOG.get() {
+                write_lines(&log.buffers, flush_requests, sink, format);
+            }
+        })?;
     Ok(())
 }
 
-/// Hands `entry` to the writer, or drops and counts it when the writer
-/// is behind. Never blocks.
+/// Keeps `entry` for the writer, or drops and counts it when the writer
+/// is behind. Never blocks on the writer.
 pub fn record(entry: AccessEntry) {
-    if let Some(log) = ACCESS_LOG.get() {
-        send(&log.sender, entry, &super::global().access_log_dropped);
+    let Some(log) = ACCESS_LOG.get() else {
+        return;
+    };
+    let dropped = &super::global().access_log_dropped;
+    let kept = BUFFER.try_with(|buffer| {
+        let buffer = buffer.get_or_init(|| {
+            let buffer = Buffer::default();
+            lock(&log.buffers).push(buffer.clone());
+            buffer
+        });
+        push(buffer, entry, dropped);
+    });
+    if kept.is_err() {
+        // The thread is ending: its buffer is gone.
+        dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn send(sender: &SyncSender<Message>, entry: AccessEntry, dropped: &AtomicU64) {
-    match sender.try_send(Message::Entry(entry)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            dropped.fetch_add(1, Ordering::Relaxed);
-        }
+fn push(buffer: &Mutex<Vec<AccessEntry>>, entry: AccessEntry, dropped: &AtomicU64) {
+    let mut entries = lock(buffer);
+    if entries.len() < CAPACITY {
+        entries.push(entry);
+    } else {
+        drop(entries);
+        dropped.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// A poisoned lock still guards whole entries (pushes and swaps do not
+/// panic halfway).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// True when an access log is being written (entries are worth making).
@@ -121,44 +197,65 @@ pub fn flush(within: Duration) {
         return;
     };
     let (done, written) = std::sync::mpsc::channel();
-    if log.sender.send(Message::Flush(done)).is_ok() {
+    if lock(&log.flushes).send(done).is_ok() {
         let _ = written.recv_timeout(within);
     }
 }
 
-/// The writer thread: drains the channel, writes what it drained, then
-/// sleeps a little longer each time it finds nothing.
-fn write_lines(receiver: Receiver<Message>, mut sink: Box<dyn Write + Send>, format: LogFormat) {
-    let mut buffer = Vec::with_capacity(CHUNK * 2);
+/// The writer thread: takes every thread's buffer, writes what it took,
+/// answers flushes, then sleeps a little longer each time it finds
+/// nothing (polling, so no request ever has a sleeping writer to wake).
+fn write_lines(
+    buffers: &Mutex<Vec<Buffer>>,
+    flush_requests: Receiver<Sender<()>>,
+    mut sink: Box<dyn Write + Send>,
+    format: LogFormat,
+) {
+    let mut out = Vec::with_capacity(CHUNK * 2);
+    let mut taken = Vec::new();
     let mut lines = Lines::default();
     let mut idle = Duration::from_millis(1);
     loop {
+        // Flushes asked before this pass are answered after it: every
+        // entry recorded before them is in a buffer by now.
         let mut flushes = Vec::new();
-        let mut ended = false;
-        loop {
-            match receiver.try_recv() {
-                Ok(Message::Entry(entry)) => {
-                    let start = buffer.len();
-                    lines.push(&mut buffer, &entry, format);
-                    if buffer.len() > CHUNK {
-                        write_chunk(&mut sink, &buffer[..start]);
-                        buffer.drain(..start);
-                    }
+        let ended = loop {
+            match flush_requests.try_recv() {
+                Ok(done) => flushes.push(done),
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        // Read well before the entries it dates, so dating one takes a
+        // single subtraction; read again now and then, so the wall clock's
+        // adjustments show within a minute.
+        if lines.clock.instant.elapsed() > CLOCK_READING_MAX_AGE {
+            lines.clock = Clock::now();
+        }
+        let mut wrote = !flushes.is_empty();
+        let mut all = lock(buffers);
+        for buffer in all.iter() {
+            std::mem::swap(&mut *lock(buffer), &mut taken);
+            wrote |= !taken.is_empty();
+            for entry in taken.drain(..) {
+                if out.len() > CHUNK - LINE_MAX {
+                    write_chunk(&mut sink, &out);
+                    out.clear();
                 }
-                Ok(Message::Flush(done)) => flushes.push(done),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    ended = true;
-                    break;
-                }
+                lines.push(&mut out, &entry, format);
             }
         }
-        let wrote = !buffer.is_empty() || !flushes.is_empty();
-        if !buffer.is_empty() {
-            write_chunk(&mut sink, &buffer);
-            buffer.clear();
+        // A buffer only the list still holds belongs to a thread that
+        // ended; it was just emptied.
+        all.retain(|buffer| Arc::strong_count(buffer) > 1 || !lock(buffer).is_empty());
+        drop(all);
+        if !out.is_empty() {
+            write_chunk(&mut sink, &out);
+            out.clear();
         }
-        let _ = sink.flush();
+        if wrote {
+            let _ = sink.flush();
+        }
         for done in flushes {
             let _ = done.send(());
         }
@@ -180,29 +277,59 @@ fn write_chunk(sink: &mut Box<dyn Write + Send>, lines: &[u8]) {
     let _ = sink.write_all(lines);
 }
 
-/// Appends `entry`'s line (with its newline) to `out`.
-pub fn format_line(out: &mut Vec<u8>, entry: &AccessEntry, format: LogFormat) {
-    Lines::default().push(out, entry, format);
-}
-
 /// Writes lines cheaply: no `fmt` machinery, and the date and time of
 /// day formatted once per second (a busy gateway writes thousands of
 /// lines a second, on the same core as its requests).
 #[derive(Default)]
 struct Lines {
+    /// Turns entries' instants into wall-clock time.
+    clock: Clock,
     /// The second `stamp` is for, since the epoch.
     second: Option<u64>,
     /// `YYYY-MM-DDTHH:MM:SS` of that second.
-    stamp: Vec<u8>,
+    stamp: [u8; STAMP],
+}
+
+/// The length of `YYYY-MM-DDTHH:MM:SS` (years up to 9999).
+const STAMP: usize = 19;
+
+/// One reading of both clocks: an instant near it is that much before or
+/// after the wall-clock time read with it.
+#[derive(Clone, Copy)]
+struct Clock {
+    instant: Instant,
+    /// The wall-clock time at `instant`, since the epoch.
+    wall: Duration,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let instant = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock { instant, wall }
+    }
+
+    /// `at` as time since the epoch.
+    fn wall(&self, at: Instant) -> Duration {
+        match at.checked_duration_since(self.instant) {
+            Some(after) => self.wall + after,
+            None => self.wall.saturating_sub(self.instant.duration_since(at)),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::now()
+    }
 }
 
 impl Lines {
     fn push(&mut self, out: &mut Vec<u8>, entry: &AccessEntry, format: LogFormat) {
-        let since = entry
-            .time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let call_id = entry.call_id.as_ref().and_then(|v| v.to_str().ok());
+        let since = self.clock.wall(entry.at);
+        let call_id = entry.call_id.as_ref().map(CallIdText::as_bytes);
         let route: &str = match &entry.route {
             AccessRoute::Function(f) => &f.route,
             AccessRoute::Fixed(label) => label,
@@ -219,14 +346,14 @@ impl Lines {
                 out.extend_from_slice(b" route=");
                 out.extend_from_slice(route.as_bytes());
                 out.extend_from_slice(b" status=");
-                push_number(out, u64::from(entry.status));
+                push_status(out, entry.status);
                 out.extend_from_slice(b" latency_ms=");
                 push_millis(out, entry.latency);
                 out.extend_from_slice(b" request_id=");
                 out.extend_from_slice(entry.request_id.as_bytes());
                 if let Some(id) = call_id {
                     out.extend_from_slice(b" call_id=");
-                    out.extend_from_slice(id.as_bytes());
+                    out.extend_from_slice(id);
                 }
                 out.push(b'\n');
             }
@@ -251,13 +378,13 @@ impl Lines {
                     }
                 }
                 out.extend_from_slice(b",\"status\":");
-                push_number(out, u64::from(entry.status));
+                push_status(out, entry.status);
                 out.extend_from_slice(b",\"latency_ms\":");
                 push_millis(out, entry.latency);
                 out.extend_from_slice(b",\"call_id\":");
-                match call_id {
-                    Some(id) => json_str(out, id),
-                    None => out.extend_from_slice(b"null"),
+                match call_id.map(std::str::from_utf8) {
+                    Some(Ok(id)) => json_str(out, id),
+                    Some(Err(_)) | None => out.extend_from_slice(b"null"),
                 }
                 out.extend_from_slice(b"}\n");
             }
@@ -270,15 +397,35 @@ impl Lines {
         if self.second != Some(second) {
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
             let text = humantime::format_rfc3339_seconds(at).to_string();
-            self.stamp.clear();
-            self.stamp
-                .extend_from_slice(text.trim_end_matches('Z').as_bytes());
+            let text = text.trim_end_matches('Z').as_bytes();
+            if let Some(stamp) = self.stamp.get_mut(..STAMP) {
+                if text.len() == STAMP {
+                    stamp.copy_from_slice(text);
+                }
+            }
             self.second = Some(second);
         }
-        out.extend_from_slice(&self.stamp);
-        out.push(b'.');
-        push_padded(out, u64::from(since.subsec_micros()), 6);
-        out.push(b'Z');
+        // `YYYY-MM-DDTHH:MM:SS` `.` six digits `Z`, written at once.
+        let mut time = [0u8; STAMP + 8];
+        time[..STAMP].copy_from_slice(&self.stamp);
+        time[STAMP] = b'.';
+        let mut micros = since.subsec_micros();
+        for digit in time[STAMP + 1..STAMP + 7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        time[STAMP + 7] = b'Z';
+        out.extend_from_slice(&time);
+    }
+}
+
+/// A status code: three digits (http's `StatusCode` is 100 to 999).
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    if (100..1000).contains(&status) {
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        out.extend_from_slice(&[digit(status / 100), digit(status / 10), digit(status)]);
+    } else {
+        push_number(out, u64::from(status));
     }
 }
 
@@ -297,15 +444,17 @@ fn push_number(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// `n` in decimal, with leading zeros to `width` digits.
-fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
-    let start = out.len();
-    push_number(out, n);
-    let len = out.len() - start;
-    if len < width {
-        let zeros = width - len;
-        out.splice(start..start, std::iter::repeat_n(b'0', zeros));
+/// `n` in decimal, with leading zeros to `width` digits (at most 20).
+fn push_padded(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 && at > 0 {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
     }
+    let from = at.min(digits.len().saturating_sub(width));
+    out.extend_from_slice(&digits[from..]);
 }
 
 /// `latency` in milliseconds with three decimals (`1.500`), rounded to
@@ -326,39 +475,57 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
 
+    /// 2025-11-24T16:00:00Z, as both clocks of the tests' `Lines` read it.
+    const WALL: Duration = Duration::from_secs(1_764_000_000);
+
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
     fn entry(route: AccessRoute, call_id: Option<&'static str>) -> AccessEntry {
         AccessEntry {
-            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000),
+            at: base(),
             request_id: "req-1".into(),
             method: Method::POST,
             route,
             status: 200,
             latency: Duration::from_micros(1500),
-            call_id: call_id.map(HeaderValue::from_static),
+            call_id: call_id.and_then(|id| CallIdText::new(&HeaderValue::from_static(id))),
+        }
+    }
+
+    fn lines() -> Lines {
+        Lines {
+            clock: Clock {
+                instant: base(),
+                wall: WALL,
+            },
+            ..Lines::default()
         }
     }
 
     fn line(entry: &AccessEntry, format: LogFormat) -> String {
         let mut out = Vec::new();
-        format_line(&mut out, entry, format);
+        lines().push(&mut out, entry, format);
         String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn a_full_channel_drops_and_counts_instead_of_waiting() {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+    fn a_full_buffer_drops_and_counts_instead_of_waiting() {
+        let buffer = Mutex::new(Vec::new());
         let dropped = AtomicU64::new(0);
-        for _ in 0..5 {
-            send(&sender, entry(AccessRoute::Unmatched, None), &dropped);
+        for _ in 0..CAPACITY + 3 {
+            push(&buffer, entry(AccessRoute::Unmatched, None), &dropped);
         }
         assert_eq!(dropped.load(Ordering::Relaxed), 3);
-        assert_eq!(receiver.try_iter().count(), 2);
+        assert_eq!(buffer.lock().unwrap().len(), CAPACITY);
     }
 
     #[test]
-    fn the_writer_writes_whole_lines_and_answers_a_flush() {
+    fn the_writer_takes_every_threads_lines_and_answers_a_flush() {
         #[derive(Clone, Default)]
-        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+        struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
                 self.0.lock().unwrap().extend_from_slice(bytes);
@@ -369,27 +536,63 @@ mod tests {
             }
         }
         let sink = Shared::default();
-        let (sender, receiver) = std::sync::mpsc::sync_channel(CAPACITY);
+        let buffers: Arc<Mutex<Vec<Buffer>>> = Arc::default();
+        let (flushes, flush_requests) = std::sync::mpsc::channel();
         let writer = {
-            let sink = sink.clone();
-            std::thread::spawn(move || write_lines(receiver, Box::new(sink), LogFormat::Text))
+            let (sink, buffers) = (sink.clone(), buffers.clone());
+            std::thread::spawn(move || {
+                write_lines(&buffers, flush_requests, Box::new(sink), LogFormat::Text)
+            })
         };
         let dropped = AtomicU64::new(0);
-        for _ in 0..500 {
-            send(
-                &sender,
+        // Two threads' buffers; the second's thread has ended (only the
+        // list holds it) once its lines are in.
+        let (first, second) = (Buffer::default(), Buffer::default());
+        lock(&buffers).extend([first.clone(), second.clone()]);
+        for i in 0..500 {
+            let buffer = if i % 2 == 0 { &first } else { &second };
+            push(
+                buffer,
                 entry(AccessRoute::Unmatched, Some("fc-1")),
                 &dropped,
             );
         }
+        drop(second);
         let (done, written) = std::sync::mpsc::channel();
-        sender.send(Message::Flush(done)).unwrap();
+        flushes.send(done).unwrap();
         written.recv_timeout(Duration::from_secs(10)).unwrap();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 500);
         assert!(text.lines().all(|l| l.ends_with("call_id=fc-1")));
-        drop(sender);
+        assert_eq!(
+            lock(&buffers).len(),
+            1,
+            "the ended thread's buffer is let go"
+        );
+        drop(flushes);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn instants_become_wall_clock_time_on_either_side_of_the_reading() {
+        let clock = Clock {
+            instant: base() + Duration::from_secs(10),
+            wall: WALL,
+        };
+        assert_eq!(clock.wall(base()), WALL - Duration::from_secs(10));
+        assert_eq!(
+            clock.wall(base() + Duration::from_millis(10_250)),
+            WALL + Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn call_ids_that_do_not_fit_are_left_out() {
+        let id = "fc-0123456789abcdef0123456789abcdef";
+        let text = CallIdText::new(&HeaderValue::from_static(id)).unwrap();
+        assert_eq!(text.as_bytes(), id.as_bytes());
+        let long = HeaderValue::from_str(&"x".repeat(CallIdText::INLINE + 1)).unwrap();
+        assert!(CallIdText::new(&long).is_none());
     }
 
     #[test]
@@ -420,9 +623,9 @@ mod tests {
         out.clear();
         push_padded(&mut out, 7, 6);
         assert_eq!(out, b"000007");
-        let mut lines = Lines::default();
+        let mut lines = lines();
         let mut out = Vec::new();
-        let at = Duration::from_secs(1_764_000_000) + Duration::from_micros(42);
+        let at = WALL + Duration::from_micros(42);
         lines.time(&mut out, at);
         out.push(b' ');
         lines.time(&mut out, at + Duration::from_millis(1_500));
