@@ -143,6 +143,11 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     pub path: PathBuf,
     pub url: Option<String>,
+    /// Redis: every key the gateway writes starts with it.
+    pub prefix: String,
+    /// Redis: a running call whose replica stopped heartbeating it for
+    /// this long is claimed by another replica.
+    pub claim_timeout: Duration,
     pub result_ttl: Duration,
     pub max_pending: u64,
     pub max_wait: Duration,

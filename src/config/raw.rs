@@ -66,6 +66,8 @@ pub struct RawStore {
     pub kind: Option<String>,
     pub path: Option<String>,
     pub url: Option<String>,
+    pub prefix: Option<String>,
+    pub claim_timeout: Option<String>,
     pub result_ttl: Option<String>,
     pub max_pending: Option<u64>,
     pub max_wait: Option<String>,

@@ -184,6 +184,23 @@ impl Context {
         if max_pending == 0 {
             return Err(self.invalid("store.max_pending", "must be at least 1"));
         }
+        let prefix = raw
+            .and_then(|s| s.prefix.clone())
+            .unwrap_or_else(|| "fngate:".to_owned());
+        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.invalid(
+                "store.prefix",
+                "must be 1 to 64 visible ASCII characters, like \"fngate:\"",
+            ));
+        }
+        let claim_timeout = self.duration(
+            "store.claim_timeout",
+            raw.and_then(|s| s.claim_timeout.as_deref()),
+            Duration::from_secs(30),
+        )?;
+        if claim_timeout < Duration::from_secs(1) {
+            return Err(self.invalid("store.claim_timeout", "must be at least 1s"));
+        }
         Ok(StoreConfig {
             kind,
             path: self.resolve(
@@ -191,6 +208,8 @@ impl Context {
                     .unwrap_or("data/calls.db"),
             ),
             url,
+            prefix,
+            claim_timeout,
             result_ttl: self.duration(
                 "store.result_ttl",
                 raw.and_then(|s| s.result_ttl.as_deref()),

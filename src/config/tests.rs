@@ -34,6 +34,8 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.server.max_json_depth, 128);
     assert_eq!(config.store.result_ttl, Duration::from_secs(7 * 86_400));
     assert_eq!(config.store.path, Path::new("/srv/fngate/data/calls.db"));
+    assert_eq!(config.store.prefix, "fngate:");
+    assert_eq!(config.store.claim_timeout, Duration::from_secs(30));
     assert!(
         matches!(&config.server.tls, TlsSource::Dev { dir } if dir == Path::new("/srv/fngate/certs"))
     );
@@ -179,6 +181,16 @@ fn bad_values_are_rejected_with_their_key() {
         (
             format!("[store]\nresult_ttl = \"forever\"\n{SQUARE}"),
             "store.result_ttl",
+        ),
+        (format!("[store]\nkind = \"redis\"\n{SQUARE}"), "store.url"),
+        (
+            format!("[store]\nprefix = \"a b\"\n{SQUARE}"),
+            "store.prefix",
+        ),
+        (format!("[store]\nprefix = \"\"\n{SQUARE}"), "store.prefix"),
+        (
+            format!("[store]\nclaim_timeout = \"500ms\"\n{SQUARE}"),
+            "store.claim_timeout",
         ),
         (
             format!("{SQUARE}concurrency = \"many\"\n"),

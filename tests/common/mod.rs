@@ -6,6 +6,8 @@
 //! Every test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
