@@ -2,7 +2,7 @@
 //!
 //! A request appends its entry (a few `Arc` clones, numbers and the call
 //! id's bytes) to a buffer of its own thread's and goes on: an uncontended
-//! lock, no channel, no clock read, no wake-up of another thread. A thread
+//! lock, no channel, no clock read beyond the latency's, no wake-up of another thread. A thread
 //! of its own takes every thread's buffer in turn (swapping in an empty
 //! one), formats the lines and writes them. When the writer falls behind
 //! and a thread's buffer is full, the line is dropped and counted
