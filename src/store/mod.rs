@@ -1,10 +1,12 @@
 //! The call store: where spawned calls, their results and their pending
 //! webhook deliveries live, durably. `CallStore` is the seam; the embedded
-//! SQLite store is the default, a shared Redis store comes later.
+//! SQLite store is the default, the Redis store is shared by any number of
+//! gateway replicas (see `redis`).
 
 pub mod deploys;
 pub mod embedded;
 pub mod map;
+pub mod redis;
 
 use crate::invocation::Principal;
 
@@ -44,7 +46,7 @@ impl CallState {
         !matches!(self, CallState::Pending | CallState::Running)
     }
 
-    fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         match self {
             CallState::Pending => 0,
             CallState::Running => 1,
@@ -55,7 +57,7 @@ impl CallState {
         }
     }
 
-    fn from_code(code: i64) -> Option<CallState> {
+    pub(crate) fn from_code(code: i64) -> Option<CallState> {
         Some(match code {
             0 => CallState::Pending,
             1 => CallState::Running,
@@ -78,14 +80,14 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             FailureKind::Function => "function",
             FailureKind::Backend => "backend",
         }
     }
 
-    fn parse(text: &str) -> FailureKind {
+    pub(crate) fn parse(text: &str) -> FailureKind {
         if text == "function" {
             FailureKind::Function
         } else {
@@ -237,6 +239,35 @@ pub struct Delivery {
     pub url: String,
     /// Attempts made so far.
     pub attempts: u32,
+}
+
+/// What another replica sharing the store did, that this one must act on.
+/// A store of one gateway (the embedded one) has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A function has pending calls (spawned, or taken over from a replica
+    /// that stopped): its dispatcher looks in the store.
+    Pending { app: String, function: String },
+    /// A call (or a map) ended: its long polls answer, webhooks look.
+    Ended(String),
+    /// A call was cancelled: its run (or a map's inputs' runs) stops here.
+    Cancelled(String),
+    /// A spawned map has pending inputs: this replica takes some too.
+    MapPending(String),
+    /// The deploys changed: serve the stored ones.
+    Deployed,
+    /// Events may have been missed (the store's connection was lost and is
+    /// back): every dispatcher looks, open maps are taken up again, and the
+    /// deploys are read again.
+    Resync,
+}
+
+/// What [`CallStore::take_over`] put back to pending: the functions and
+/// maps whose dispatchers should look now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TakenOver {
+    pub functions: Vec<(String, String)>,
+    pub maps: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -469,6 +500,43 @@ pub trait CallStore: Send + Sync {
 
     /// The latest version of every deployed key (a delete included).
     fn latest_deploys(&self) -> BoxFuture<'_, Result<Vec<deploys::DeployVersion>, StoreError>>;
+
+    // What a store shared by several gateway replicas adds. The defaults
+    // are a store of one gateway's own, whose process is the only one that
+    // runs its calls (what it left running goes back to pending in
+    // `recover` at its next start).
+
+    /// Events from the replicas sharing this store (this one's own
+    /// included); `None` for a store of one gateway.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
+
+    /// How often the replica extends the leases of what it runs
+    /// ([`CallStore::heartbeat`]) and takes over lapsed ones
+    /// ([`CallStore::take_over`]); `None`: never.
+    fn lease_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Extends the leases of the calls and map inputs (`{map id}-{index}`)
+    /// running here, by their ids; ids that hold no lease are ignored.
+    fn heartbeat(&self, _running: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Puts the calls and map inputs whose leases lapsed (their replica
+    /// stopped) back to pending; they run again, `attempt` + 1.
+    fn take_over(&self) -> BoxFuture<'_, Result<TakenOver, StoreError>> {
+        Box::pin(std::future::ready(Ok(TakenOver::default())))
+    }
+
+    /// The key every replica signs call tokens with, so a call token
+    /// minted on one is good on all: 32 random bytes, drawn by the first
+    /// replica that asks. `None`: each gateway draws its own.
+    fn shared_secret(&self) -> BoxFuture<'_, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Milliseconds since the Unix epoch.
