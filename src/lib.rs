@@ -60,8 +60,6 @@ pub enum ServeError {
     /// The deploys stored by the admin API no longer fit the file.
     #[error("the stored deploys over the configuration file: {0}")]
     Deploys(config::ConfigError),
-    #[error("the redis call store is not available in this version of fngate yet")]
-    RedisUnavailable,
     /// (The I/O error is part of the message, not a source: printed once.)
     #[error("log.access: cannot open the access log: {0}")]
     AccessLog(std::io::Error),
@@ -126,8 +124,17 @@ impl Gateway {
         // 2. The call store.
         let store: Arc<dyn CallStore> = match file.store.kind {
             StoreKind::Embedded => Arc::new(EmbeddedStore::open(&file.store.path)?),
-            StoreKind::Redis => return Err(ServeError::RedisUnavailable),
+            StoreKind::Redis => {
+                store::redis::RedisStore::open(&store::redis::RedisSettings {
+                    url: file.store.url.clone().unwrap_or_default(),
+                    prefix: file.store.prefix.clone(),
+                    claim_timeout: file.store.claim_timeout,
+                })
+                .await?
+            }
         };
+        // Replicas sharing the store sign call tokens with one key.
+        let token_secret = store.shared_secret().await?;
         // What the admin API deployed is laid over the file.
         let overlays = admin::stored_overlays(&*store).await?;
         let mut config = file.with_overlays(&overlays).map_err(ServeError::Deploys)?;
@@ -164,7 +171,7 @@ impl Gateway {
             tracing::debug!(app = %function.app, function = %function.name, backend = %function.describe(), "function deployed");
         }
         // 5. Spawned calls and their webhooks.
-        let calls = Arc::new(Calls::new(
+        let mut calls = Calls::new(
             store.clone(),
             registry.clone(),
             CallsConfig {
@@ -172,7 +179,11 @@ impl Gateway {
                 max_pending: config.store.max_pending,
                 max_wait: config.store.max_wait,
             },
-        ));
+        );
+        if let Some(secret) = &token_secret {
+            calls = calls.with_token_secret(secret);
+        }
+        let calls = Arc::new(calls);
         let webhooks = config.webhooks.as_ref().map(|w| {
             let settings = WebhookSettings {
                 secret: w.secret.clone(),
@@ -324,6 +335,11 @@ impl Gateway {
         tasks.spawn(reload::reload_on_changes(
             self.reloader.clone(),
             self.triggers,
+            shutdown.clone(),
+        ));
+        tasks.spawn(admin::follow_stored_deploys(
+            self.reloader.clone(),
+            self.state.calls.store().clone(),
             shutdown.clone(),
         ));
         if let Some(webhooks) = self.state.webhooks.clone() {

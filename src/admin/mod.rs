@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use http::{Response, header};
 
 use crate::config::Overlays;
-use crate::store::{CallStore, StoreError};
+use crate::store::{CallStore, StoreError, StoreEvent};
 
 pub use listener::serve;
 pub use problem::AdminError;
@@ -57,6 +57,57 @@ pub async fn stored_overlays(store: &dyn CallStore) -> Result<Overlays, StoreErr
         }
     }
     Ok(overlays)
+}
+
+/// With a store that several replicas share: serves the deploys the others
+/// stored, as each is announced (and all of them again after the store's
+/// events were interrupted), until `shutdown` (it never ends before). A replica's own deploys come
+/// back here too and change nothing.
+pub async fn follow_stored_deploys(
+    reloader: Arc<crate::reload::Reloader>,
+    store: Arc<dyn CallStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    // A task of the gateway's: ending early would stop the gateway.
+    let Some(mut events) = store.events() else {
+        return shutdown.cancelled().await;
+    };
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = shutdown.cancelled() => return,
+        };
+        match event {
+            Ok(StoreEvent::Deployed | StoreEvent::Resync) | Err(RecvError::Lagged(_)) => {}
+            Ok(_) => continue,
+            Err(RecvError::Closed) => return shutdown.cancelled().await,
+        }
+        loop {
+            match stored_overlays(&*store).await {
+                Ok(stored) => {
+                    if stored != reloader.overlays().await {
+                        match reloader.apply(stored).await {
+                            Ok(changes) => {
+                                tracing::info!(added = ?changes.added, changed = ?changes.changed, removed = ?changes.removed, "serving the deploys another replica stored")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the deploys another replica stored do not apply here")
+                            }
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the stored deploys; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Every admin route, each behind the check of `token` but the console's

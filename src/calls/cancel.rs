@@ -39,6 +39,11 @@ impl Running {
         self.0.insert(id, (stop, backend));
     }
 
+    /// The ids of what runs here (calls, and map inputs as `{map id}-{index}`).
+    pub(super) fn ids(&self) -> Vec<String> {
+        self.0.iter().map(|entry| entry.key().clone()).collect()
+    }
+
     /// Notes that `id` no longer runs here.
     pub(super) fn forget(&self, id: &str) {
         self.0.remove(id);
@@ -46,7 +51,7 @@ impl Running {
 
     /// Stops the runs of map `id`'s inputs that run here (their ids are
     /// the map's with `-{index}`).
-    fn stop_inputs(&self, id: &str) {
+    pub(super) fn stop_inputs(&self, id: &str) {
         let prefix = format!("{id}-");
         let inputs: Vec<String> = self
             .0
@@ -62,7 +67,7 @@ impl Running {
     /// Stops `id`'s work, if it runs here: its backend first stops what
     /// runs it (an instance), while the work still holds it; then the work
     /// is dropped.
-    fn stop(&self, id: &str) {
+    pub(super) fn stop(&self, id: &str) {
         if let Some((_, (running, backend))) = self.0.remove(id) {
             if let Some(backend) = backend {
                 backend.abort(id);

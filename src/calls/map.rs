@@ -117,9 +117,36 @@ impl Calls {
         Ok(())
     }
 
-    /// Runs map `id`'s pending inputs, in a task given the grace period.
-    fn start_map(self: &Arc<Self>, function: Arc<Function>, id: String) {
-        self.tasks.spawn(self.clone().run_map(function, id));
+    /// Runs map `id`'s pending inputs, in a task given the grace period:
+    /// one task per map in this process. Asked again while its task runs
+    /// (another replica's inputs came back, or the map was announced
+    /// twice), that task looks once more before it ends.
+    pub(super) fn start_map(self: &Arc<Self>, function: Arc<Function>, id: String) {
+        use dashmap::mapref::entry::Entry;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        match self.maps_here.entry(id.clone()) {
+            Entry::Occupied(again) => return again.get().store(true, Ordering::Release),
+            Entry::Vacant(slot) => {
+                slot.insert(Arc::new(AtomicBool::new(false)));
+            }
+        }
+        let calls = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                calls.clone().run_map(function.clone(), id.clone()).await;
+                // Removed unless asked again meanwhile (under the entry's
+                // lock, so a request from now on starts a new task).
+                let not_asked_again =
+                    |_: &String, again: &Arc<AtomicBool>| !again.swap(false, Ordering::AcqRel);
+                if calls.maps_here.remove_if(&id, not_asked_again).is_some() {
+                    return;
+                }
+                if calls.stopping.is_cancelled() {
+                    calls.maps_here.remove(&id);
+                    return;
+                }
+            }
+        });
     }
 
     /// Takes the map's pending inputs as slots allow (twice as many as the

@@ -12,6 +12,7 @@ mod execute;
 mod map;
 pub mod retry;
 mod runner;
+mod shared;
 mod spawn;
 mod status;
 mod sweep;
@@ -52,6 +53,9 @@ pub struct Calls {
     /// Per function version: its dispatcher, stopped when a reload or a
     /// deploy replaces the version.
     dispatchers: runner::Dispatchers,
+    /// The spawned maps whose inputs this replica takes now, each with a
+    /// flag set when more were announced meanwhile (its task looks again).
+    maps_here: dashmap::DashMap<String, Arc<std::sync::atomic::AtomicBool>>,
     /// Wakes the webhook sender when a call ends.
     pub ended: Arc<Notify>,
     /// Work given the grace period at shutdown: spawned calls running
@@ -79,11 +83,19 @@ impl Calls {
             running: cancel::Running::default(),
             wakes,
             dispatchers: runner::Dispatchers::default(),
+            maps_here: dashmap::DashMap::new(),
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             tokens: CallTokens::generate(),
         }
+    }
+
+    /// Signs call tokens with `secret` (shared by every replica of a shared
+    /// store) instead of a key of this gateway's own.
+    pub fn with_token_secret(mut self, secret: &[u8]) -> Calls {
+        self.tokens = CallTokens::from_secret(secret);
+        self
     }
 
     /// The call tokens of this gateway's calls.

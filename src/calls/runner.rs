@@ -59,6 +59,15 @@ impl Wakes {
         self.0.store(Arc::new(wakes));
     }
 
+    /// Wakes every dispatcher: each looks in the store.
+    pub(super) fn wake_all(&self) {
+        for functions in self.0.load().values() {
+            for wake in functions.values() {
+                wake.notify_one();
+            }
+        }
+    }
+
     /// The wake-up of `app/function`'s dispatcher; `None` if no such
     /// function is deployed.
     pub(super) fn of(&self, app: &str, function: &str) -> Option<Arc<Notify>> {
@@ -112,6 +121,9 @@ impl Calls {
         let mut swaps = self.registry.swaps();
         swaps.mark_changed();
         let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
+        // With a store shared by replicas: the others' events, and leases.
+        let events = tokio::spawn(self.clone().follow_events(shutdown.clone()));
+        let leases = tokio::spawn(self.clone().keep_leases(shutdown.clone()));
         loop {
             tokio::select! {
                 changed = swaps.changed() => {
@@ -126,6 +138,8 @@ impl Calls {
         self.dispatchers.tasks.close();
         self.dispatchers.tasks.wait().await;
         let _ = sweeper.await;
+        let _ = events.await;
+        let _ = leases.await;
         self.stopping.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())

@@ -27,6 +27,13 @@ impl Waiters {
         self.0.remove_if(id, |_, w| Arc::strong_count(w) == 1);
     }
 
+    /// Wakes every long poll: each reads its call again.
+    pub(super) fn wake_all(&self) {
+        for waiter in self.0.iter() {
+            waiter.value().notify_waiters();
+        }
+    }
+
     /// Wakes everyone waiting for `id`.
     fn wake(&self, id: &str) {
         if let Some((_, waiter)) = self.0.remove(id) {
