@@ -94,15 +94,14 @@ async fn served_on(cluster: &Cluster, i: usize) -> String {
 /// `want`; how long that took.
 async fn served_everywhere(cluster: &Cluster, want: &str) -> Duration {
     let since = Instant::now();
-    for i in 0..cluster.replicas.len() {
+    for (i, name) in NAMES.iter().enumerate().take(cluster.replicas.len()) {
         let served = eventually_async(Duration::from_secs(5), move || async move {
             served_on(cluster, i).await == want
         })
         .await;
         assert!(
             served,
-            "{} answers {want} within 5 s, not {}",
-            NAMES[i],
+            "{name} answers {want} within 5 s, not {}",
             served_on(cluster, i).await
         );
     }
@@ -120,13 +119,8 @@ async fn a_deploy_on_one_replica_is_served_by_the_others() {
     })
     .await;
     let admin = Admin::of(&cluster.replicas[0]).await;
-    for i in 0..3 {
-        assert_eq!(
-            served_on(&cluster, i).await,
-            "app_not_found",
-            "{}",
-            NAMES[i]
-        );
+    for (i, name) in NAMES.iter().enumerate() {
+        assert_eq!(served_on(&cluster, i).await, "app_not_found", "{name}");
     }
 
     admin.deploy("demo", "ver", &version_table("1")).await;
