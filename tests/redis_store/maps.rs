@@ -78,6 +78,22 @@ async fn insert(store: &dyn CallStore, call: NewCall, inputs: Vec<MapInput>, exp
     assert!(matches!(inserted, Inserted::Created), "{inserted:?}");
 }
 
+/// The result a map ends with: the embedded store's summary.
+fn summary(failed: u64, inputs: u64, succeeded: u64) -> Option<Outcome> {
+    let text = format!(r#"{{"failed":{failed},"inputs":{inputs},"succeeded":{succeeded}}}"#);
+    Some(Outcome::Succeeded(text.into_bytes()))
+}
+
+/// What `redis-cli` answers, trimmed.
+async fn cli(server: &RedisServer, args: &[&str]) -> String {
+    server.cli(args).await.trim().to_owned()
+}
+
+async fn open_ids(store: &dyn CallStore) -> Vec<String> {
+    let open = store.open_maps().await.unwrap();
+    open.into_iter().map(|map| map.id).collect()
+}
+
 async fn page(store: &dyn CallStore, id: &str) -> Vec<StoredInput> {
     store.map_page(id.to_owned(), 0, 1000).await.unwrap()
 }
@@ -165,12 +181,7 @@ async fn two_replicas_claim_a_maps_inputs_in_batches_lowest_first_each_exactly_o
     assert_eq!(map_ends, 1, "the map ends once, with its last input");
     let record = stores[1].get("fc-map").await.unwrap().unwrap();
     assert_eq!(record.state, CallState::Succeeded);
-    assert_eq!(
-        record.outcome,
-        Some(Outcome::Succeeded(
-            br#"{"failed":0,"inputs":600,"succeeded":600}"#.to_vec()
-        ))
-    );
+    assert_eq!(record.outcome, summary(0, 600, 600));
 }
 
 /// One sequence of a map's life, run against any store: what it answered
@@ -260,32 +271,20 @@ async fn a_map_ends_with_its_last_input_as_the_embedded_store_ends_it() {
     );
     assert_eq!(redis_page[1].outcome, Some(Outcome::TimedOut));
     let record = stores[0].get("fc-life").await.unwrap().unwrap();
-    assert_eq!(
-        record.outcome,
-        Some(Outcome::Succeeded(
-            br#"{"failed":4,"inputs":7,"succeeded":3}"#.to_vec()
-        ))
-    );
+    assert_eq!(record.outcome, summary(4, 7, 3));
     // Its webhook is queued, it expires, it is no longer open, and no
     // lease of its inputs is left.
-    let delivery = server
-        .cli(&["HGET", &format!("{prefix}delivery:fc-life"), "url"])
-        .await;
-    assert_eq!(delivery.trim(), "https://hooks.example.com/done");
-    let due = server
-        .cli(&["ZSCORE", &format!("{prefix}deliveries"), "fc-life"])
-        .await;
-    assert!(!due.trim().is_empty(), "its delivery is due");
-    let expiry = server
-        .cli(&["ZSCORE", &format!("{prefix}expiry"), "fc-life"])
-        .await;
-    assert_eq!(expiry.trim(), FAR.to_string());
-    assert!(stores[0].open_maps().await.unwrap().is_empty());
-    let leases = server.cli(&["ZCARD", &format!("{prefix}leases")]).await;
-    assert_eq!(leases.trim(), "0");
-    let states = server.cli(&["HGETALL", &format!("{prefix}states")]).await;
-    let states: Vec<&str> = states.lines().collect();
-    assert_eq!(states, ["1", "0", "2", "1"]);
+    let key = |name: &str| format!("{prefix}{name}");
+    let url = cli(&server, &["HGET", &key("delivery:fc-life"), "url"]).await;
+    assert_eq!(url, "https://hooks.example.com/done");
+    let due = cli(&server, &["ZSCORE", &key("deliveries"), "fc-life"]).await;
+    assert!(!due.is_empty(), "its delivery is due");
+    let expiry = cli(&server, &["ZSCORE", &key("expiry"), "fc-life"]).await;
+    assert_eq!(expiry, FAR.to_string());
+    assert!(open_ids(&*stores[0]).await.is_empty());
+    assert_eq!(cli(&server, &["ZCARD", &key("leases")]).await, "0");
+    let states = cli(&server, &["HGETALL", &key("states")]).await;
+    assert_eq!(states.lines().collect::<Vec<_>>(), ["1", "0", "2", "1"]);
 }
 
 #[tokio::test]
@@ -296,23 +295,18 @@ async fn a_claimed_input_is_leased_until_it_ends() {
     insert(&**store, map_call("fc-lease"), inputs(2), FAR).await;
     let leases = format!("{prefix}leases");
     store.claim_inputs("fc-lease".into(), 1).await.unwrap();
-    let lapses: i64 = server
-        .cli(&["ZSCORE", &leases, "fc-lease-0"])
+    let lapses: i64 = cli(&server, &["ZSCORE", &leases, "fc-lease-0"])
         .await
-        .trim()
         .parse()
         .expect("input 0 is leased");
     let expected = now_ms() + CLAIM_TIMEOUT.as_millis() as i64;
     assert!((lapses - expected).abs() < 5_000, "{lapses} vs {expected}");
-    assert_eq!(
-        server.cli(&["ZSCORE", &leases, "fc-lease-1"]).await.trim(),
-        ""
-    );
+    assert_eq!(cli(&server, &["ZSCORE", &leases, "fc-lease-1"]).await, "");
     store
         .finish_input("fc-lease".into(), 0, Outcome::TimedOut, FAR)
         .await
         .unwrap();
-    assert_eq!(server.cli(&["ZCARD", &leases]).await.trim(), "0");
+    assert_eq!(cli(&server, &["ZCARD", &leases]).await, "0");
 }
 
 #[tokio::test]
@@ -376,26 +370,18 @@ async fn a_map_with_no_input_to_run_has_ended_when_stored() {
         expires,
     )
     .await;
-    for (id, summary, inputs) in [
-        ("fc-none", r#"{"failed":0,"inputs":0,"succeeded":0}"#, 0),
-        ("fc-refused", r#"{"failed":2,"inputs":2,"succeeded":0}"#, 2),
-    ] {
+    for (id, inputs) in [("fc-none", 0), ("fc-refused", 2)] {
         let record = store.get(id).await.unwrap().unwrap();
         assert_eq!(record.state, CallState::Succeeded);
         assert_eq!(record.map_inputs, Some(inputs));
         assert_eq!(record.expires_ms, Some(expires));
         assert!(record.finished_ms.is_some());
-        assert_eq!(
-            record.outcome,
-            Some(Outcome::Succeeded(summary.as_bytes().to_vec()))
-        );
+        assert_eq!(record.outcome, summary(inputs, inputs, 0));
         assert!(store.claim_inputs(id.into(), 10).await.unwrap().is_empty());
-        let due = server
-            .cli(&["ZSCORE", &format!("{prefix}deliveries"), id])
-            .await;
-        assert!(!due.trim().is_empty(), "{id}: its webhook is queued");
+        let due = cli(&server, &["ZSCORE", &format!("{prefix}deliveries"), id]).await;
+        assert!(!due.is_empty(), "{id}: its webhook is queued");
     }
-    assert!(store.open_maps().await.unwrap().is_empty());
+    assert!(open_ids(&**store).await.is_empty());
     let counts = store.count_by_state().await.unwrap();
     assert!(counts.contains(&(CallState::Succeeded, 2)), "{counts:?}");
     assert!(
@@ -461,14 +447,11 @@ async fn a_maps_idempotency_key_finds_the_map_it_made() {
         FAR,
     )
     .await;
-    let open: Vec<String> = store
-        .open_maps()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|map| map.id)
-        .collect();
-    assert_eq!(open, ["fc-a", "fc-d", "fc-new"]);
+    assert!(
+        store.get("fc-old").await.unwrap().is_none(),
+        "deleted with its key"
+    );
+    assert_eq!(open_ids(&*store).await, ["fc-a", "fc-d", "fc-new"]);
 }
 
 #[tokio::test]
@@ -482,8 +465,8 @@ async fn input_retrying_counts_the_attempts_of_a_running_input_only() {
     assert!(store.input_retrying("fc-retry".into(), 0).await.unwrap());
     assert!(store.input_retrying("fc-retry".into(), 0).await.unwrap());
     let inputs_key = format!("{prefix}map:fc-retry:inputs");
-    assert_eq!(server.cli(&["HGET", &inputs_key, "0:a"]).await.trim(), "3");
-    assert_eq!(server.cli(&["HGET", &inputs_key, "1:a"]).await.trim(), "1");
+    assert_eq!(cli(&server, &["HGET", &inputs_key, "0:a"]).await, "3");
+    assert_eq!(cli(&server, &["HGET", &inputs_key, "1:a"]).await, "1");
     store
         .finish_input("fc-retry".into(), 0, Outcome::TimedOut, FAR)
         .await
@@ -545,7 +528,7 @@ async fn an_input_ending_after_its_maps_cancel_is_not_recorded() {
     );
     let record = store.get("fc-map").await.unwrap().unwrap();
     assert_eq!(record.state, CallState::Cancelled);
-    assert!(store.open_maps().await.unwrap().is_empty());
+    assert!(open_ids(&*store).await.is_empty());
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ if redis.call('HGET', KEYS[1], 'state') ~= '1' then
 end
 local limit = tonumber(ARGV[2])
 local time = redis.call('TIME')
-local lapses = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  + tonumber(ARGV[3])
+local lapses = string.format('%.0f',
+  tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + tonumber(ARGV[3]))
 local claimed = {}
 while #claimed < limit do
   local indexes = redis.call('LPOP', KEYS[3], limit - #claimed)

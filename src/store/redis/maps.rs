@@ -20,9 +20,14 @@ use super::super::{CallState, FailureKind, Inserted, NewCall, Outcome, now_ms};
 use super::record::{self, Field};
 use super::{RedisStore, StoreError, store_error};
 
-/// The scripts that end a map start with the end they share.
+/// The scripts that end a map start with what the call scripts share (a
+/// map ends as a call ends) and the end of a map.
 fn with_end(script: &str) -> redis::Script {
-    redis::Script::new(&format!("{}\n{script}", include_str!("map_end.lua")))
+    redis::Script::new(&format!(
+        "{}\n{}\n{script}",
+        include_str!("call_common.lua"),
+        include_str!("map_end.lua")
+    ))
 }
 
 static INSERT: LazyLock<redis::Script> = LazyLock::new(|| with_end(include_str!("map_insert.lua")));
@@ -174,21 +179,16 @@ impl RedisStore {
         ))
     }
 
-    /// The keys a map's end writes, after its own, in the order the
-    /// scripts name them (`map_insert.lua`, `map_finish.lua`).
+    /// A map's own keys, in the order the scripts that may end it name
+    /// them (`map_insert.lua`, `map_finish.lua`); the keys every call's
+    /// end writes, they make from the prefix.
     fn end_keys(&self, id: &str, invocation: &mut redis::ScriptInvocation<'_>) {
         let keys = self.map_keys(id);
         invocation
             .key(keys.call)
             .key(keys.inputs)
             .key(keys.pending)
-            .key(keys.running)
-            .key(self.keys.key("maps"))
-            .key(self.keys.key("states"))
-            .key(self.keys.events())
-            .key(self.keys.key("expiry"))
-            .key(self.keys.key("deliveries"))
-            .key(self.keys.key(&format!("delivery:{id}")));
+            .key(keys.running);
     }
 
     /// The map's hash as first stored: the call's fields, running, with
@@ -248,8 +248,8 @@ impl RedisStore {
             invocation.key(idem);
         }
         invocation
-            .arg(&call.id)
             .arg(self.keys.prefix())
+            .arg(&call.id)
             .arg(now_ms())
             .arg(expires_ms)
             .arg(digest)
@@ -338,6 +338,7 @@ impl RedisStore {
         self.end_keys(&id, &mut invocation);
         invocation
             .key(self.keys.key("leases"))
+            .arg(self.keys.prefix())
             .arg(&id)
             .arg(index)
             .arg(code)
