@@ -12,11 +12,14 @@ use fngate::invocation::Principal;
 use fngate::store::redis::{RedisSettings, RedisStore};
 use fngate::store::{
     CallState, CallStore, Cancelled, FailureKind, Inserted, NewCall, Origin, Outcome, StoreError,
-    TakenOver, now_ms,
+    now_ms,
 };
 
 use super::store_on;
 use crate::common::redis::RedisServer;
+
+#[path = "calls/leases.rs"]
+mod leases;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -34,6 +37,26 @@ async fn replica(server: &RedisServer, prefix: &str, claim_timeout: Duration) ->
 
 fn prefix() -> String {
     format!("c{}:", fngate::invocation::random_hex::<6>())
+}
+
+/// redis-cli on a test's server, for looks at the keys: a command split
+/// at spaces, `@` standing for the store's prefix; answers the output
+/// trimmed.
+struct Cli<'a> {
+    server: &'a RedisServer,
+    prefix: &'a str,
+}
+
+impl<'a> Cli<'a> {
+    fn new(server: &'a RedisServer, prefix: &'a str) -> Cli<'a> {
+        Cli { server, prefix }
+    }
+
+    async fn run(&self, command: &str) -> String {
+        let command = command.replace('@', self.prefix);
+        let args: Vec<&str> = command.split_whitespace().collect();
+        self.server.cli(&args).await.trim().to_owned()
+    }
 }
 
 fn call(id: &str, function: &str) -> NewCall {
@@ -129,8 +152,13 @@ async fn a_call_reads_back_with_every_field_it_was_stored_with() {
     assert_eq!(record.origin, full.origin);
     assert_eq!(record.map_inputs, None);
     assert_eq!(store.get("fc-none").await.expect("the read answers"), None);
+}
 
-    // An adopted sync call is running in its first attempt, leased here.
+#[tokio::test]
+async fn an_adopted_sync_call_is_stored_running_in_its_first_attempt() {
+    let server = RedisServer::start().await;
+    let store = store_on(&server, LONG).await;
+    insert(&store, call("fc-spawned", "cube")).await;
     let mut adopted = call("fc-adopted", "square");
     adopted.state = CallState::Running;
     insert(&store, adopted.clone()).await;
@@ -366,18 +394,11 @@ async fn an_end_is_written_once_and_only_to_a_running_call() {
     assert_eq!(record.expires_ms, Some(expires));
     assert!(record.finished_ms.is_some());
     // Its webhook is queued (once) and its lease is gone.
-    let due = server
-        .cli(&["ZSCORE", &format!("{prefix}deliveries"), "fc-1"])
-        .await;
-    assert!(!due.trim().is_empty(), "a delivery is queued");
-    let url = server
-        .cli(&["HGET", &format!("{prefix}delivery:fc-1"), "url"])
-        .await;
-    assert_eq!(url.trim(), "https://hooks.example/1");
-    let lease = server
-        .cli(&["ZSCORE", &format!("{prefix}leases"), "fc-1"])
-        .await;
-    assert!(lease.trim().is_empty(), "no lease left: {lease:?}");
+    let cli = Cli::new(&server, &prefix);
+    assert!(!cli.run("ZSCORE @deliveries fc-1").await.is_empty());
+    let url = cli.run("HGET @delivery:fc-1 url").await;
+    assert_eq!(url, "https://hooks.example/1");
+    assert_eq!(cli.run("ZSCORE @leases fc-1").await, "", "no lease left");
 
     // An end after a cancel is not written either.
     insert(&store, call("fc-2", "square")).await;
@@ -429,275 +450,6 @@ async fn a_requeued_call_is_claimed_again_in_its_second_attempt() {
     assert!(!store.retrying("fc-1".to_owned()).await.expect("answers"));
 }
 
-/// Calls `take_over` on `store` until it takes something, for up to 10 s.
-async fn taken_over(store: &RedisStore) -> TakenOver {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let taken = store.take_over().await.expect("take-over answers");
-        if taken != TakenOver::default() {
-            return taken;
-        }
-        assert!(Instant::now() < deadline, "no lease lapsed in 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_lapsed_lease_puts_the_call_back_for_another_replica() {
-    let server = RedisServer::start().await;
-    let prefix = prefix();
-    let a = replica(&server, &prefix, Duration::from_secs(1)).await;
-    let b = replica(&server, &prefix, Duration::from_secs(1)).await;
-    insert(&a, call("fc-1", "Model.predict")).await;
-    let claimed = a.claim_next("demo", "Model.predict").await.expect("claims");
-    assert_eq!(claimed.map(|r| r.attempt), Some(1));
-    assert_eq!(b.take_over().await.expect("answers"), TakenOver::default());
-
-    // A never extends its lease.
-    let taken = taken_over(&b).await;
-    assert_eq!(
-        taken.functions,
-        [("demo".to_owned(), "Model.predict".to_owned())]
-    );
-    assert!(taken.maps.is_empty());
-    assert_eq!(b.pending(), 1);
-    assert_eq!(get(&b, "fc-1").await.state, CallState::Pending);
-    let again = b.claim_next("demo", "Model.predict").await.expect("claims");
-    assert_eq!(again.map(|r| r.attempt), Some(2));
-    assert_eq!(count(&b, CallState::Running).await, 1);
-    assert_eq!(count(&b, CallState::Pending).await, 0);
-}
-
-#[tokio::test]
-async fn a_heartbeat_keeps_a_lease_past_the_claim_timeout() {
-    let server = RedisServer::start().await;
-    let prefix = prefix();
-    let a = replica(&server, &prefix, Duration::from_secs(1)).await;
-    let b = replica(&server, &prefix, Duration::from_secs(1)).await;
-    insert(&a, call("fc-1", "square")).await;
-    a.claim_next("demo", "square").await.expect("claims");
-    let until = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < until {
-        a.heartbeat(vec!["fc-1".to_owned(), "fc-none".to_owned()])
-            .await
-            .expect("extends");
-        assert_eq!(b.take_over().await.expect("answers"), TakenOver::default());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(b.take_over().await.expect("answers"), TakenOver::default());
-    assert_eq!(get(&b, "fc-1").await.state, CallState::Running);
-    let none = server
-        .cli(&["ZSCORE", &format!("{prefix}leases"), "fc-none"])
-        .await;
-    assert!(none.trim().is_empty(), "a heartbeat makes no lease");
-}
-
-#[tokio::test]
-async fn a_lapsed_map_input_goes_back_to_its_map() {
-    // The map's keys as the maps part writes them: the map running with
-    // input 3 running here (its lease already lapsed) and input 4 done.
-    let server = RedisServer::start().await;
-    let prefix = prefix();
-    let store = replica(&server, &prefix, LONG).await;
-    let map = "fc-map-1";
-    let fields = [
-        "id",
-        map,
-        "app",
-        "demo",
-        "function",
-        "square",
-        "state",
-        "1",
-        "attempt",
-        "0",
-        "created_ms",
-        "1",
-        "map_inputs",
-        "5",
-        "inputs_pending",
-        "3",
-        "inputs_running",
-        "1",
-        "inputs_succeeded",
-        "1",
-        "inputs_failed",
-        "0",
-        "inputs_cancelled",
-        "0",
-    ];
-    let call_key = format!("{prefix}call:{map}");
-    server
-        .cli(&[&["HSET", &call_key][..], &fields].concat())
-        .await;
-    let inputs = format!("{prefix}map:{map}:inputs");
-    server.cli(&["HSET", &inputs, "3:s", "1", "4:s", "2"]).await;
-    server
-        .cli(&[
-            "RPUSH",
-            &format!("{prefix}map:{map}:pending"),
-            "0",
-            "1",
-            "2",
-        ])
-        .await;
-    server
-        .cli(&["SADD", &format!("{prefix}map:{map}:running"), "3"])
-        .await;
-    let leases = format!("{prefix}leases");
-    server
-        .cli(&[
-            "ZADD",
-            &leases,
-            "1",
-            &format!("{map}-3"),
-            "1",
-            &format!("{map}-4"),
-        ])
-        .await;
-
-    let taken = store.take_over().await.expect("takes over");
-    assert_eq!(taken.maps, [map.to_owned()]);
-    assert!(taken.functions.is_empty());
-    assert_eq!(server.cli(&["HGET", &inputs, "3:s"]).await.trim(), "0");
-    assert_eq!(
-        server.cli(&["HGET", &inputs, "4:s"]).await.trim(),
-        "2",
-        "an ended input stays"
-    );
-    let pending = server
-        .cli(&["LRANGE", &format!("{prefix}map:{map}:pending"), "0", "-1"])
-        .await;
-    assert_eq!(
-        pending.split_whitespace().collect::<Vec<_>>(),
-        ["3", "0", "1", "2"]
-    );
-    let running = server
-        .cli(&["SCARD", &format!("{prefix}map:{map}:running")])
-        .await;
-    assert_eq!(running.trim(), "0");
-    assert_eq!(
-        server
-            .cli(&["HGET", &call_key, "inputs_running"])
-            .await
-            .trim(),
-        "0"
-    );
-    assert_eq!(
-        server
-            .cli(&["HGET", &call_key, "inputs_pending"])
-            .await
-            .trim(),
-        "4"
-    );
-    assert_eq!(
-        server.cli(&["ZCARD", &leases]).await.trim(),
-        "0",
-        "both leases dropped"
-    );
-    assert_eq!(
-        get(&store, map).await.state,
-        CallState::Running,
-        "the map runs on"
-    );
-}
-
-#[tokio::test]
-async fn a_cancelled_map_drops_its_open_inputs_and_their_leases() {
-    let server = RedisServer::start().await;
-    let prefix = prefix();
-    let store = replica(&server, &prefix, LONG).await;
-    let map = "fc-map-2";
-    let fields = [
-        "id",
-        map,
-        "app",
-        "demo",
-        "function",
-        "square",
-        "state",
-        "1",
-        "attempt",
-        "0",
-        "created_ms",
-        "1",
-        "map_inputs",
-        "4",
-        "inputs_pending",
-        "2",
-        "inputs_running",
-        "1",
-        "inputs_succeeded",
-        "1",
-        "inputs_failed",
-        "0",
-        "inputs_cancelled",
-        "0",
-        "callback_url",
-        "https://hooks.example/m",
-    ];
-    let call_key = format!("{prefix}call:{map}");
-    server
-        .cli(&[&["HSET", &call_key][..], &fields].concat())
-        .await;
-    server
-        .cli(&["HINCRBY", &format!("{prefix}states"), "1", "1"])
-        .await;
-    server
-        .cli(&["RPUSH", &format!("{prefix}map:{map}:pending"), "1", "2"])
-        .await;
-    server
-        .cli(&["SADD", &format!("{prefix}map:{map}:running"), "0"])
-        .await;
-    server.cli(&["SADD", &format!("{prefix}maps"), map]).await;
-    let leases = format!("{prefix}leases");
-    server
-        .cli(&["ZADD", &leases, "99999999999999", &format!("{map}-0")])
-        .await;
-
-    let now = now_ms();
-    let cancelled = store
-        .cancel(map.to_owned(), now, now + 60_000)
-        .await
-        .expect("cancels");
-    assert_eq!(cancelled, Cancelled::Now(CallState::Running));
-    assert_eq!(server.cli(&["ZCARD", &leases]).await.trim(), "0");
-    for gone in ["pending", "running"] {
-        let exists = server
-            .cli(&["EXISTS", &format!("{prefix}map:{map}:{gone}")])
-            .await;
-        assert_eq!(exists.trim(), "0", "{gone} is gone");
-    }
-    assert_eq!(
-        server
-            .cli(&["SISMEMBER", &format!("{prefix}maps"), map])
-            .await
-            .trim(),
-        "0"
-    );
-    for (counter, value) in [
-        ("inputs_pending", "0"),
-        ("inputs_running", "0"),
-        ("inputs_cancelled", "3"),
-        ("inputs_succeeded", "1"),
-    ] {
-        assert_eq!(
-            server.cli(&["HGET", &call_key, counter]).await.trim(),
-            value,
-            "{counter}"
-        );
-    }
-    let record = get(&store, map).await;
-    assert_eq!(record.state, CallState::Cancelled);
-    assert_eq!(record.map_inputs, Some(4));
-    let due = server
-        .cli(&["ZSCORE", &format!("{prefix}deliveries"), map])
-        .await;
-    assert!(!due.trim().is_empty(), "its webhook is queued");
-    assert_eq!(count(&store, CallState::Cancelled).await, 1);
-    assert_eq!(count(&store, CallState::Running).await, 0);
-}
-
 #[tokio::test]
 async fn the_sweep_deletes_an_expired_call_with_its_idempotency_key() {
     let server = RedisServer::start().await;
@@ -732,15 +484,17 @@ async fn the_sweep_deletes_an_expired_call_with_its_idempotency_key() {
     assert_eq!(store.get("fc-1").await.expect("answers"), None);
     assert!(store.get("fc-kept").await.expect("answers").is_some());
     assert_eq!(count(&store, CallState::TimedOut).await, 1);
+    let cli = Cli::new(&server, &prefix);
     for key in ["idem:demo/square//k", "call:fc-1", "delivery:fc-1"] {
-        let exists = server.cli(&["EXISTS", &format!("{prefix}{key}")]).await;
-        assert_eq!(exists.trim(), "0", "{key} is gone");
+        assert_eq!(
+            cli.run(&format!("EXISTS @{key}")).await,
+            "0",
+            "{key} is gone"
+        );
     }
     for set in ["expiry", "deliveries"] {
-        let member = server
-            .cli(&["ZSCORE", &format!("{prefix}{set}"), "fc-1"])
-            .await;
-        assert!(member.trim().is_empty(), "fc-1 left {set}");
+        let member = cli.run(&format!("ZSCORE @{set} fc-1")).await;
+        assert_eq!(member, "", "fc-1 left {set}");
     }
     // The key is free again: a new spawn with it makes a new call.
     insert(&store, with_key(call("fc-2", "square"), "k", b"d")).await;
@@ -830,20 +584,6 @@ async fn recover_counts_the_pending_calls_per_function_and_leaves_running_ones()
         CallState::Running,
         "another replica runs it"
     );
-}
-
-#[tokio::test]
-async fn every_replica_signs_call_tokens_with_one_key() {
-    let server = RedisServer::start().await;
-    let prefix = prefix();
-    let a = replica(&server, &prefix, LONG).await;
-    let b = replica(&server, &prefix, LONG).await;
-    let key = a.shared_secret().await.expect("answers").expect("a key");
-    assert_eq!(key.len(), 32);
-    assert_eq!(b.shared_secret().await.expect("answers"), Some(key.clone()));
-    assert_eq!(a.shared_secret().await.expect("answers"), Some(key.clone()));
-    let other = store_on(&server, LONG).await;
-    assert_ne!(other.shared_secret().await.expect("answers"), Some(key));
 }
 
 /// Polls `attempt` until it answers, for up to 20 s (Redis loads its AOF).
