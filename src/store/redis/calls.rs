@@ -253,6 +253,11 @@ impl RedisStore {
         }
         names.sort_unstable();
         names.dedup();
+        if names.is_empty() {
+            // An empty pipeline is no command at all to Redis.
+            self.refresh_pending().await?;
+            return Ok(Vec::new());
+        }
         let mut lengths = redis::pipe();
         for name in &names {
             lengths.cmd("XLEN").arg(name);
