@@ -17,14 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::redis::StoreUnderTest;
 use common::{Gateway, GatewayBuilder, assert_problem, eventually, exec_fn, header_str, repo_file};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-/// App `m`: `item` (exec, `concurrency`, `extra` lines), plus `server` lines.
-fn builder(server: &str, concurrency: u32, extra: &str) -> GatewayBuilder {
+/// App `m`: `item` (exec, `concurrency`, `extra` lines), plus `server`
+/// lines, on `store`.
+fn builder(store: &StoreUnderTest, server: &str, concurrency: u32, extra: &str) -> GatewayBuilder {
     Gateway::builder()
         .server(server)
+        .toml(&store.toml(""))
         .file("item.py", repo_file("tests/map_spawn/item.py"))
         .toml(&exec_fn(
             "m",
@@ -160,11 +163,30 @@ fn indexes(lines: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+// The store's contract: each test below runs on the embedded store and on
+// Redis (`NAME::embedded`, `NAME::redis`).
+both_stores!(
+    a_map_answers_202_then_its_progress_then_its_lines_in_input_order,
+    wait_long_polls_until_the_map_ends,
+    delete_cancels_the_rest_of_the_map,
+    an_idempotency_key_gives_the_same_map_and_another_body_is_422,
+    the_webhook_fires_once_when_the_map_ends,
+    more_inputs_than_max_map_inputs_is_413,
+    a_bad_input_line_is_stored_as_its_400,
+    a_class_method_map_spawn_runs_on_its_parameter_set,
+    a_failing_input_is_retried_as_the_functions_retries_say,
+    someone_elses_map_is_404,
+    a_sync_call_is_not_starved_by_a_running_map,
+);
+both_stores!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_map_of_25000_inputs_runs_every_input_once_with_bounded_memory,
+);
+
 /// The 202 reports its inputs by state until all ended; then the lines
 /// come in input order, one per input, a failing input as its error.
-#[tokio::test]
-async fn a_map_answers_202_then_its_progress_then_its_lines_in_input_order() {
-    let gw = builder("", 4, "").start().await;
+async fn a_map_answers_202_then_its_progress_then_its_lines_in_input_order(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "").start().await;
     let client = gw.client();
     let mut inputs: Vec<Value> = (0..12).map(|x| json!(x)).collect();
     inputs[5] = json!("five");
@@ -204,9 +226,8 @@ async fn a_map_answers_202_then_its_progress_then_its_lines_in_input_order() {
 
 /// `?wait=` holds the answer until the map ends (or the wait passes: then
 /// the progress).
-#[tokio::test]
-async fn wait_long_polls_until_the_map_ends() {
-    let gw = builder("", 4, "").start().await;
+async fn wait_long_polls_until_the_map_ends(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "").start().await;
     let client = gw.client();
     let id = spawn_map(
         &gw,
@@ -239,10 +260,9 @@ async fn wait_long_polls_until_the_map_ends() {
 
 /// `DELETE` cancels the inputs that have not ended: the running one is
 /// stopped, the rest never run, and the map reads 410 from then on.
-#[tokio::test]
-async fn delete_cancels_the_rest_of_the_map() {
+async fn delete_cancels_the_rest_of_the_map(store: StoreUnderTest) {
     // Concurrency 2: one slot for spawned work, so one input runs at a time.
-    let gw = builder("", 2, "").start().await;
+    let gw = builder(&store, "", 2, "").start().await;
     let client = gw.client();
     let inputs: Vec<Value> = (0..8).map(|x| json!(x)).collect();
     let id = spawn_map(&gw, &client, "/m/item/map/spawn?seconds=5", &json!(inputs)).await;
@@ -295,9 +315,12 @@ async fn delete_cancels_the_rest_of_the_map() {
 /// At-least-once per input: a gateway killed with SIGKILL mid-map, then
 /// restarted on the same store, answers every input once, in order, and
 /// every input ran at least once (those running at the kill again).
+// Embedded only: a restart on the embedded store's file (on Redis a
+// replica's lapsed leases are taken over instead).
 #[tokio::test]
 async fn a_map_killed_mid_way_answers_every_input_after_restart() {
-    let mut gw = builder("", 6, "").start().await;
+    let store = StoreUnderTest::Embedded;
+    let mut gw = builder(&store, "", 6, "").start().await;
     let client = gw.client();
     let inputs: Vec<Value> = (0..40).map(|x| json!(x)).collect();
     let id = spawn_map(
@@ -314,7 +337,7 @@ async fn a_map_killed_mid_way_answers_every_input_after_restart() {
     gw.kill().await;
     let before = total_runs(&gw);
     assert!(before < 40, "killed mid-way ({before} runs)");
-    let gw = builder("", 6, "").in_dir(&gw.dir).start().await;
+    let gw = builder(&store, "", 6, "").in_dir(&gw.dir).start().await;
     let client = gw.client();
     let lines = finished(&gw, &client, &id).await;
     assert_eq!(
@@ -343,9 +366,8 @@ async fn a_map_killed_mid_way_answers_every_input_after_restart() {
 
 /// The same `Idempotency-Key` and body give the same map; another body
 /// with it is 422.
-#[tokio::test]
-async fn an_idempotency_key_gives_the_same_map_and_another_body_is_422() {
-    let gw = builder("", 4, "").start().await;
+async fn an_idempotency_key_gives_the_same_map_and_another_body_is_422(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "").start().await;
     let client = gw.client();
     let key = [("idempotency-key", "map-1")];
     let body = json!([1, 2, 3]).to_string();
@@ -437,9 +459,8 @@ impl Receiver {
 
 /// `Callback-Url`: one delivery, when the map ends, with a summary of its
 /// inputs as the result.
-#[tokio::test]
-async fn the_webhook_fires_once_when_the_map_ends() {
-    let gw = builder("", 4, "")
+async fn the_webhook_fires_once_when_the_map_ends(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "")
         .toml("[webhooks]\nsecret_env = \"FNGATE_WEBHOOK_SECRET\"\nallow_hosts = [\"127.0.0.1\"]\n")
         .env(
             "FNGATE_WEBHOOK_SECRET",
@@ -486,9 +507,8 @@ async fn the_webhook_fires_once_when_the_map_ends() {
 
 /// More inputs than `max_map_inputs` refuse the map whole (413), as a JSON
 /// array or as NDJSON lines; nothing runs.
-#[tokio::test]
-async fn more_inputs_than_max_map_inputs_is_413() {
-    let gw = builder("max_map_inputs = 3", 4, "").start().await;
+async fn more_inputs_than_max_map_inputs_is_413(store: StoreUnderTest) {
+    let gw = builder(&store, "max_map_inputs = 3", 4, "").start().await;
     let client = gw.client();
     let resp = post(
         &gw,
@@ -528,9 +548,8 @@ async fn more_inputs_than_max_map_inputs_is_413() {
 
 /// An input that is not JSON is stored as already failed, with its 400:
 /// the map is accepted and its other inputs run.
-#[tokio::test]
-async fn a_bad_input_line_is_stored_as_its_400() {
-    let gw = builder("", 4, "").start().await;
+async fn a_bad_input_line_is_stored_as_its_400(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "").start().await;
     let client = gw.client();
     let body = "1\n{not json\n3\n".to_owned();
     let id = accepted(
@@ -556,9 +575,9 @@ async fn a_bad_input_line_is_stored_as_its_400() {
 
 /// A class method's map/spawn runs every input on the instances its
 /// class parameters pick; the parameters never become keyword arguments.
-#[tokio::test]
-async fn a_class_method_map_spawn_runs_on_its_parameter_set() {
+async fn a_class_method_map_spawn_runs_on_its_parameter_set(store: StoreUnderTest) {
     let gw = common::instances_builder()
+        .toml(&store.toml(""))
         .toml(
             "\n[apps.m.classes.model]\nbackend = \"lambda\"\n\
              command = [\"python3\", \"lambda_runtime.py\", \"setup_counter.handler\"]\n\
@@ -589,9 +608,8 @@ async fn a_class_method_map_spawn_runs_on_its_parameter_set() {
 /// A function's `retries` apply to each input: a failing input runs again
 /// (attempt 2, after the fixed second) and its line is its last run's;
 /// the others run once.
-#[tokio::test]
-async fn a_failing_input_is_retried_as_the_functions_retries_say() {
-    let gw = builder("", 4, "retries = 1").start().await;
+async fn a_failing_input_is_retried_as_the_functions_retries_say(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "retries = 1").start().await;
     let client = gw.client();
     let id = spawn_map(&gw, &client, "/m/item/map/spawn", &json!([1, "two", 3])).await;
     let lines = finished(&gw, &client, &id).await;
@@ -616,8 +634,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// A map of an authenticated function belongs to whoever spawned it:
 /// anyone else reading or cancelling it gets 404, as for an unknown id.
-#[tokio::test]
-async fn someone_elses_map_is_404() {
+async fn someone_elses_map_is_404(store: StoreUnderTest) {
     let keys: String = ["alice-key-0123456789abcdef", "bob-key-0123456789abcdef"]
         .iter()
         .map(|key| {
@@ -628,7 +645,7 @@ async fn someone_elses_map_is_404() {
             )
         })
         .collect();
-    let gw = builder("", 4, "").toml(&keys).start().await;
+    let gw = builder(&store, "", 4, "").toml(&keys).start().await;
     let client = gw.client();
     let resp = client
         .post(gw.url("/m/item/map/spawn?seconds=2"))
@@ -677,10 +694,10 @@ fn vm_kib(pid: u32, key: &str) -> u64 {
 /// up and the lines are read back from the store a page at a time. (The
 /// bound, 20 MiB, leaves room for the request body and its inputs while
 /// they are stored, TLS and HTTP/2 buffers and the allocator's arenas.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_map_of_25000_inputs_runs_every_input_once_with_bounded_memory() {
+async fn a_map_of_25000_inputs_runs_every_input_once_with_bounded_memory(store: StoreUnderTest) {
     const INPUTS: usize = 25_000;
     let gw = Gateway::builder()
+        .toml(&store.toml(""))
         .file("map_server.py", repo_file("tests/map/map_server.py"))
         .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .toml(
@@ -752,9 +769,8 @@ async fn a_map_of_25000_inputs_runs_every_input_once_with_bounded_memory() {
 
 /// A map's inputs take the function's slots as spawned calls do: a sync
 /// call of the same function still finds its slot at once.
-#[tokio::test]
-async fn a_sync_call_is_not_starved_by_a_running_map() {
-    let gw = builder("", 4, "").start().await;
+async fn a_sync_call_is_not_starved_by_a_running_map(store: StoreUnderTest) {
+    let gw = builder(&store, "", 4, "").start().await;
     let client = gw.client();
     let inputs: Vec<Value> = (0..30).map(|x| json!(x)).collect();
     let id = spawn_map(&gw, &client, "/m/item/map/spawn?seconds=2", &json!(inputs)).await;

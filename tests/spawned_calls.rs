@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::redis::StoreUnderTest;
 use common::{
     Gateway, HttpBackend, WORK_PY, assert_problem, closed_port, eventually, exec_fn, http_fn,
     process_alive,
@@ -18,13 +19,13 @@ use serde_json::{Value, json};
 
 /// A gateway with app `t`: `work` (WORK_PY, timeout 10 s), `one`
 /// (concurrency 1), `four` (concurrency 4), `short` (timeout 1 s), `typed`
-/// (an input schema) and `down` (an http backend nobody listens on), plus
-/// `store` lines for the `[store]` table.
-async fn gateway(store: &str) -> Gateway {
+/// (an input schema) and `down` (an http backend nobody listens on), on
+/// `store` with `lines` in its `[store]` table.
+async fn gateway(store: &StoreUnderTest, lines: &str) -> Gateway {
     let down = format!("http://127.0.0.1:{}/invoke", closed_port());
     Gateway::builder()
         .file("work.py", WORK_PY)
-        .toml(&format!("[store]\n{store}\n"))
+        .toml(&store.toml(lines))
         .toml(&exec_fn("t", "work", "work.py", "timeout = \"10s\""))
         .toml(&exec_fn(
             "t",
@@ -174,9 +175,35 @@ fn epoch_now() -> f64 {
         .as_secs_f64()
 }
 
-#[tokio::test]
-async fn spawned_call_is_pending_then_gives_the_sync_result() {
-    let gw = gateway("").await;
+// The store's contract: each test below runs on the embedded store and on
+// Redis (`NAME::embedded`, `NAME::redis`).
+both_stores!(
+    spawned_call_is_pending_then_gives_the_sync_result,
+    prefer_respond_async_spawns_the_call,
+    spawn_validates_like_a_sync_call_before_storing,
+    long_poll_answers_the_moment_the_call_ends,
+    long_poll_gives_202_when_the_wait_runs_out,
+    wait_must_be_a_number_of_seconds,
+    unknown_calls_are_404,
+    failed_spawned_call_gives_the_sync_error_and_cannot_be_cancelled,
+    unreachable_backend_gives_502_like_a_sync_call,
+    timed_out_spawned_call_is_504_and_cannot_be_cancelled,
+    succeeded_call_cannot_be_cancelled,
+    cancelled_pending_call_never_runs,
+    cancelling_a_running_call_kills_its_process_group,
+    results_expire_after_result_ttl,
+    idempotency_key_returns_the_same_call_for_the_same_body,
+    backlog_over_max_pending_is_503,
+    spawn_flood_does_not_starve_sync_calls,
+    idempotency_key_is_scoped_to_its_function,
+    idempotency_key_expires_with_its_call,
+    long_poll_answers_when_the_call_is_cancelled,
+    every_long_poller_of_a_call_wakes_when_it_ends,
+    every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn,
+);
+
+async fn spawned_call_is_pending_then_gives_the_sync_result(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     for (proto, client) in gw.clients() {
         let sync = gw.post_json(&client, "/t/work", r#"{"x": 7}"#).await;
         assert_eq!(sync.status(), 200, "{proto}");
@@ -228,9 +255,8 @@ async fn spawned_call_is_pending_then_gives_the_sync_result() {
     }
 }
 
-#[tokio::test]
-async fn prefer_respond_async_spawns_the_call() {
-    let gw = gateway("").await;
+async fn prefer_respond_async_spawns_the_call(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let resp = client
         .post(gw.url("/t/work"))
@@ -252,9 +278,8 @@ async fn prefer_respond_async_spawns_the_call() {
     );
 }
 
-#[tokio::test]
-async fn spawn_validates_like_a_sync_call_before_storing() {
-    let gw = gateway("").await;
+async fn spawn_validates_like_a_sync_call_before_storing(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     for (path, body, status, code) in [
         ("/t/work/spawn", "{\"x\": ", 400, "invalid_json"),
@@ -290,9 +315,8 @@ async fn spawn_validates_like_a_sync_call_before_storing() {
     }
 }
 
-#[tokio::test]
-async fn long_poll_answers_the_moment_the_call_ends() {
-    let gw = gateway("").await;
+async fn long_poll_answers_the_moment_the_call_ends(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let mut latencies = Vec::new();
     for round in 0..5 {
@@ -333,9 +357,8 @@ async fn long_poll_answers_the_moment_the_call_ends() {
     );
 }
 
-#[tokio::test]
-async fn long_poll_gives_202_when_the_wait_runs_out() {
-    let gw = gateway("max_wait = \"1s\"").await;
+async fn long_poll_gives_202_when_the_wait_runs_out(store: StoreUnderTest) {
+    let gw = gateway(&store, "max_wait = \"1s\"").await;
     let client = gw.client();
     let id = spawn(&gw, &client, "/t/work/spawn", &json!({"seconds": 5})).await;
     let started = Instant::now();
@@ -356,9 +379,8 @@ async fn long_poll_gives_202_when_the_wait_runs_out() {
     );
 }
 
-#[tokio::test]
-async fn wait_must_be_a_number_of_seconds() {
-    let gw = gateway("").await;
+async fn wait_must_be_a_number_of_seconds(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let id = spawn(&gw, &client, "/t/work/spawn", &json!({})).await;
     for bad in ["abc", "-1", "1s", "NaN"] {
@@ -371,9 +393,8 @@ async fn wait_must_be_a_number_of_seconds() {
     }
 }
 
-#[tokio::test]
-async fn unknown_calls_are_404() {
-    let gw = gateway("").await;
+async fn unknown_calls_are_404(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let unknown = format!("fc-{}", "0".repeat(32));
     for id in [unknown.as_str(), "nope", "fc-"] {
@@ -393,9 +414,8 @@ async fn unknown_calls_are_404() {
     .await;
 }
 
-#[tokio::test]
-async fn failed_spawned_call_gives_the_sync_error_and_cannot_be_cancelled() {
-    let gw = gateway("").await;
+async fn failed_spawned_call_gives_the_sync_error_and_cannot_be_cancelled(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let args = json!({"fail": "x must be positive"});
     let sync = gw.post_json(&client, "/t/work", &args.to_string()).await;
@@ -427,9 +447,8 @@ async fn failed_spawned_call_gives_the_sync_error_and_cannot_be_cancelled() {
     .await;
 }
 
-#[tokio::test]
-async fn unreachable_backend_gives_502_like_a_sync_call() {
-    let gw = gateway("").await;
+async fn unreachable_backend_gives_502_like_a_sync_call(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let sync = gw.post_json(&client, "/t/down", "{}").await;
     assert_problem(sync, 502, "backend_error").await;
@@ -442,9 +461,8 @@ async fn unreachable_backend_gives_502_like_a_sync_call() {
     .await;
 }
 
-#[tokio::test]
-async fn timed_out_spawned_call_is_504_and_cannot_be_cancelled() {
-    let gw = gateway("").await;
+async fn timed_out_spawned_call_is_504_and_cannot_be_cancelled(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let id = spawn(&gw, &client, "/t/short/spawn", &json!({"seconds": 5})).await;
     let started = Instant::now();
@@ -461,9 +479,8 @@ async fn timed_out_spawned_call_is_504_and_cannot_be_cancelled() {
     assert_problem(delete_call(&gw, &client, &id).await, 409, "call_finished").await;
 }
 
-#[tokio::test]
-async fn succeeded_call_cannot_be_cancelled() {
-    let gw = gateway("").await;
+async fn succeeded_call_cannot_be_cancelled(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let id = spawn(&gw, &client, "/t/work/spawn", &json!({"x": 2})).await;
     assert_eq!(result(&gw, &client, &id).await["square"], 4);
@@ -471,9 +488,8 @@ async fn succeeded_call_cannot_be_cancelled() {
     assert_eq!(result(&gw, &client, &id).await["square"], 4);
 }
 
-#[tokio::test]
-async fn cancelled_pending_call_never_runs() {
-    let gw = gateway("").await;
+async fn cancelled_pending_call_never_runs(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     // `one` has concurrency 1: the blocker holds the only slot.
     let blocker = occupy_one(&gw, &client, 1.5).await;
@@ -526,9 +542,8 @@ async fn cancelled_pending_call_never_runs() {
     .await;
 }
 
-#[tokio::test]
-async fn cancelling_a_running_call_kills_its_process_group() {
-    let gw = gateway("").await;
+async fn cancelling_a_running_call_kills_its_process_group(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let id = spawn(
         &gw,
@@ -572,9 +587,8 @@ async fn cancelling_a_running_call_kills_its_process_group() {
     assert_eq!(resp.status(), 200, "cancelling again is still 200");
 }
 
-#[tokio::test]
-async fn results_expire_after_result_ttl() {
-    let gw = gateway("result_ttl = \"1s\"").await;
+async fn results_expire_after_result_ttl(store: StoreUnderTest) {
+    let gw = gateway(&store, "result_ttl = \"1s\"").await;
     let client = gw.client();
     let id = spawn(&gw, &client, "/t/work/spawn", &json!({"x": 5})).await;
     assert_eq!(result(&gw, &client, &id).await["square"], 25);
@@ -606,9 +620,8 @@ async fn results_expire_after_result_ttl() {
     assert_problem(delete_call(&gw, &client, &id).await, 404, "call_not_found").await;
 }
 
-#[tokio::test]
-async fn idempotency_key_returns_the_same_call_for_the_same_body() {
-    let gw = gateway("").await;
+async fn idempotency_key_returns_the_same_call_for_the_same_body(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let spawn_keyed = |key: String, body: &'static str| {
         let client = client.clone();
@@ -670,9 +683,8 @@ async fn idempotency_key_returns_the_same_call_for_the_same_body() {
     }
 }
 
-#[tokio::test]
-async fn backlog_over_max_pending_is_503() {
-    let gw = gateway("max_pending = 3").await;
+async fn backlog_over_max_pending_is_503(store: StoreUnderTest) {
+    let gw = gateway(&store, "max_pending = 3").await;
     let client = gw.client();
     let blocker = occupy_one(&gw, &client, 3.0).await;
     let mut pending = Vec::new();
@@ -699,9 +711,8 @@ async fn backlog_over_max_pending_is_503() {
     assert_eq!(delete_call(&gw, &client, &blocker).await.status(), 200);
 }
 
-#[tokio::test]
-async fn spawn_flood_does_not_starve_sync_calls() {
-    let gw = gateway("").await;
+async fn spawn_flood_does_not_starve_sync_calls(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     // `four` has concurrency 4: spawned calls get 3 slots, the fourth is
     // reserved for sync callers. 40 spawned calls of 4 s are a backlog of
@@ -756,9 +767,8 @@ async fn spawn_flood_does_not_starve_sync_calls() {
     assert_eq!(last["status"], "pending", "{last}");
 }
 
-#[tokio::test]
-async fn idempotency_key_is_scoped_to_its_function() {
-    let gw = gateway("").await;
+async fn idempotency_key_is_scoped_to_its_function(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let keyed = |path: &str| {
         gw.client()
             .post(gw.url(path))
@@ -772,9 +782,8 @@ async fn idempotency_key_is_scoped_to_its_function() {
     assert_ne!(work, four, "another function's call is never returned");
 }
 
-#[tokio::test]
-async fn idempotency_key_expires_with_its_call() {
-    let gw = gateway("result_ttl = \"1s\"").await;
+async fn idempotency_key_expires_with_its_call(store: StoreUnderTest) {
+    let gw = gateway(&store, "result_ttl = \"1s\"").await;
     let client = gw.client();
     let keyed = || {
         client
@@ -800,9 +809,8 @@ async fn idempotency_key_expires_with_its_call() {
     assert_eq!(result(&gw, &client, &again).await["square"], 16);
 }
 
-#[tokio::test]
-async fn long_poll_answers_when_the_call_is_cancelled() {
-    let gw = gateway("").await;
+async fn long_poll_answers_when_the_call_is_cancelled(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     occupy_one(&gw, &client, 3.0).await;
     let running = spawn(&gw, &client, "/t/work/spawn", &json!({"seconds": 30})).await;
@@ -830,9 +838,8 @@ async fn long_poll_answers_when_the_call_is_cancelled() {
     }
 }
 
-#[tokio::test]
-async fn every_long_poller_of_a_call_wakes_when_it_ends() {
-    let gw = gateway("").await;
+async fn every_long_poller_of_a_call_wakes_when_it_ends(store: StoreUnderTest) {
+    let gw = gateway(&store, "").await;
     let client = gw.client();
     let id = spawn(
         &gw,
@@ -865,30 +872,27 @@ async fn every_long_poller_of_a_call_wakes_when_it_ends() {
     }
 }
 
-/// How many calls `gw`'s store (`calls.db` in its folder) holds, by state
-/// code (0 pending, 1 running, 2 succeeded, 3 failed, ...).
-fn stored_states(gw: &Gateway) -> HashMap<i64, u64> {
-    let db = rusqlite::Connection::open_with_flags(
-        gw.dir.join("calls.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the gateway's store");
-    let mut statement = db
-        .prepare("SELECT state, count(*) FROM calls GROUP BY state")
-        .expect("count calls by state");
-    statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .expect("count calls by state")
-        .collect::<Result<_, _>>()
-        .expect("read the counts")
+/// How many calls `gw`'s store holds, by state, as its `/_/metrics` counts
+/// them (`fngate_calls`, at most a second old); states none are in are
+/// left out.
+async fn stored_states(gw: &Gateway) -> HashMap<String, u64> {
+    let resp = gw.client().get(gw.url("/_/metrics")).send().await;
+    let text = resp.expect("GET /_/metrics").text().await.expect("read");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("fngate_calls{state=\""))
+        .filter_map(|rest| {
+            let (state, n) = rest.split_once("\"} ")?;
+            Some((state.to_owned(), n.trim().parse().ok()?))
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect()
 }
 
-#[tokio::test]
-async fn every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn() {
+async fn every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn(store: StoreUnderTest) {
     let backend = HttpBackend::start().await;
     let square = backend.url("/invoke/square");
     let gw = Gateway::builder()
-        .toml("[store]\npath = \"calls.db\"\n")
+        .toml(&store.toml(""))
         .toml(&http_fn("t", "square", &[square], "concurrency = 64"))
         .start()
         .await;
@@ -932,16 +936,20 @@ async fn every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn() {
     // ...and so did every call stored for the impatient ones.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let states = stored_states(&gw);
-        if states.keys().all(|&state| state >= 2) {
+        let states = stored_states(&gw).await;
+        if !states.contains_key("pending") && !states.contains_key("running") {
             let unheard = states.values().sum::<u64>() as usize - 50 - answered;
             println!("calls by state: {states:?}; {unheard} whose client gave up on the answer");
-            assert_eq!(states.keys().collect::<Vec<_>>(), [&2], "{states:?}");
+            assert_eq!(
+                states.keys().collect::<Vec<_>>(),
+                ["succeeded"],
+                "{states:?}"
+            );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "calls left pending (0) or running (1): {states:?}"
+            "calls left pending or running: {states:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -960,6 +968,8 @@ if not os.path.exists("restarted"):
 sys.stdout.write(json.dumps({"x": kw["x"], "attempt": req["attempt"]}))
 "#;
 
+// Embedded only: a restart on the embedded store's file after a crash
+// mid-batch (on Redis a replica's lapsed leases are taken over instead).
 #[tokio::test]
 async fn calls_claimed_together_run_again_after_kill_9() {
     const CALLS: usize = 30;

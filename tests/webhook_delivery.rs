@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use common::redis::StoreUnderTest;
 use common::{Gateway, GatewayBuilder, assert_problem, eventually, exec_fn};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
@@ -138,9 +139,10 @@ fn new_secret() -> String {
 
 /// App `w` with function `square`; `[webhooks]` (allowing 127.0.0.1, at
 /// most 3 attempts) with `secret` in the gateway's environment, unless
-/// `None`.
-fn builder(secret: Option<&str>) -> GatewayBuilder {
+/// `None`; on `store`.
+fn builder(store: &StoreUnderTest, secret: Option<&str>) -> GatewayBuilder {
     let builder = Gateway::builder()
+        .toml(&store.toml(""))
         .file("square.py", SQUARE_PY)
         .toml(&exec_fn("w", "square", "square.py", ""));
     match secret {
@@ -154,8 +156,8 @@ fn builder(secret: Option<&str>) -> GatewayBuilder {
     }
 }
 
-async fn gateway(secret: Option<&str>) -> Gateway {
-    builder(secret).start().await
+async fn gateway(store: &StoreUnderTest, secret: Option<&str>) -> Gateway {
+    builder(store, secret).start().await
 }
 
 async fn spawn_with_callback(gw: &Gateway, callback: &str, body: &str) -> reqwest::Response {
@@ -232,10 +234,18 @@ async fn python_verdict(secret: &str, d: &Delivery, body: &[u8]) -> String {
     verdict
 }
 
-#[tokio::test]
-async fn webhook_is_signed_and_retried_after_a_500() {
+// The store's contract: each test below runs on the embedded store and on
+// Redis (`NAME::embedded`, `NAME::redis`).
+both_stores!(
+    webhook_is_signed_and_retried_after_a_500,
+    callback_url_to_a_host_not_allowed_is_400_and_stores_nothing,
+    callback_url_without_webhooks_configured_is_400,
+    a_hung_receiver_does_not_delay_deliveries_to_other_hosts,
+);
+
+async fn webhook_is_signed_and_retried_after_a_500(store: StoreUnderTest) {
     let secret = new_secret();
-    let gw = gateway(Some(&secret)).await;
+    let gw = gateway(&store, Some(&secret)).await;
     let receiver = Receiver::start(vec![500]).await;
     let resp = spawn_with_callback(&gw, &receiver.url(), r#"{"x": 12}"#).await;
     assert_eq!(resp.status(), 202);
@@ -310,9 +320,8 @@ async fn webhook_is_signed_and_retried_after_a_500() {
     assert_eq!(receiver.deliveries().len(), 2, "no delivery after the 200");
 }
 
-#[tokio::test]
-async fn callback_url_to_a_host_not_allowed_is_400_and_stores_nothing() {
-    let gw = gateway(Some(&new_secret())).await;
+async fn callback_url_to_a_host_not_allowed_is_400_and_stores_nothing(store: StoreUnderTest) {
+    let gw = gateway(&store, Some(&new_secret())).await;
     let receiver = Receiver::start(vec![]).await;
     let port = receiver.port;
     for url in [
@@ -335,9 +344,8 @@ async fn callback_url_to_a_host_not_allowed_is_400_and_stores_nothing() {
     assert!(receiver.deliveries().is_empty(), "nothing was delivered");
 }
 
-#[tokio::test]
-async fn callback_url_without_webhooks_configured_is_400() {
-    let gw = gateway(None).await;
+async fn callback_url_without_webhooks_configured_is_400(store: StoreUnderTest) {
+    let gw = gateway(&store, None).await;
     let receiver = Receiver::start(vec![]).await;
     let resp = spawn_with_callback(&gw, &receiver.url(), r#"{"x": 1}"#).await;
     assert!(resp.headers().get("x-call-id").is_none());
@@ -346,10 +354,12 @@ async fn callback_url_without_webhooks_configured_is_400() {
 
 /// Deliveries are durable: a retry due when the gateway is killed is sent
 /// by the restarted one, under the same `webhook-id`.
+// Embedded only: a restart on the embedded store's file.
 #[tokio::test]
 async fn webhook_retry_survives_a_kill_9() {
+    let store = StoreUnderTest::Embedded;
     let secret = new_secret();
-    let mut gw = gateway(Some(&secret)).await;
+    let mut gw = gateway(&store, Some(&secret)).await;
     let receiver = Receiver::start(vec![500]).await;
     let resp = spawn_with_callback(&gw, &receiver.url(), r#"{"x": 2}"#).await;
     assert_eq!(resp.status(), 202);
@@ -362,7 +372,7 @@ async fn webhook_retry_survives_a_kill_9() {
         "first delivery"
     );
     gw.kill().await;
-    let _restarted = builder(Some(&secret)).in_dir(&gw.dir).start().await;
+    let _restarted = builder(&store, Some(&secret)).in_dir(&gw.dir).start().await;
     assert!(
         eventually(Duration::from_secs(15), || receiver.deliveries().len() >= 2).await,
         "the retry is delivered by the restarted gateway"
@@ -411,10 +421,10 @@ async fn hung_receiver() -> (u16, tokio::sync::watch::Receiver<(usize, usize)>) 
 /// one is `127.0.0.1`). The healthy one must not wait for the hung ones'
 /// 10 s timeouts (when deliveries went in batches of 32 that waited for
 /// the slowest, it arrived 10 s late here, 20 s in the issue's report).
-#[tokio::test]
-async fn a_hung_receiver_does_not_delay_deliveries_to_other_hosts() {
+async fn a_hung_receiver_does_not_delay_deliveries_to_other_hosts(store: StoreUnderTest) {
     let secret = new_secret();
     let gw = Gateway::builder()
+        .toml(&store.toml(""))
         .file("square.py", SQUARE_PY)
         .toml(&exec_fn("w", "square", "square.py", "concurrency = 40"))
         .toml(

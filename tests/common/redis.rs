@@ -4,6 +4,10 @@
 //! snapshots. It can be stopped (SIGKILL or a clean shutdown) and
 //! started again on the same port and folder, and is killed when
 //! dropped.
+//!
+//! [`StoreUnderTest`] and [`both_stores!`](crate::both_stores) run one
+//! test body against the embedded store and against Redis: the spawned-call
+//! contract is the same on both.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -163,4 +167,87 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// The call store a test's gateways run on: the embedded one (its file in
+/// the gateway's folder, as configured by default) or Redis on a server of
+/// the test's own, which lives as long as this value.
+// One a test, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum StoreUnderTest {
+    Embedded,
+    Redis {
+        server: RedisServer,
+        /// Unique to the test, so that keys a gateway writes are its own
+        /// and every gateway given the same value shares them.
+        prefix: String,
+    },
+}
+
+impl StoreUnderTest {
+    /// The Redis store on a fresh `redis-server`.
+    pub async fn redis() -> StoreUnderTest {
+        StoreUnderTest::Redis {
+            server: RedisServer::start().await,
+            prefix: format!("t{}:", fngate::invocation::random_hex::<6>()),
+        }
+    }
+
+    /// The `[store]` table for this store with `lines` (more of the
+    /// table's keys, one a line) in it. For the embedded store without
+    /// lines it is empty: the gateway's defaults. For Redis it has a
+    /// `claim_timeout` of 2 s, so that a lease lapses and is extended
+    /// within a test's time.
+    pub fn toml(&self, lines: &str) -> String {
+        match self {
+            StoreUnderTest::Embedded if lines.is_empty() => String::new(),
+            StoreUnderTest::Embedded => format!("[store]\n{lines}\n"),
+            StoreUnderTest::Redis { server, prefix } => format!(
+                "[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+                 claim_timeout = \"2s\"\n{lines}\n",
+                server.url()
+            ),
+        }
+    }
+
+    /// `embedded` or `redis`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreUnderTest::Embedded => "embedded",
+            StoreUnderTest::Redis { .. } => "redis",
+        }
+    }
+
+    /// The redis-server, for a test's own looks at its keys.
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        match self {
+            StoreUnderTest::Embedded => None,
+            StoreUnderTest::Redis { server, .. } => Some(server),
+        }
+    }
+}
+
+/// Runs each named test body (`async fn NAME(store: StoreUnderTest)`)
+/// against both stores: it generates `mod NAME` with the tests
+/// `NAME::embedded` and `NAME::redis` (`cargo test -- ::redis` runs the
+/// Redis half). A `#[tokio::test(...)]` attribute first, when given, is
+/// used for both instead of the plain `#[tokio::test]`.
+#[macro_export]
+macro_rules! both_stores {
+    (#[$test:meta] $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[$test]
+            async fn embedded() {
+                super::$name($crate::common::redis::StoreUnderTest::Embedded).await
+            }
+
+            #[$test]
+            async fn redis() {
+                super::$name($crate::common::redis::StoreUnderTest::redis().await).await
+            }
+        }
+    )+};
+    ($($name:ident),+ $(,)?) => {
+        $crate::both_stores!(#[tokio::test] $($name),+);
+    };
 }
