@@ -31,9 +31,6 @@
 //! its queue, and whoever claims it next runs it with `attempt` + 1. A
 //! call ends once: the end is written only while the call is running.
 
-// Until every part of the store has landed.
-#![allow(dead_code)]
-
 mod calls;
 mod deliveries;
 mod deploys;
