@@ -15,7 +15,8 @@
 //! | `P expiry` | sorted set | ended calls by when their retention ends (ms); the sweep deletes them and their keys |
 //! | `P states` | hash | calls per state code, kept by the scripts (for `/_/metrics`) |
 //! | `P idem:{app}/{function}/{owner}/{key}` | string | the call an `Idempotency-Key` made |
-//! | `P map:{id}:inputs` | hash | a spawned map's inputs, by index (JSON) |
+//! | `P map:{id}:inputs` | hash | a spawned map's inputs: `{index}:s` state, `:a` attempt, `:in` arguments, `:out` outcome |
+//! | `P map:{id}:running` | set | the indexes of its running inputs |
 //! | `P map:{id}:pending` | list | its pending inputs' indexes, lowest first |
 //! | `P maps` | set | maps with open inputs |
 //! | `P deliveries` | sorted set | webhook deliveries by call id, scored by when the next attempt is due (ms) |
