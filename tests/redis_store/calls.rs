@@ -252,7 +252,7 @@ async fn a_claim_takes_the_oldest_first_counts_the_attempt_and_takes_each_once()
     assert_eq!(store.pending(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_claiming_one_queue_at_once_share_it_without_overlap() {
     let server = RedisServer::start().await;
     let prefix = prefix();
@@ -499,6 +499,24 @@ async fn the_sweep_deletes_an_expired_call_with_its_idempotency_key() {
     // The key is free again: a new spawn with it makes a new call.
     insert(&store, with_key(call("fc-2", "square"), "k", b"d")).await;
     assert_eq!(get(&store, "fc-2").await.state, CallState::Pending);
+}
+
+#[tokio::test]
+async fn an_expired_call_is_gone_before_the_sweep_comes() {
+    let server = RedisServer::start().await;
+    let store = store_on(&server, LONG).await;
+    insert(&store, with_key(call("fc-1", "square"), "k", b"d")).await;
+    store.claim_next("demo", "square").await.expect("claims");
+    let expired = now_ms() - 1;
+    let ended = store.finish("fc-1".to_owned(), Outcome::TimedOut, expired);
+    assert!(ended.await.expect("ends"));
+    let cancelled = store.cancel("fc-1".to_owned(), now_ms(), now_ms() + 1);
+    assert_eq!(cancelled.await.expect("answers"), Cancelled::NotFound);
+    // Its key is free again: the expired call goes, a new one is made.
+    insert(&store, with_key(call("fc-2", "square"), "k", b"d")).await;
+    assert_eq!(store.get("fc-1").await.expect("answers"), None);
+    assert_eq!(count(&store, CallState::TimedOut).await, 0);
+    assert_eq!(count(&store, CallState::Pending).await, 1);
 }
 
 #[tokio::test]
