@@ -579,6 +579,11 @@ async fn recover_counts_the_pending_calls_per_function_and_leaves_running_ones()
     let server = RedisServer::start().await;
     let prefix = prefix();
     let a = replica(&server, &prefix, LONG).await;
+    let none = a
+        .recover()
+        .await
+        .expect("a store with no queue yet recovers");
+    assert!(none.is_empty());
     for n in 0..3 {
         insert(&a, call(&format!("fc-p{n}"), "Model.predict")).await;
     }
