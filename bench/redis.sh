@@ -81,7 +81,7 @@ fi
     "$(awk '/^MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r); nothing pinned:" \
     "the replicas, redis-server, the backend and the load generators share the cores"
   echo "- tools: $(redis-server --version | awk '{print $1, $3}' | sed 's|v=||'), nginx $(nginx -v 2>&1 | sed 's|.*/||')," \
-    "wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}' | sed 's|-.*||')"
+    "wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}' | sed 's|.*/||; s|-.*||')"
   echo "- fngate: $commit; release build took ${build_secs} s"
   echo "- load: ${DUR} s per run after a ${WARMUP} s warm-up, $REPS reps interleaved" \
     "(embedded, $(echo "$REPLICAS" | sed 's/ /, /g') replicas, ...); $CONNS connections in all," \
