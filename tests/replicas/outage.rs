@@ -106,22 +106,22 @@ struct Spawned {
     body: Value,
 }
 
-/// `tasks` loops spawning `r/sq` on replica `i` (round robin), each
-/// counting its 202s in `accepted` and its other answers in `refused`,
-/// until `stop`.
+/// `tasks` loops spawning `r/sq` on the replicas (round robin), each
+/// counting its 202s in `accepted` and its other answers in its
+/// replica's `refused[i]`, until `stop`.
 fn spawn_load(
     cluster: &Cluster,
     tasks: usize,
     stop: &Arc<AtomicBool>,
     accepted: &Arc<AtomicUsize>,
-    refused: &Arc<AtomicUsize>,
+    refused: &[Arc<AtomicUsize>],
 ) -> Vec<tokio::task::JoinHandle<Vec<Spawned>>> {
     (0..tasks)
         .map(|t| {
             let i = t % cluster.replicas.len();
             let client = cluster.client(i).clone();
             let url = cluster.replicas[i].url("/r/sq/spawn");
-            let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused.clone());
+            let (stop, accepted, refused) = (stop.clone(), accepted.clone(), refused[i].clone());
             tokio::spawn(async move {
                 let mut spawned = Vec::new();
                 let mut x = t as u64 * 100_000;
@@ -162,7 +162,7 @@ async fn a_redis_restart_mid_load_loses_no_accepted_call() {
     let mut cluster = Cluster::start(2, "2s", |_, b| b.toml(&sq)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
+    let refused = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
     let load = spawn_load(&cluster, 8, &stop, &accepted, &refused);
     let count = |c: &Arc<AtomicUsize>| c.load(Ordering::Relaxed);
 
@@ -173,8 +173,11 @@ async fn a_redis_restart_mid_load_loses_no_accepted_call() {
     cluster.redis.kill().await;
     let killed = Instant::now();
     assert!(
-        eventually(Duration::from_secs(30), || count(&refused) >= 8).await,
-        "spawns are refused while Redis is down"
+        eventually(Duration::from_secs(30), || refused
+            .iter()
+            .all(|r| count(r) >= 8))
+        .await,
+        "spawns are refused on both replicas while Redis is down"
     );
     let restarting = Instant::now();
     cluster.redis.restart().await;
@@ -194,7 +197,7 @@ async fn a_redis_restart_mid_load_loses_no_accepted_call() {
         "{} spawns: {} accepted, {} refused; Redis down for {:?}",
         spawned.len(),
         count(&accepted),
-        count(&refused),
+        refused.iter().map(count).sum::<usize>(),
         restarting - killed
     );
 
