@@ -30,10 +30,14 @@ use serde_json::json;
 #[tokio::test]
 async fn a_call_spawned_on_one_replica_is_read_long_polled_and_cancelled_on_the_others() {
     let cluster = Cluster::start(3, "2s", |_, b| b).await;
-    let (a, b, c) = (0, 1, 2);
+    read_and_long_polled_elsewhere(&cluster).await;
+    cancelled_elsewhere(&cluster).await;
+}
 
-    // Spawned on A, seen on B before it ends, and long-polled there: the
-    // poll answers when the call ends, wherever it ran.
+/// Spawned on A, seen on B before it ends, and long-polled there: the
+/// poll answers when the call ends, wherever it ran; C reads the same.
+async fn read_and_long_polled_elsewhere(cluster: &Cluster) {
+    let (a, b, c) = (0, 1, 2);
     let id = cluster
         .spawn(a, "/r/work/spawn", &json!({"x": 7, "seconds": 1}))
         .await;
@@ -69,27 +73,25 @@ async fn a_call_spawned_on_one_replica_is_read_long_polled_and_cancelled_on_the_
             NAMES[i]
         );
     }
+}
 
-    // A slow call, cancelled on C while B long-polls it: its process is
-    // stopped on whichever replica runs it.
+/// A slow call spawned on A, cancelled on C while B long-polls it: its
+/// process is stopped on whichever replica runs it, and every replica
+/// answers 410.
+async fn cancelled_elsewhere(cluster: &Cluster) {
+    let (a, b, c) = (0, 1, 2);
     let slow = cluster
         .spawn(a, "/r/work/spawn", &json!({"seconds": 60}))
         .await;
-    assert!(
-        eventually(Duration::from_secs(20), || !cluster
-            .runs_of(&slow)
-            .is_empty())
-        .await,
-        "the slow call starts within 20 s"
-    );
+    let started = eventually(Duration::from_secs(20), || {
+        !cluster.runs_of(&slow).is_empty()
+    });
+    assert!(started.await, "the slow call starts within 20 s");
     let run = cluster.runs_of(&slow).remove(0);
     println!("the slow call runs on {} as pid {}", run.replica, run.pid);
     assert!(process_alive(run.pid), "the slow call's process runs");
     let poll = cluster.get(b, &slow, Some(20));
-    let cancel = async {
-        let answer = cluster.cancel(c, &slow).await;
-        (answer, Instant::now())
-    };
+    let cancel = async { (cluster.cancel(c, &slow).await, Instant::now()) };
     let (polled, (cancelled, cancelled_at)) = tokio::join!(poll, cancel);
     assert_eq!(cancelled.status, 200, "C cancels it: {cancelled:?}");
     assert_eq!(
@@ -115,10 +117,11 @@ async fn a_call_spawned_on_one_replica_is_read_long_polled_and_cancelled_on_the_
         let resp = cluster.get_response(i, &slow, None).await;
         assert_problem(resp, 410, "call_cancelled").await;
     }
+    let runs = cluster.runs_of(&slow);
     assert_eq!(
-        cluster.runs_of(&slow).len(),
+        runs.len(),
         1,
-        "the cancelled call never runs again"
+        "the cancelled call never runs again: {runs:?}"
     );
 }
 

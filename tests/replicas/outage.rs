@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, accepted, eventually_async};
+use crate::cluster::{Cluster, accepted};
 use crate::common::{HttpBackend, assert_problem, eventually, http_fn};
 
 /// `r/sq`: an http function squaring `x` (cheaper than an exec run).
@@ -33,67 +33,69 @@ async fn with_redis_down_sync_calls_work_and_spawns_answer_503_then_recover() {
 
     cluster.redis.kill().await;
     for i in 0..2 {
-        let sync = cluster.post(i, "/r/sq", &json!({"x": 3}), &[]).await;
-        assert_eq!(sync.status(), 200, "a sync call works without Redis");
-        assert_eq!(sync.json::<Value>().await.expect("JSON"), json!(9));
-
-        let sent = Instant::now();
-        let spawn = cluster.post(i, "/r/sq/spawn", &json!({"x": 5}), &[]).await;
-        let took = sent.elapsed();
-        assert!(
-            spawn.headers().contains_key("retry-after"),
-            "a refused spawn says when to come back: {:?}",
-            spawn.headers()
-        );
-        assert_problem(spawn, 503, "overloaded").await;
-        assert!(
-            took < Duration::from_secs(5),
-            "a spawn is refused in {took:?}"
-        );
-
-        let read = cluster.get_response(i, &earlier, None).await;
-        assert!(
-            read.headers().contains_key("retry-after"),
-            "{:?}",
-            read.headers()
-        );
-        assert_problem(read, 503, "overloaded").await;
+        without_redis(&cluster, i, &earlier).await;
     }
 
     cluster.redis.restart().await;
     let restarted = Instant::now();
-    let cluster = &cluster;
-    let later = Arc::new(std::sync::Mutex::new(None));
-    let recovered = eventually_async(Duration::from_secs(10), || {
-        let later = later.clone();
-        async move {
-            let resp = cluster.post(0, "/r/sq/spawn", &json!({"x": 6}), &[]).await;
-            if resp.status() != 202 {
-                return false;
-            }
-            *later.lock().expect("lock") = Some(accepted(resp, "A").await);
-            true
-        }
-    })
-    .await;
-    assert!(
-        recovered,
-        "spawns are accepted again within 10 s of the restart"
-    );
+    let later = accepted_again(&cluster, Duration::from_secs(10)).await;
     println!(
         "spawns accepted again {:?} after the restart",
         restarted.elapsed()
     );
-    let later = later
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("the accepted spawn");
     for i in 0..2 {
         let read = cluster.get(i, &earlier, None).await;
         assert_eq!((read.status, &read.body), (200, &json!(16)), "{read:?}");
         let end = cluster.finish(i, &later, Duration::from_secs(20)).await;
         assert_eq!((end.status, &end.body), (200, &json!(36)), "{end:?}");
+    }
+}
+
+/// With Redis down, replica `i` answers a sync call, refuses a spawn at
+/// once and cannot read the `earlier` call: both 503 with `Retry-After`.
+async fn without_redis(cluster: &Cluster, i: usize, earlier: &str) {
+    let sync = cluster.post(i, "/r/sq", &json!({"x": 3}), &[]).await;
+    assert_eq!(sync.status(), 200, "a sync call works without Redis");
+    assert_eq!(sync.json::<Value>().await.expect("JSON"), json!(9));
+
+    let sent = Instant::now();
+    let spawn = cluster.post(i, "/r/sq/spawn", &json!({"x": 5}), &[]).await;
+    let took = sent.elapsed();
+    assert!(
+        spawn.headers().contains_key("retry-after"),
+        "a refused spawn says when to come back: {:?}",
+        spawn.headers()
+    );
+    assert_problem(spawn, 503, "overloaded").await;
+    assert!(
+        took < Duration::from_secs(5),
+        "a spawn is refused in {took:?}"
+    );
+
+    let read = cluster.get_response(i, earlier, None).await;
+    assert!(
+        read.headers().contains_key("retry-after"),
+        "a refused read says when to come back: {:?}",
+        read.headers()
+    );
+    assert_problem(read, 503, "overloaded").await;
+}
+
+/// Spawns `r/sq` with `x` 6 on A until one is accepted (within `within`):
+/// its call id.
+async fn accepted_again(cluster: &Cluster, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let resp = cluster.post(0, "/r/sq/spawn", &json!({"x": 6}), &[]).await;
+        if resp.status() == 202 {
+            return accepted(resp, "A").await;
+        }
+        let answer = resp.text().await.unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "spawns are accepted again within {within:?} of the restart: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -201,8 +203,23 @@ async fn a_redis_restart_mid_load_loses_no_accepted_call() {
         restarting - killed
     );
 
+    let calls = accepted_calls(&spawned, killed, restarting);
+    let cluster = &cluster;
+    let ends = calls.iter().enumerate().map(|(n, (x, id))| async move {
+        (*x, cluster.finish(n % 2, id, Duration::from_secs(60)).await)
+    });
+    for (x, end) in futures_util::future::join_all(ends).await {
+        assert_eq!(end.status, 200, "an accepted call ends succeeded: {end:?}");
+        assert_eq!(end.body, json!(x * x), "{end:?}");
+    }
+}
+
+/// The accepted spawns' `x` and call id, once every answer is checked:
+/// 202 or 503 `overloaded`, and 503 for each spawn sent after `killed`
+/// and answered before `restarting`.
+fn accepted_calls(spawned: &[Spawned], killed: Instant, restarting: Instant) -> Vec<(u64, String)> {
     let mut calls = Vec::new();
-    for s in &spawned {
+    for s in spawned {
         match s.status {
             202 => calls.push((
                 s.x,
@@ -215,12 +232,5 @@ async fn a_redis_restart_mid_load_loses_no_accepted_call() {
             assert_eq!(s.status, 503, "a spawn while Redis is down: {}", s.body);
         }
     }
-    let cluster = &cluster;
-    let ends = calls.iter().enumerate().map(|(n, (x, id))| async move {
-        (*x, cluster.finish(n % 2, id, Duration::from_secs(60)).await)
-    });
-    for (x, end) in futures_util::future::join_all(ends).await {
-        assert_eq!(end.status, 200, "an accepted call ends succeeded: {end:?}");
-        assert_eq!(end.body, json!(x * x), "{end:?}");
-    }
+    calls
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::cluster::{Cluster, NAMES};
+use crate::cluster::{Answer, Cluster, NAMES};
 use crate::common::eventually;
 
 const CALLS: usize = 50;
@@ -18,20 +18,8 @@ async fn calls_of_a_killed_replica_end_on_the_others_with_attempt_2() {
     // Every run waits for the gate: all 50 are running when the replica
     // is killed, and none ends before.
     let gate = cluster.shared_path("gate");
-    let gate_arg = gate.to_str().expect("a UTF-8 temp path").to_owned();
-    let spawns = (0..CALLS).map(|x| {
-        let body = json!({"x": x, "gate": gate_arg});
-        let cluster = &cluster;
-        async move { cluster.spawn(x % 3, "/r/work/spawn", &body).await }
-    });
-    let ids: Vec<String> = futures_util::future::join_all(spawns).await;
-    assert!(
-        eventually(Duration::from_secs(60), || cluster.runs().len() >= CALLS).await,
-        "all {CALLS} calls run within 60 s ({} do)",
-        cluster.runs().len()
-    );
+    let ids = all_running_behind(&cluster, gate.to_str().expect("a UTF-8 temp path")).await;
     let before = cluster.runs();
-    assert_eq!(before.len(), CALLS, "each call started once: {before:?}");
     let mut per_replica: HashMap<&str, usize> = HashMap::new();
     for run in &before {
         *per_replica.entry(run.replica.as_str()).or_default() += 1;
@@ -40,10 +28,9 @@ async fn calls_of_a_killed_replica_end_on_the_others_with_attempt_2() {
     let victim = (0..3)
         .max_by_key(|&i| per_replica.get(NAMES[i]).copied().unwrap_or(0))
         .expect("three replicas");
-    let victim_name = NAMES[victim];
     let on_victim: Vec<&str> = before
         .iter()
-        .filter(|r| r.replica == victim_name)
+        .filter(|r| r.replica == NAMES[victim])
         .map(|r| r.call.as_str())
         .collect();
     assert!(!on_victim.is_empty(), "the killed replica runs some calls");
@@ -60,30 +47,20 @@ async fn calls_of_a_killed_replica_end_on_the_others_with_attempt_2() {
     });
     let finals = futures_util::future::join_all(finals).await;
     println!(
-        "all {CALLS} ended {:?} after the kill of {victim_name} ({} of them ran there)",
+        "all {CALLS} ended {:?} after the kill of {} ({} of them ran there)",
         killed.elapsed(),
+        NAMES[victim],
         on_victim.len()
     );
     for (x, (id, end)) in ids.iter().zip(&finals).enumerate() {
-        assert_eq!(end.status, 200, "call {id} ends succeeded: {end:?}");
-        assert_eq!(end.body["x"], x, "{id}: {end:?}");
-        let runs = cluster.runs_of(id);
-        if on_victim.contains(&id.as_str()) {
-            assert_eq!(
-                end.body["attempt"], 2,
-                "{id} ran again after the kill: {end:?}"
-            );
-            assert_eq!(end.attempt, Some(2), "{id}: X-Attempt: {end:?}");
-            assert_ne!(end.body["replica"], victim_name, "{id}: {end:?}");
-            assert_eq!(runs.len(), 2, "{id} started twice: {runs:?}");
-            assert_eq!(runs[1].attempt, 2, "{id}: {runs:?}");
-        } else {
-            // A running call's heartbeats keep it on its replica for
-            // longer than claim_timeout.
-            assert_eq!(end.body["attempt"], 1, "{id} ran once: {end:?}");
-            assert_eq!(end.attempt, Some(1), "{id}: X-Attempt: {end:?}");
-            assert_eq!(runs.len(), 1, "{id} started once: {runs:?}");
-        }
+        assert_ended(
+            &cluster,
+            id,
+            x,
+            end,
+            on_victim.contains(&id.as_str()),
+            NAMES[victim],
+        );
     }
     let all = cluster.runs();
     assert_eq!(
@@ -91,4 +68,54 @@ async fn calls_of_a_killed_replica_end_on_the_others_with_attempt_2() {
         CALLS + on_victim.len(),
         "no call started more than twice"
     );
+}
+
+/// Call `id` (of `x`) ended succeeded once: on a survivor with attempt 2
+/// after a second start when it ran on `victim`, else on its first run.
+fn assert_ended(
+    cluster: &Cluster,
+    id: &str,
+    x: usize,
+    end: &Answer,
+    on_victim: bool,
+    victim: &str,
+) {
+    assert_eq!(end.status, 200, "call {id} ends succeeded: {end:?}");
+    assert_eq!(end.body["x"], x, "{id}: {end:?}");
+    let runs = cluster.runs_of(id);
+    if on_victim {
+        assert_eq!(
+            end.body["attempt"], 2,
+            "{id} ran again after the kill: {end:?}"
+        );
+        assert_eq!(end.attempt, Some(2), "{id}: X-Attempt: {end:?}");
+        assert_ne!(end.body["replica"], victim, "{id}: {end:?}");
+        assert_eq!(runs.len(), 2, "{id} started twice: {runs:?}");
+        assert_eq!(runs[1].attempt, 2, "{id}: {runs:?}");
+    } else {
+        // A running call's heartbeats keep it on its replica for longer
+        // than claim_timeout.
+        assert_eq!(end.body["attempt"], 1, "{id} ran once: {end:?}");
+        assert_eq!(end.attempt, Some(1), "{id}: X-Attempt: {end:?}");
+        assert_eq!(runs.len(), 1, "{id} started once: {runs:?}");
+    }
+}
+
+/// Spawns the 50 calls (`x` 0 to 49, round robin over the replicas),
+/// each waiting for `gate`, and waits until all of them run, each once:
+/// their ids by `x`.
+async fn all_running_behind(cluster: &Cluster, gate: &str) -> Vec<String> {
+    let spawns = (0..CALLS).map(|x| {
+        let body = json!({"x": x, "gate": gate});
+        async move { cluster.spawn(x % 3, "/r/work/spawn", &body).await }
+    });
+    let ids: Vec<String> = futures_util::future::join_all(spawns).await;
+    assert!(
+        eventually(Duration::from_secs(60), || cluster.runs().len() >= CALLS).await,
+        "all {CALLS} calls run within 60 s ({} do)",
+        cluster.runs().len()
+    );
+    let runs = cluster.runs();
+    assert_eq!(runs.len(), CALLS, "each call started once: {runs:?}");
+    ids
 }
