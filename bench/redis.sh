@@ -68,6 +68,19 @@ trap finish EXIT
 need nginx wrk curl jq python3 redis-server redis-cli:redis-tools
 mkdir -p "$OUT" "$RUN"
 
+# How busy the box is before anything starts (other work skews every number).
+busy_ticks() {  # "busy total" jiffies of the whole box
+  local _cpu user nice sys idle iowait irq softirq steal _rest
+  read -r _cpu user nice sys idle iowait irq softirq steal _rest < /proc/stat
+  echo "$((user + nice + sys + irq + softirq + steal)) $((user + nice + sys + irq + softirq + steal + idle + iowait))"
+}
+box_busy_pct() {  # box_busy_pct "BUSY0 TOTAL0" "BUSY1 TOTAL1"
+  local b0 t0 b1 t1
+  read -r b0 t0 <<< "$1"; read -r b1 t1 <<< "$2"
+  echo $((t1 > t0 ? 100 * (b1 - b0) / (t1 - t0) : 0))
+}
+t0=$(busy_ticks); sleep 1; idle_busy=$(box_busy_pct "$t0" "$(busy_ticks)")
+
 build_start=$SECONDS
 build_fngate
 build_secs=$((SECONDS - build_start))
@@ -87,6 +100,7 @@ fi
     "(embedded, $(echo "$REPLICAS" | sed 's/ /, /g') replicas, ...); $CONNS connections in all," \
     "split over the replicas, one wrk (one thread) per replica"
   echo "- fngate's per-request access log is off (RUST_LOG=info,fngate::http::context=warn)"
+  echo "- box busy before the start (1 s sample): ${idle_busy}%"
 } > "$OUT/env.txt"
 cat "$OUT/env.txt"
 echo "raw outputs: $OUT"
@@ -193,12 +207,6 @@ pid_ticks() {  # utime+stime of the given processes, all their threads included
   done
   echo "$sum"
 }
-busy_ticks() {  # "busy total" jiffies of the whole box
-  local _cpu user nice sys idle iowait irq softirq steal _rest
-  read -r _cpu user nice sys idle iowait irq softirq steal _rest < /proc/stat
-  echo "$((user + nice + sys + irq + softirq + steal)) $((user + nice + sys + irq + softirq + steal + idle + iowait))"
-}
-
 # load_all MODE PATH SECONDS PREFIX: one wrk per running gateway, all at
 # once, CONNS split over them; their outputs in PREFIX.{i}.txt.
 load_all() {
@@ -236,7 +244,7 @@ measure() {
   local sc=$1 setup=$2 rep=$3 mode=$4 path=$5 prefix="$OUT/$1.$2.$3" redis_pids=()
   [[ $setup != embedded ]] && redis_pids=("$REDIS")
   sleep 1
-  local box0 box1 r0 r1 g0 g1 t0 t1 b0 b1 tt0 tt1
+  local box0 box1 r0 r1 g0 g1 t0 t1
   box0=$(busy_ticks); r0=$(pid_ticks "${redis_pids[@]}"); g0=$(pid_ticks "${GWS[@]}"); t0=$(date +%s.%N)
   load_all "$mode" "$path" "$DUR" "$prefix" || echo "   (a wrk exited non-zero; see $prefix.*.txt)"
   t1=$(date +%s.%N); box1=$(busy_ticks); r1=$(pid_ticks "${redis_pids[@]}"); g1=$(pid_ticks "${GWS[@]}")
@@ -246,8 +254,7 @@ measure() {
   read -r wall redis_pct fngate_pct < <(awk -v t0="$t0" -v t1="$t1" -v r="$((r1 - r0))" -v g="$((g1 - g0))" \
     -v clk="$CLK" 'BEGIN {w = t1 - t0; printf "%.2f %.0f %.0f\n", w, 100 * r / clk / w, 100 * g / clk / w}')
   [[ $setup == embedded ]] && redis_pct=NA
-  read -r b0 tt0 <<< "$box0"; read -r b1 tt1 <<< "$box1"
-  box_pct=$((tt1 > tt0 ? 100 * (b1 - b0) / (tt1 - tt0) : 0))
+  box_pct=$(box_busy_pct "$box0" "$box1")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sc" "$setup" "$rep" "$rps" "$err" "$wall" "$redis_pct" \
     "$fngate_pct" "$box_pct" >> "$ROWS"
   printf '   %-8s %-9s rep %s: %8s req/s  errors %s  redis %s%%  fngate %s%%  box %s%%\n' \
