@@ -104,8 +104,8 @@ async fn cancelled_elsewhere(cluster: &Cluster) {
     );
     assert_eq!(polled.body["code"], "call_cancelled", "{polled:?}");
     assert!(
-        eventually(Duration::from_secs(5), || !process_alive(run.pid)).await,
-        "the cancelled call's process (pid {} on {}) is gone within 5 s of the cancel",
+        eventually(Duration::from_secs(10), || !process_alive(run.pid)).await,
+        "the cancelled call's process (pid {} on {}) is gone within 10 s of the cancel",
         run.pid,
         run.replica
     );
@@ -155,4 +155,17 @@ async fn an_idempotency_key_gives_the_same_call_on_every_replica() {
         assert_eq!(cluster.runs_of(id).len(), 1, "call {id} ran once");
     }
     assert_eq!(cluster.runs().len(), 2, "two keys, two runs in all");
+
+    // What the replicas wrote is under their prefix only.
+    let keys = cluster.redis.cli(&["--scan"]).await;
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(
+        keys.iter().any(|k| k.contains("idem")),
+        "the keys are stored: {keys:?}"
+    );
+    assert!(
+        keys.iter().all(|k| k.starts_with(&cluster.prefix)),
+        "every key starts with {}: {keys:?}",
+        cluster.prefix
+    );
 }

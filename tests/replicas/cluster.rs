@@ -59,6 +59,8 @@ pub struct Answer {
 pub struct Cluster {
     pub redis: RedisServer,
     pub replicas: Vec<Gateway>,
+    /// `[store] prefix` of every replica.
+    pub prefix: String,
     clients: Vec<reqwest::Client>,
     shared: TempDir,
 }
@@ -104,6 +106,7 @@ impl Cluster {
         Cluster {
             redis,
             replicas,
+            prefix,
             clients,
             shared,
         }
