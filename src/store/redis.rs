@@ -145,6 +145,8 @@ pub struct RedisStore {
     pub(crate) claim_timeout: Duration,
     /// Pending calls as the last script that changed them answered.
     pub(crate) pending: AtomicU64,
+    /// The attempt of each call this replica runs.
+    pub(crate) runs: Runs,
     health: StoreHealth,
     events: broadcast::Sender<StoreEvent>,
     /// Stops the event subscriber when the store is dropped.
@@ -179,6 +181,7 @@ impl RedisStore {
             replica: format!("r-{}", crate::invocation::random_hex::<8>()),
             claim_timeout: settings.claim_timeout,
             pending: AtomicU64::new(0),
+            runs: Runs::default(),
             health: StoreHealth::default(),
             events: events.clone(),
             _subscriber: stop.clone().drop_guard(),
@@ -211,6 +214,36 @@ impl RedisStore {
             .map_err(store_error)?;
         self.set_pending(count.unwrap_or(0));
         Ok(())
+    }
+}
+
+/// The attempt of each call this replica runs (claimed, or adopted), so
+/// that its end is recorded only while the call is still on that attempt:
+/// a replica whose lease lapsed (it was cut off, or too slow to extend
+/// it) and whose call another replica claimed again must not end it with
+/// the earlier run's outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Runs(dashmap::DashMap<String, u32>);
+
+impl Runs {
+    pub(crate) fn started(&self, id: &str, attempt: u32) {
+        self.0.insert(id.to_owned(), attempt);
+    }
+
+    pub(crate) fn retried(&self, id: &str) {
+        if let Some(mut attempt) = self.0.get_mut(id) {
+            *attempt += 1;
+        }
+    }
+
+    /// The attempt this replica runs `id` on; 0 for a call it did not
+    /// claim (its end is then recorded whatever the attempt).
+    pub(crate) fn attempt(&self, id: &str) -> u32 {
+        self.0.get(id).map_or(0, |attempt| *attempt)
+    }
+
+    pub(crate) fn ended(&self, id: &str) {
+        self.0.remove(id);
     }
 }
 

@@ -67,6 +67,9 @@ impl RedisStore {
         match answer.next().as_ref().and_then(int) {
             Some(1) => {
                 self.set_pending(answer.next().as_ref().and_then(int).unwrap_or(0));
+                if call.state == CallState::Running {
+                    self.runs.started(&call.id, 1);
+                }
                 Ok(Inserted::Created)
             }
             Some(2) => {
@@ -115,9 +118,13 @@ impl RedisStore {
         let mut answer = items(answer, "claim")?.into_iter();
         let pending = answer.next().as_ref().and_then(int);
         self.set_pending(pending.ok_or_else(|| unexpected("claim"))?);
-        answer
+        let records: Vec<CallRecord> = answer
             .map(|fields| record_of(fields).ok_or_else(|| unexpected("claim")))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        for record in &records {
+            self.runs.started(&record.id, record.attempt);
+        }
+        Ok(records)
     }
 
     pub(super) async fn queue_has_pending(
@@ -148,6 +155,7 @@ impl RedisStore {
             .arg(state_code(ended_state(&outcome)))
             .arg(now_ms())
             .arg(expires_ms)
+            .arg(self.runs.attempt(&id))
             .arg(fields.len());
         for (name, value) in &fields {
             invocation.arg(*name).arg(value.as_slice());
@@ -161,6 +169,7 @@ impl RedisStore {
             .invoke_async(&mut self.connection())
             .await
             .map_err(store_error)?;
+        self.runs.ended(&id);
         Ok(finished == 1)
     }
 
@@ -184,6 +193,7 @@ impl RedisStore {
             code.and_then(|code| state_of(*code))
                 .ok_or_else(|| unexpected("cancel"))
         };
+        self.runs.ended(&id);
         match answer.as_slice() {
             [0] => Ok(Cancelled::NotFound),
             [1, before, pending] => {
@@ -208,6 +218,7 @@ impl RedisStore {
             [0] => Ok(false),
             [1, pending] => {
                 self.set_pending(*pending);
+                self.runs.ended(&id);
                 Ok(true)
             }
             _ => Err(unexpected("requeue")),
@@ -222,6 +233,9 @@ impl RedisStore {
             .invoke_async(&mut self.connection())
             .await
             .map_err(store_error)?;
+        if counted == 1 {
+            self.runs.retried(&id);
+        }
         Ok(counted == 1)
     }
 

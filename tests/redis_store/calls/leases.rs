@@ -51,6 +51,41 @@ async fn a_lapsed_lease_puts_the_call_back_for_another_replica() {
 }
 
 #[tokio::test]
+async fn a_run_whose_lease_lapsed_cannot_end_the_call_claimed_again() {
+    use fngate::store::Outcome;
+    let server = RedisServer::start().await;
+    let prefix = prefix();
+    let a = replica(&server, &prefix, Duration::from_secs(1)).await;
+    let b = replica(&server, &prefix, Duration::from_secs(1)).await;
+    insert(&a, call("fc-late", "square")).await;
+    a.claim_next("demo", "square").await.expect("claims");
+    taken_over(&b).await;
+    let again = b.claim_next("demo", "square").await.expect("claims");
+    assert_eq!(again.map(|r| r.attempt), Some(2));
+
+    // A's run of attempt 1 ends late: the call is on attempt 2, B's.
+    let late = a.finish(
+        "fc-late".into(),
+        Outcome::Succeeded(b"1".to_vec()),
+        i64::MAX,
+    );
+    assert!(
+        !late.await.expect("answers"),
+        "the late run is not recorded"
+    );
+    assert_eq!(get(&b, "fc-late").await.state, CallState::Running);
+    let ended = b.finish(
+        "fc-late".into(),
+        Outcome::Succeeded(b"2".to_vec()),
+        i64::MAX,
+    );
+    assert!(ended.await.expect("answers"));
+    let record = get(&a, "fc-late").await;
+    assert_eq!(record.attempt, 2);
+    assert_eq!(record.outcome, Some(Outcome::Succeeded(b"2".to_vec())));
+}
+
+#[tokio::test]
 async fn a_heartbeat_keeps_a_lease_past_the_claim_timeout() {
     let server = RedisServer::start().await;
     let prefix = prefix();
