@@ -295,6 +295,7 @@ impl Webhooks {
                         for delivery in schedule.offer(due, host_of) {
                             self.start(delivery, &mut running, &mut tasks);
                         }
+                        self.hand_back(schedule.take_left_over());
                         look_at = next.map(instant_of);
                     }
                     Err(e) => {
@@ -331,6 +332,25 @@ impl Webhooks {
                 }
             }
         }
+    }
+
+    /// Hands deliveries it read but could not hold back to the store, due
+    /// now, so that another replica sharing it (or this one, when a slot
+    /// frees) takes them at once rather than after their lease.
+    fn hand_back(&self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() || self.store.events().is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for delivery in deliveries {
+                let back =
+                    store.delivery_attempted(delivery.call_id, delivery.attempts, Some(now_ms()));
+                if let Err(e) = back.await {
+                    tracing::debug!(error = %e, "webhooks: a delivery left for later stays leased until its lease lapses");
+                }
+            }
+        });
     }
 
     /// Starts one attempt at `delivery` in its own task, which ends with

@@ -33,6 +33,10 @@ pub(super) struct Schedule {
     waiting: usize,
     /// Due rows the last read had to leave in the store (their host full).
     left: usize,
+    /// Those rows, to hand back to the store: a store shared by replicas
+    /// leases what it gives out, and keeps a delivery left here from the
+    /// others until its lease lapses unless it is handed back.
+    left_over: Vec<Delivery>,
 }
 
 #[derive(Default)]
@@ -84,9 +88,15 @@ impl Schedule {
                 if host.running == 0 && host.waiting.is_empty() {
                     self.hosts.remove(&name);
                 }
+                self.left_over.push(delivery);
             }
         }
         start
+    }
+
+    /// The deliveries the last offers left in the store, once.
+    pub(super) fn take_left_over(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.left_over)
     }
 
     /// A running delivery ended (recorded or not); returns the waiting
