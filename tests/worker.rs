@@ -3,7 +3,8 @@
 //! (or `work:*`); a credential the gateway refuses, a scope without the
 //! function, an unknown function or one without instances stop it with
 //! exit status 1; a worker killed mid-call has its spawned call run again
-//! (`attempt` 2) and its sync call answered 502.
+//! (`attempt` 2) and its sync call answered 502; a worker on one of two
+//! replicas sharing a Redis serves the calls spawned on the other.
 //!
 //! The gateway's own instances of these functions answer `"served_by":
 //! "gateway"`, the worker's `"served_by": "worker"` (from the worker's
@@ -17,6 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::redis::RedisServer;
 use common::{
     BIN, Gateway, GatewayBuilder, assert_problem, eventually, json_ok, process_alive, repo_file,
 };
@@ -51,6 +53,11 @@ impl Keys {
 /// `w/plain` (exec, no instances), all public to callers; workers need a
 /// key.
 fn gateway(keys: &Keys) -> GatewayBuilder {
+    gateway_with_echo(keys, "")
+}
+
+/// [`gateway`] with `echo` (TOML lines) added to `w/echo`'s table.
+fn gateway_with_echo(keys: &Keys, echo: &str) -> GatewayBuilder {
     let key = |name: &str, (_, sha256): &(String, String), scopes: &str| {
         format!(
             "\n[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{sha256}\"\nscopes = {scopes}\n"
@@ -62,12 +69,14 @@ fn gateway(keys: &Keys) -> GatewayBuilder {
         key("invoke-only", &keys.invoke_only, r#"["invoke:*"]"#),
     ]
     .concat();
-    let functions = r#"
+    let functions = format!(
+        r#"
 [apps.w.functions.echo]
 backend = "lambda"
 command = ["python3", "runtime.py"]
 env.SERVED_BY = "gateway"
 public = true
+{echo}
 
 [apps.w.functions.api]
 backend = "http"
@@ -82,13 +91,14 @@ public = true
 backend = "exec"
 command = ["python3", "-c", "print(1)"]
 public = true
-"#;
+"#
+    );
     Gateway::builder()
         .file("runtime.py", repo_file("tests/instances/worker_runtime.py"))
         .file("server.py", repo_file("tests/instances/worker_server.py"))
         .file("json_http.py", repo_file("tests/instances/json_http.py"))
         .toml(&auth)
-        .toml(functions)
+        .toml(&functions)
 }
 
 /// A running `fngate worker`, killed on drop; its stderr is kept (and
@@ -389,4 +399,77 @@ async fn a_worker_killed_mid_call_makes_its_sync_call_502() {
         waited < Duration::from_secs(15),
         "the 502 came {waited:?} after the worker vanished (it is treated as gone after 5 s)"
     );
+}
+
+/// A replica of [`gateway`] on `redis` under `prefix` (the same for every
+/// replica of a test), with `w/echo` taking one call at a time, as every
+/// replica has it: a replica whose slot is taken claims none of its
+/// spawned calls, and one with a worker gives each call it claims to the
+/// worker (free again before the slot is), never to an instance of its own.
+fn replica(keys: &Keys, redis: &RedisServer, prefix: &str) -> GatewayBuilder {
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"\n\
+         claim_timeout = \"2s\"\n",
+        redis.url()
+    );
+    gateway_with_echo(keys, "concurrency = 1").toml(&store)
+}
+
+#[tokio::test]
+async fn a_worker_on_one_replica_serves_calls_spawned_on_another() {
+    let keys = Keys::new();
+    let redis = RedisServer::start().await;
+    let prefix = format!("worker-{}:", std::process::id());
+    let (a, b) = tokio::join!(
+        replica(&keys, &redis, &prefix).start(),
+        replica(&keys, &redis, &prefix).start(),
+    );
+    let worker = Worker::echo(&b, &keys.worker.0);
+
+    // A sync call on A holds A's one slot of w/echo (on an instance A
+    // runs), so A claims none of the calls spawned on it: only B, for
+    // its worker, can.
+    let holding = marker(&a, "holding");
+    let hold = {
+        let (client, url) = (a.client(), a.url("/w/echo"));
+        let kwargs = json!({"sleep": 60, "started": holding.display().to_string()});
+        tokio::spawn(async move {
+            let request = client.post(url).header("content-type", "application/json");
+            request.body(kwargs.to_string()).send().await
+        })
+    };
+    let holder = started(&holding).await;
+    worker.until_polling().await;
+    // B's pool counts the worker from its first poll on.
+    assert!(
+        b.logs.wait_for("a worker joined", PATIENCE).await,
+        "B did not attach the worker"
+    );
+
+    let client = a.client();
+    let spawns = (0..4).map(|x| spawn(&a, &client, "/w/echo/spawn", json!({"x": x})));
+    let ids = futures_util::future::join_all(spawns).await;
+    let results = ids.iter().map(|id| {
+        let request = client.get(a.url(&format!("/calls/{id}?wait=10")));
+        async move {
+            let resp = request.send().await;
+            json_ok(resp.unwrap_or_else(|e| panic!("GET /calls/{id} on A: {e:?}"))).await
+        }
+    });
+    let answers = futures_util::future::join_all(results).await;
+
+    let pid = &answers[0]["pid"];
+    for (x, answer) in answers.iter().enumerate() {
+        assert_eq!(answer["served_by"], "worker", "call {x}: {answer}");
+        assert_eq!(answer["x"], x, "{answer}");
+        assert_eq!(answer["attempt"], 1, "{answer}");
+        assert_eq!(&answer["pid"], pid, "the worker's one instance: {answer}");
+    }
+    assert_ne!(pid, &json!(holder), "A's own instance holds its slot");
+    assert!(
+        !hold.is_finished(),
+        "the sync call held A's slot throughout: {:?}",
+        hold.await
+    );
+    hold.abort();
 }
