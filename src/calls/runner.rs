@@ -123,7 +123,10 @@ impl Calls {
         let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
         // With a store shared by replicas: the others' events, and leases.
         let events = tokio::spawn(self.clone().follow_events(shutdown.clone()));
-        let leases = tokio::spawn(self.clone().keep_leases(shutdown.clone()));
+        // Leases are kept through the grace period too: calls still
+        // running then must not be taken over by another replica.
+        let leases_stop = CancellationToken::new();
+        let leases = tokio::spawn(self.clone().keep_leases(leases_stop.clone()));
         loop {
             tokio::select! {
                 changed = swaps.changed() => {
@@ -139,7 +142,6 @@ impl Calls {
         self.dispatchers.tasks.wait().await;
         let _ = sweeper.await;
         let _ = events.await;
-        let _ = leases.await;
         self.stopping.cancel();
         self.tasks.close();
         if tokio::time::timeout(grace, self.tasks.wait())
@@ -150,6 +152,8 @@ impl Calls {
                 "grace period over with spawned calls still running; they run again after restart"
             );
         }
+        leases_stop.cancel();
+        let _ = leases.await;
         Ok(())
     }
 
