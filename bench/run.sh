@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# fngate beside nginx, same box, same load, same pinning: one table of
-# requests/s, latency, gateway CPU and memory per connection, with
-# fngate/nginx ratios, ready to paste into bench/RESULTS.md.
+# fngate beside nginx and HAProxy, same box, same load, same pinning: one
+# table of requests/s, latency, gateway CPU and memory per connection, with
+# fngate/nginx and fngate/haproxy ratios, ready to paste into bench/RESULTS.md.
 #
 # Starts on 127.0.0.1 only, and later stops by PID only, what it needs:
 #   backend  nginx   :BE_PORT (9001)  POST /square -> {"result":1764}     conf/backend.nginx.conf
@@ -10,12 +10,15 @@
 #   fngate           :free port       for the spawn scenario only         RUN/fngate/gateway-spawn.toml
 #   gateway  nginx   :free port       TLS h1 + h2, session tickets on     conf/gateway.nginx.conf
 #                    :free port       TLS h1, tickets and cache off       (same file)
-# fngate's function bench/square is an `http` backend; nginx proxies to the
-# same backend through an upstream keep-alive pool. Both close idle client
-# connections after 120 s.
+#   gateway  haproxy :free port       TLS h1 + h2, session tickets on     conf/gateway.haproxy.cfg
+#                    :free port       TLS h1, tickets and cache off       (same file)
+# fngate's function bench/square is an `http` backend; nginx and HAProxy
+# proxy to the same backend through reused keep-alive connections. All
+# three close idle client connections after 120 s.
 #
 # Scenarios (TESTS, comma-separated; default all of them); the two
-# gateways' runs are interleaved (fngate rep 1, nginx rep 1, fngate rep 2...):
+# gateways' runs are interleaved (fngate rep 1, nginx rep 1, haproxy rep 1,
+# fngate rep 2...):
 #   h1            wrk: TLS HTTP/1.1 keep-alive, POST {"x":42}
 #   h2            h2load: CONNS connections x H2_STREAMS streams
 #   close-full    wrk, Connection: close: a new connection per request, every handshake full
@@ -25,12 +28,13 @@
 #
 #   bench/run.sh                              # pinned, 2 reps x 10 s: about 5 minutes (+ the build)
 #   PIN=0 bench/run.sh                        # unpinned: 2 gateway workers, 2 load threads
+#   HAPROXY=0 bench/run.sh                    # nginx alone beside fngate
 #   TESTS=h1,h2 DUR=3 REPS=1 bench/run.sh     # a quick look
-# Knobs (env): DUR REPS CONNS PIN TESTS WARMUP H2_STREAMS IDLE_CONNS OUT BE_PORT THREADS
+# Knobs (env): DUR REPS CONNS PIN TESTS WARMUP H2_STREAMS IDLE_CONNS OUT BE_PORT THREADS HAPROXY
 #
 # PIN=1 (the default): the gateway under test alone on CPU 1 with one worker
-# (fngate `workers = 1`, nginx `worker_processes 1`); the backend (one nginx
-# worker) and the load generator (one thread) share CPU 0.
+# (fngate `workers = 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`);
+# the backend (one nginx worker) and the load generator (one thread) share CPU 0.
 # CPU: utime+stime of the gateway's processes (nginx: master and workers)
 # over each run's wall time, in % of one core.
 set -euo pipefail
@@ -46,6 +50,7 @@ H2_STREAMS=${H2_STREAMS:-10}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 ALL_TESTS=h1,h2,close-full,close-resume,spawn,idle
 TESTS=${TESTS:-$ALL_TESTS}
+HAPROXY=${HAPROXY:-1}   # 0: nginx alone beside fngate
 OUT=${OUT:-$HERE/results/$(date +%Y%m%d-%H%M%S)-pin$PIN}
 RUN="$OUT/run"             # the servers' files: configs, certificates, logs, SQLite
 # The clients connect to 127.0.0.1 only. wrk sends its URL's host as SNI, and an IP
@@ -64,6 +69,10 @@ for t in ${TESTS//,/ }; do
   [[ ,$ALL_TESTS, == *",$t,"* ]] || { echo "unknown test '$t' (known: $ALL_TESTS)" >&2; exit 2; }
 done
 selected() { [[ ,$TESTS, == *",$1,"* ]]; }
+[[ $HAPROXY == 0 || $HAPROXY == 1 ]] || { echo "HAPROXY must be 0 or 1" >&2; exit 2; }
+peer() { [[ $1 == nginx || $HAPROXY == 1 ]]; }   # peer NAME: that reference gateway runs
+GATEWAYS=(fngate nginx)
+peer haproxy && GATEWAYS+=(haproxy)
 
 if [[ $PIN == 1 ]] && (($(nproc) < 2)); then
   echo "PIN=1 needs 2 CPUs (gateway on CPU 1, the rest on CPU 0); use PIN=0" >&2
@@ -84,6 +93,7 @@ finish() {
 trap finish EXIT
 
 need nginx wrk h2load:nghttp2-client curl openssl jq python3 taskset:util-linux pgrep:procps
+peer haproxy && need haproxy
 mkdir -p "$OUT" "$RUN"
 printf '%s' "$BODY" > "$RUN/body.json"
 
@@ -123,15 +133,16 @@ fi
   echo "- tools: nginx $(nginx -v 2>&1 | sed 's|.*/||'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}' | sed 's|.*/||; s|-.*||')," \
     "h2load $(h2load --version | awk '{print $2}' | sed 's|.*/||'), $(openssl version | awk '{print $1, $2}')," \
     "curl $(curl --version | awk 'NR==1 {print $2}'), $(python3 --version), $(rustc --version | awk '{print $1, $2}')"
+  peer haproxy && echo "- haproxy: $(haproxy -v 2>&1 | awk 'NR==1 {print $3}')"
   echo "- fngate: $commit; release build took ${build_secs} s"
   if [[ $PIN == 1 ]]; then
-    echo "- PIN=1: gateway on CPU 1 (fngate workers = 1, nginx worker_processes 1);" \
+    echo "- PIN=1: gateway on CPU 1 (fngate workers = 1, nginx worker_processes 1, haproxy nbthread 1);" \
       "backend (nginx, 1 worker) and load generator ($THREADS thread) on CPU 0"
   else
-    echo "- PIN=0: nothing pinned; fngate workers = 2, nginx worker_processes 2," \
+    echo "- PIN=0: nothing pinned; fngate workers = 2, nginx worker_processes 2, haproxy nbthread 2," \
       "backend 2 workers, load generator $THREADS threads"
   fi
-  echo "- load: ${DUR} s per run, $REPS reps interleaved (fngate, nginx, fngate, ...) after a ${WARMUP} s warm-up;" \
+  echo "- load: ${DUR} s per run, $REPS reps interleaved (${GATEWAYS[*]}, fngate, ...) after a ${WARMUP} s warm-up;" \
     "$CONNS connections, h2 $H2_STREAMS streams each; idle: $IDLE_CONNS connections"
   echo "- fngate's per-request access log is off (RUST_LOG=info,fngate::http::context=warn)"
   echo "- box busy before the start (1 s sample): ${idle_busy}%"
@@ -148,7 +159,8 @@ nginx_pids() {
 start_backend "${LOAD_PIN[@]}"
 read -r -a BE_PIDS <<< "$(nginx_pids "$BE" "$BE_WORKERS")"
 
-declare -A PIDS   # gateway process(es) by name: fngate, fngate-full, nginx
+declare -A PIDS   # gateway process(es) by name: fngate, fngate-full, nginx, haproxy
+declare -A URL URL_FULL CA   # each gateway's base URLs and the CA its clients trust
 
 # fngate_config FILE RESUMPTION STORE: a config serving bench/square from the backend.
 fngate_config() {
@@ -208,6 +220,33 @@ PIDS[nginx]=$(nginx_pids "$NG" "$GW_WORKERS")
 NX="https://$NAME:$NG_PORT"
 NX_FULL="https://$NAME:$NG_PORT_FULL"
 NX_CA="$RUN/tls/cert.pem"
+URL[nginx]=$NX; URL_FULL[nginx]=$NX_FULL; CA[nginx]=$NX_CA
+URL[fngate]=$FN; CA[fngate]=$FN_CA
+[[ -n ${FN_FULL:-} ]] && URL_FULL[fngate]=$FN_FULL
+
+# HAProxy, on the same certificate (chain and key in one file), pinned the same way.
+if peer haproxy; then
+  mkdir -p "$RUN/haproxy"
+  cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" > "$RUN/haproxy/combined.pem"
+  HA_PORT=$(free_port)
+  HA_PORT_FULL=$(free_port)
+  while [[ $HA_PORT_FULL == "$HA_PORT" ]]; do HA_PORT_FULL=$(free_port); done
+  sed -e "s|@PORT@|$HA_PORT|" -e "s|@PORT_FULL@|$HA_PORT_FULL|" -e "s|@BACKEND_PORT@|$BE_PORT|" \
+    -e "s|@PEM@|$RUN/haproxy/combined.pem|" -e "s|@THREADS@|$GW_WORKERS|" -e "s|@RUN@|$RUN/haproxy|" \
+    -e "s|@MAXCONN@|$(((NOFILE - 1024) / 2))|" \
+    "$HERE/conf/gateway.haproxy.cfg" > "$RUN/haproxy/haproxy.cfg"
+  # -db: stays in the foreground, one process (its threads), so its PID is the gateway's.
+  "${GW_PIN[@]}" haproxy -db -f "$RUN/haproxy/haproxy.cfg" > "$RUN/haproxy/haproxy.log" 2>&1 &
+  HA=$!
+  STARTED+=("$HA")
+  if ! { wait_port "$HA_PORT" "$HA" && wait_port "$HA_PORT_FULL" "$HA"; }; then
+    cat "$RUN/haproxy/haproxy.log" >&2
+    exit 1
+  fi
+  PIDS[haproxy]=$HA
+  URL[haproxy]="https://$NAME:$HA_PORT"; URL_FULL[haproxy]="https://$NAME:$HA_PORT_FULL"
+  CA[haproxy]=$NX_CA
+fi
 
 # ---- correctness checks --------------------------------------------------------
 check() {  # check NAME CA URL [curl args...]
@@ -234,6 +273,10 @@ check fngate-h1 "$FN_CA" "$FN/bench/square" --http1.1
 check fngate-h2 "$FN_CA" "$FN/bench/square" --http2
 check nginx-h1 "$NX_CA" "$NX/square" --http1.1
 check nginx-h2 "$NX_CA" "$NX/square" --http2
+if peer haproxy; then
+  check haproxy-h1 "$NX_CA" "${URL[haproxy]}/square" --http1.1
+  check haproxy-h2 "$NX_CA" "${URL[haproxy]}/square" --http2
+fi
 WARNINGS=()
 NOTES=()
 resumption() {  # resumption NAME URL WANTED: checks that the server resumes sessions, or not
@@ -244,11 +287,16 @@ resumption() {  # resumption NAME URL WANTED: checks that the server resumes ses
 }
 resumption fngate "$FN" yes
 resumption nginx "$NX" yes
+peer haproxy && resumption haproxy "${URL[haproxy]}" yes
 if selected close-full; then
   check fngate-full-h1 "$FN_CA" "$FN_FULL/bench/square" --http1.1
   check nginx-full-h1 "$NX_CA" "$NX_FULL/square" --http1.1
   resumption fngate-full "$FN_FULL" no
   resumption nginx-full "$NX_FULL" no
+  if peer haproxy; then
+    check haproxy-full-h1 "$NX_CA" "${URL_FULL[haproxy]}/square" --http1.1
+    resumption haproxy-full "${URL_FULL[haproxy]}" no
+  fi
 fi
 
 # ---- load runs -----------------------------------------------------------------
@@ -345,27 +393,36 @@ measure() {
     "$sc" "$gw" "$rep" "$rps" "$p50" "$p99" "$err" "$gwc" "$bec" "$lgc"
 }
 
-# pair SCENARIO TOOL MODE FNGATE_PROCESS FNGATE_URL NGINX_URL: warm both up, then interleave.
+# pair SCENARIO TOOL MODE FULL: fngate and each peer warmed up, then their runs
+# interleaved. FULL=full: the listeners that never resume TLS sessions.
+# fngate serves the function at /bench/square, the peers at /square.
 pair() {
-  local sc=$1 tool=$2 mode=$3 fproc=$4 furl=$5 nurl=$6 rep
+  local sc=$1 tool=$2 mode=$3 full=$4 rep gw proc url
   selected "$sc" || return 0
   echo ">> $sc: $tool, $mode"
+  target() {  # target GATEWAY: sets proc and url
+    proc=$1; url=${URL[$1]}
+    [[ $full == full ]] && { url=${URL_FULL[$1]}; [[ $1 == fngate ]] && proc=fngate-full; }
+    if [[ $1 == fngate ]]; then url+=/bench/square; else url+=/square; fi
+  }
   if ((WARMUP > 0)); then
-    load "$tool" "$mode" "$furl" "$WARMUP" "$OUT/$sc.fngate.warmup.txt" || true
-    load "$tool" "$mode" "$nurl" "$WARMUP" "$OUT/$sc.nginx.warmup.txt" || true
+    for gw in "${GATEWAYS[@]}"; do
+      target "$gw"
+      load "$tool" "$mode" "$url" "$WARMUP" "$OUT/$sc.$gw.warmup.txt" || true
+    done
   fi
   for rep in $(seq "$REPS"); do
-    measure "$sc" fngate "$fproc" "$rep" "$tool" "$mode" "$furl"
-    measure "$sc" nginx nginx "$rep" "$tool" "$mode" "$nurl"
+    for gw in "${GATEWAYS[@]}"; do
+      target "$gw"
+      measure "$sc" "$gw" "$proc" "$rep" "$tool" "$mode" "$url"
+    done
   done
 }
 
-pair h1 wrk post fngate "$FN/bench/square" "$NX/square"
-pair h2 h2load post fngate "$FN/bench/square" "$NX/square"
-if selected close-full; then
-  pair close-full wrk close fngate-full "$FN_FULL/bench/square" "$NX_FULL/square"
-fi
-pair close-resume wrk close fngate "$FN/bench/square" "$NX/square"
+pair h1 wrk post resume
+pair h2 h2load post resume
+pair close-full wrk close full
+pair close-resume wrk close resume
 
 # ---- spawned calls (fngate only) -----------------------------------------------
 # On an fngate of their own, stopped afterwards: calls are accepted faster
@@ -459,6 +516,7 @@ if selected idle; then
   printf 'gateway\twanted\tok\tfailed\tserver_open\theld\trss_before_kib\trss_after_kib\n' > "$OUT/idle.tsv"
   hold_idle fngate fngate "${FN##*:}" /bench/square "$FN_CA"
   hold_idle nginx nginx "$NG_PORT" /square "$NX_CA"
+  peer haproxy && hold_idle haproxy haproxy "$HA_PORT" /square "$NX_CA"
 fi
 
 # ---- table ---------------------------------------------------------------------
@@ -466,7 +524,7 @@ warn_lines=$(cat "$RUN"/fngate/fngate*.log | grep -cE ' (WARN|ERROR) |panicked' 
 foreign=$(awk -F'\t' -v n="$(nproc)" 'NR > 1 && $13 != "" {print $13 - ($10 + $11 + $12) / n}' "$ROWS" |
   sort -n | awk '{v[NR] = $1} END {if (NR) printf "%.0f", v[int((NR + 1) / 2)]; else print "n/a"}')
 {
-  echo "## fngate and nginx side by side, PIN=$PIN ($(date -u +%Y-%m-%d), bench/run.sh)"
+  echo "## fngate, ${GATEWAYS[*]:1} side by side, PIN=$PIN ($(date -u +%Y-%m-%d), bench/run.sh)"
   echo
   cat "$OUT/env.txt"
   echo
@@ -475,7 +533,7 @@ foreign=$(awk -F'\t' -v n="$(nproc)" 'NR > 1 && $13 != "" {print $13 - ($10 + $1
   echo "- req/s and latency: median of the reps; spread = (max - min) / median of req/s; errors: all reps."
   echo "- gw CPU: the gateway's processes (nginx: master and workers), % of one core, over the run's wall"
   echo "  time; req per gw core-s = req/s / gw CPU; drv CPU: backend + load generator."
-  echo "- RSS: VmRSS of fngate; of nginx's master and workers summed."
+  echo "- RSS: VmRSS of fngate and of HAProxy; of nginx's master and workers summed."
   echo "- fngate log lines at WARN or ERROR level during the run: $warn_lines"
   echo "- box CPU not spent by the bench's own processes during the loads (median over runs): $foreign% of" \
     "all cores: other work on the machine, and kernel time outside those processes. Well above 10%," \

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Print run.sh's results as Markdown: medians over reps and fngate/nginx ratios.
+"""Print run.sh's results as Markdown: medians over reps, fngate/nginx and
+fngate/haproxy ratios, and the performance targets each run is held to.
 
     python3 bench/table.py OUT      # reads OUT/runs.tsv and OUT/idle.tsv
 
@@ -46,6 +47,9 @@ def ratio(a, b):
     return fmt(a / b, 2) if a is not None and b else "n/a"
 
 
+GATEWAYS = ("fngate", "nginx", "haproxy")
+
+
 def runs_table(rows):
     groups = {}
     for row in rows:
@@ -85,7 +89,7 @@ def runs_table(rows):
     order = [s for s in SCENARIOS if any(k[0] == s for k in summary)]
     for scenario in order:
         label = SCENARIOS[scenario]
-        for gateway in ("fngate", "nginx"):
+        for gateway in GATEWAYS:
             s = summary.get((scenario, gateway))
             if not s:
                 continue
@@ -95,13 +99,15 @@ def runs_table(rows):
                 f"| {fmt(s['per_core'])} | {fmt(s['driver'])} |"
             )
             label = ""
-        f, n = summary.get((scenario, "fngate")), summary.get((scenario, "nginx"))
-        if f and n:
-            out.append(
-                f"| | **fngate/nginx** | **{ratio(f['rps'], n['rps'])}** | | "
-                f"| **{ratio(f['p99'], n['p99'])}** | | | **{ratio(f['per_core'], n['per_core'])}** | |"
-            )
-    return out
+        f = summary.get((scenario, "fngate"))
+        for peer in GATEWAYS[1:]:
+            n = summary.get((scenario, peer))
+            if f and n:
+                out.append(
+                    f"| | **fngate/{peer}** | **{ratio(f['rps'], n['rps'])}** | | "
+                    f"| **{ratio(f['p99'], n['p99'])}** | | | **{ratio(f['per_core'], n['per_core'])}** | |"
+                )
+    return out, summary
 
 
 def idle_table(rows):
@@ -121,27 +127,83 @@ def idle_table(rows):
             f"{'' if complete else ' (INCOMPLETE)'} | {fmt(before)} | {fmt(after)} "
             f"| {fmt(per_conn[row['gateway']], 1)} |"
         )
-    if "fngate" in per_conn and "nginx" in per_conn:
-        out.append(
-            f"| | **fngate/nginx** | | | | **{ratio(per_conn['fngate'], per_conn['nginx'])}** |"
+    for peer in GATEWAYS[1:]:
+        if per_conn.get("fngate") is not None and per_conn.get(peer):
+            out.append(
+                f"| | **fngate/{peer}** | | | | **{ratio(per_conn['fngate'], per_conn[peer])}** |"
+            )
+    return out, per_conn
+
+
+def better_peer(summary, scenario):
+    """The peer that served more requests per gateway core-second."""
+    peers = [summary.get((scenario, p)) for p in GATEWAYS[1:]]
+    peers = [p for p in peers if p and p["per_core"]]
+    return max(peers, key=lambda p: p["per_core"]) if peers else None
+
+
+def targets(summary, per_conn):
+    """The issue's targets, each judged from this run's medians."""
+    out = ["| target | measured | met |", "|---|---|---|"]
+
+    def row(name, value, ok):
+        out.append(f"| {name} | {value} | {'yes' if ok else 'no' if ok is not None else 'n/a'} |")
+
+    def get(scenario, gateway):
+        return summary.get((scenario, gateway))
+
+    f, best = get("h1", "fngate"), better_peer(summary, "h1")
+    if f and best:
+        r = f["per_core"] / best["per_core"]
+        p99 = f["p99"] / best["p99"] if f["p99"] and best["p99"] else None
+        row(
+            "h1: req per gateway core-s >= 1.0 of the better peer, p99 <= its p99",
+            f"{r:.2f}, p99 {fmt(p99, 2)}x",
+            r >= 1.0 and p99 is not None and p99 <= 1.0,
         )
-    return out
+    f = get("h2", "fngate")
+    for peer, want in (("haproxy", 1.0), ("nginx", 1.2)):
+        n = get("h2", peer)
+        if f and n and f["per_core"] and n["per_core"]:
+            r = f["per_core"] / n["per_core"]
+            row(f"h2: req per gateway core-s >= {want} of {peer}", f"{r:.2f}", r >= want)
+    if per_conn.get("fngate") is not None and per_conn.get("nginx"):
+        r = per_conn["fngate"] / per_conn["nginx"]
+        row(
+            "idle RSS per TLS connection <= nginx's",
+            f"{per_conn['fngate']:.1f} vs {per_conn['nginx']:.1f} KiB ({r:.2f}x)",
+            r <= 1.0,
+        )
+    for scenario, name in (("close-full", "full"), ("close-resume", "resumed")):
+        f, best = get(scenario, "fngate"), better_peer(summary, scenario)
+        if f and best and f["per_core"]:
+            r = f["per_core"] / best["per_core"]
+            row(f"{name} handshakes per gateway core >= 1.0 of the better peer", f"{r:.2f}", r >= 1.0)
+    f = get("spawn", "fngate")
+    if f and f["rps"]:
+        row("durable spawns >= 20,000/s on the box (PIN=0)", f"{fmt(f['rps'])}/s", f["rps"] >= 20000)
+    return out if len(out) > 2 else []
 
 
 def main():
     folder = Path(sys.argv[1])
-    lines = []
+    lines, summary, per_conn = [], {}, {}
     runs = folder / "runs.tsv"
     if runs.exists():
         rows = list(csv.DictReader(runs.open(), delimiter="\t"))
         if rows:
-            lines += runs_table(rows)
+            table, summary = runs_table(rows)
+            lines += table
     idle = folder / "idle.tsv"
     if idle.exists():
         rows = list(csv.DictReader(idle.open(), delimiter="\t"))
         if rows:
             lines += [""] if lines else []
-            lines += idle_table(rows)
+            table, per_conn = idle_table(rows)
+            lines += table
+    goals = targets(summary, per_conn)
+    if goals:
+        lines += ["", "Against the targets:", ""] + goals
     print("\n".join(lines))
 
 
