@@ -209,6 +209,7 @@ impl EmbeddedStore {
                         rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
                     let connection = Connection::open_with_flags(&self.health.file, flags)?;
                     connection.busy_timeout(BUSY_TIMEOUT)?;
+                    startup::stable_plans(&connection)?;
                     connection.pragma_update(None, "query_only", true)?;
                     Ok(connection)
                 };

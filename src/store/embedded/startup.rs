@@ -148,12 +148,28 @@ pub(super) fn add_origin_columns(writer: &Connection) -> Result<(), rusqlite::Er
     Ok(())
 }
 
+/// Turns on SQLite's query planner stability guarantee: a statement keeps
+/// the plan it was prepared with whatever is bound to it. Without it,
+/// SQLite re-prepares a cached statement at its next step whenever a
+/// parameter its plan looked at (the claim's `LIMIT ?4`, values compared
+/// with a partial index's condition) is bound again: the claim of every
+/// dispatch round was parsed and planned anew, 59,000 instructions per
+/// spawned call (bench/profile.sh).
+pub(super) fn stable_plans(connection: &Connection) -> Result<(), rusqlite::Error> {
+    connection.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 /// Opens the file, checks it, and brings its layout up: the writer's
 /// connection and the pending count. Errors say what to do, not which
 /// file (the caller names it).
 pub(super) fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection, u64), String> {
     let writer = Connection::open(path).map_err(|e| explain(&e))?;
     writer.busy_timeout(BUSY_TIMEOUT).map_err(|e| explain(&e))?;
+    stable_plans(&writer).map_err(|e| explain(&e))?;
     match check_integrity(&writer, check_budget)? {
         Checked::Sound => {}
         Checked::Unfinished { after } => tracing::warn!(
