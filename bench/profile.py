@@ -108,16 +108,11 @@ def functions(dump):
     # what ran beneath it, as if it were its own: those rows are the
     # largest, and their sum is what overshoots the program's total.
     rows.sort(reverse=True)
-    starts = {r[0] for r in rows if r[1].endswith("Thread>::new::thread_start")}
-    rows = [
-        r
-        for r in rows
-        if not ROOTS.match(r[1])
-        and not (
-            r[1] == "core::ops::function::FnOnce::call_once{{vtable.shim}}"
-            and any(abs(r[0] - start) <= start // 100 for start in starts)
-        )
-    ]
+    # Every function on such a stack carries the same figure as the stack's
+    # root (fngate::main, LocalKey::with, a thread's closure...): drop them
+    # all by that figure.
+    roots = {r[0] for r in rows if ROOTS.match(r[1])}
+    rows = [r for r in rows if not any(abs(r[0] - root) <= root // 10000 for root in roots)]
     return total, rows
 
 
