@@ -114,7 +114,8 @@ impl Limiter {
         slots
     }
 
-    fn try_acquire_background(&self) -> Option<Slot> {
+    /// A slot for a spawned call if one is free now, by the same rule.
+    pub fn try_acquire_background(&self) -> Option<Slot> {
         if self.waiting.load(Ordering::Acquire) > 0
             || self.slots.available_permits() <= self.reserved
         {

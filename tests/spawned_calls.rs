@@ -200,7 +200,59 @@ both_stores!(
     long_poll_answers_when_the_call_is_cancelled,
     every_long_poller_of_a_call_wakes_when_it_ends,
     every_accepted_spawn_runs_even_when_clients_give_up_mid_spawn,
+    a_spawn_with_a_free_slot_runs_at_once_and_a_later_one_waits_its_turn,
 );
+
+/// A spawn that finds its function's slot free is stored running (its
+/// insert is its claim): it runs by the time the 202 is answered. The next
+/// spawn finds the slot taken: it waits in the store, pending, and runs
+/// after the first, each in its first attempt.
+async fn a_spawn_with_a_free_slot_runs_at_once_and_a_later_one_waits_its_turn(
+    store: StoreUnderTest,
+) {
+    let gw = gateway(&store, "").await;
+    let client = gw.client();
+    // A call run through first: the gateway has recovered its store (a
+    // spawn before that always waits in the store).
+    let warm = spawn(&gw, &client, "/t/one/spawn", &json!({})).await;
+    result(&gw, &client, &warm).await;
+    let first = spawn(
+        &gw,
+        &client,
+        "/t/one/spawn",
+        &json!({"x": 1, "seconds": 2, "stamp": true}),
+    )
+    .await;
+    let body = progress(get_call(&gw, &client, &first, None).await).await;
+    assert_eq!(body["status"], "running", "{body}");
+    let second = spawn(
+        &gw,
+        &client,
+        "/t/one/spawn",
+        &json!({"x": 2, "stamp": true}),
+    )
+    .await;
+    let body = progress(get_call(&gw, &client, &second, None).await).await;
+    assert_eq!(body["status"], "pending", "the slot is taken: {body}");
+    let (a, b) = (
+        result(&gw, &client, &first).await,
+        result(&gw, &client, &second).await,
+    );
+    assert_eq!(
+        (a["square"].as_u64(), a["attempt"].as_u64()),
+        (Some(1), Some(1)),
+        "{a}"
+    );
+    assert_eq!(
+        (b["square"].as_u64(), b["attempt"].as_u64()),
+        (Some(4), Some(1)),
+        "{b}"
+    );
+    assert!(
+        a["end"].as_f64() <= b["end"].as_f64(),
+        "the waiting call ends after the running one: {a} {b}"
+    );
+}
 
 async fn spawned_call_is_pending_then_gives_the_sync_result(store: StoreUnderTest) {
     let gw = gateway(&store, "").await;

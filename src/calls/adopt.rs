@@ -40,6 +40,7 @@ impl Calls {
             idempotency: None,
             callback_url: None,
             state: CallState::Running,
+            from_sync: true,
             forward: None,
             created_ms: now_ms(),
         };

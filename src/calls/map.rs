@@ -59,6 +59,7 @@ impl Calls {
             idempotency: options.idempotency,
             callback_url: options.callback_url,
             state: CallState::Pending,
+            from_sync: false,
             created_ms: now_ms(),
         };
         // In a task of its own, as a spawn's insert: a client that goes

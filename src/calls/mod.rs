@@ -63,6 +63,10 @@ pub struct Calls {
     tasks: TaskTracker,
     /// Cancelled when the gateway starts to shut down: long polls answer.
     stopping: CancellationToken,
+    /// A spawn may start its call at once (see `spawn::Calls::spawn_here`):
+    /// set once the calls a previous process left are recovered, cleared
+    /// when shutdown begins.
+    starts_at_spawn: std::sync::atomic::AtomicBool,
     /// Mints every call's `FNGATE_CALL_TOKEN` and checks those presented
     /// back, under a key of this gateway's own.
     tokens: CallTokens,
@@ -87,6 +91,7 @@ impl Calls {
             ended: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            starts_at_spawn: std::sync::atomic::AtomicBool::new(false),
             tokens: CallTokens::generate(),
         }
     }

@@ -3,6 +3,7 @@
 //! allow, and the grace period at shutdown.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,6 +118,9 @@ impl Calls {
         if let Err(e) = self.resume_maps().await {
             tracing::error!(error = %e, "cannot read the spawned maps left open; they run after a restart");
         }
+        // Recovery has put back what ran before: a spawn may now store its
+        // call running and start it.
+        self.starts_at_spawn.store(true, Ordering::Release);
         // One dispatcher per function, following reloads and deploys.
         let mut swaps = self.registry.swaps();
         swaps.mark_changed();
@@ -138,6 +142,7 @@ impl Calls {
                 () = shutdown.cancelled() => break,
             }
         }
+        self.starts_at_spawn.store(false, Ordering::Release);
         self.dispatchers.tasks.close();
         self.dispatchers.tasks.wait().await;
         let _ = sweeper.await;

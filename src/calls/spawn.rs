@@ -1,10 +1,14 @@
 //! Accepting a spawned call: storing it durably, answering idempotent
 //! repeats, and waking its function's dispatcher.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use crate::backend::http::StoredRequest;
+use crate::dispatch::Slot;
 use crate::invocation::{CallId, Principal};
 use crate::registry::Function;
-use crate::store::{CallState, Inserted, NewCall, Origin, StoreError, now_ms};
+use crate::store::{CallRecord, CallState, Inserted, NewCall, Origin, StoreError, now_ms};
 use crate::translate::Arguments;
 
 use super::Calls;
@@ -53,12 +57,54 @@ pub struct SpawnOptions {
 }
 
 impl Calls {
-    /// Stores a new call for `function`; durable when this returns.
+    /// Stores a new call for `function`; durable when this returns. A
+    /// dispatcher takes it from the store.
     pub async fn spawn(
         &self,
         function: &Function,
         input: SpawnInput,
         options: SpawnOptions,
+    ) -> Result<Accepted, SpawnError> {
+        self.store_spawned(function, input, options, None).await
+    }
+
+    /// As `spawn`; and when no call waits in the store and `function` has a
+    /// slot free now, the call is stored running (attempt 1) and starts at
+    /// once: its insert is its claim, one durable write where a dispatcher's
+    /// claim would be a second. After a crash it is a running call like any
+    /// other: it runs again, attempt 2.
+    pub async fn spawn_here(
+        self: &Arc<Self>,
+        function: &Arc<Function>,
+        input: SpawnInput,
+        options: SpawnOptions,
+    ) -> Result<Accepted, SpawnError> {
+        let start = self.slot_at_spawn(function).map(|slot| Start {
+            calls: self.clone(),
+            function: function.clone(),
+            slot,
+        });
+        self.store_spawned(function, input, options, start).await
+    }
+
+    /// A slot for a call to start at its spawn: only once recovery is done
+    /// and before shutdown, and only while nothing is pending, so that no
+    /// call starts before an older one of its function.
+    fn slot_at_spawn(&self, function: &Function) -> Option<Slot> {
+        if !self.starts_at_spawn.load(Ordering::Acquire) || self.store.pending() > 0 {
+            return None;
+        }
+        function.limiter.try_acquire_background()
+    }
+
+    /// Stores the call: running, and started, when it comes with a slot to
+    /// start in.
+    async fn store_spawned(
+        &self,
+        function: &Function,
+        input: SpawnInput,
+        options: SpawnOptions,
+        start: Option<Start>,
     ) -> Result<Accepted, SpawnError> {
         if self.store.pending() >= self.config.max_pending {
             return Err(SpawnError::BacklogFull);
@@ -81,10 +127,16 @@ impl Calls {
             origin: options.origin,
             idempotency: options.idempotency,
             callback_url: options.callback_url,
-            state: CallState::Pending,
+            state: if start.is_some() {
+                CallState::Running
+            } else {
+                CallState::Pending
+            },
+            from_sync: false,
             created_ms: now_ms(),
         };
-        match self.insert_and_wake(call).await? {
+        match self.insert_and_wake(call, start).await? {
+            // Pending also when it has started already: accepted, not ended.
             Inserted::Created => Ok(Accepted {
                 id,
                 state: CallState::Pending,
@@ -100,21 +152,74 @@ impl Calls {
         }
     }
 
-    /// Stores a new call, then wakes its function's dispatcher, in a task
-    /// of its own: a client that goes away mid-spawn drops the spawn's
-    /// future, yet the write it started may still commit, and a call
-    /// stored without its wake-up could wait for the next one.
-    async fn insert_and_wake(&self, call: NewCall) -> Result<Inserted, StoreError> {
+    /// Stores a new call, then wakes its function's dispatcher (or starts
+    /// it, with `start`), in a task of its own: a client that goes away
+    /// mid-spawn drops the spawn's future, yet the write it started may
+    /// still commit, and a call stored without its wake-up could wait for
+    /// the next one (stored running, it would never run).
+    async fn insert_and_wake(
+        &self,
+        call: NewCall,
+        start: Option<Start>,
+    ) -> Result<Inserted, StoreError> {
         let store = self.store.clone();
         let wake = self.wakes.of(&call.app, &call.function);
+        let claimed = start.as_ref().map(|_| claimed_record(&call));
         tokio::spawn(async move {
             let inserted = store.insert(call).await;
-            if let (Ok(Inserted::Created), Some(wake)) = (&inserted, wake) {
-                wake.notify_one();
+            if let Ok(Inserted::Created) = &inserted {
+                match (start, claimed) {
+                    (Some(start), Some(record)) => {
+                        let run =
+                            start
+                                .calls
+                                .clone()
+                                .run_spawned(start.function, record, start.slot);
+                        start.calls.tasks.spawn(run);
+                    }
+                    _ => {
+                        if let Some(wake) = wake {
+                            wake.notify_one();
+                        }
+                    }
+                }
             }
             inserted
         })
         .await
         .map_err(|e| StoreError::Io(format!("storing a call: {e}")))?
+    }
+}
+
+/// What a call that starts at its spawn runs with.
+struct Start {
+    calls: Arc<Calls>,
+    function: Arc<Function>,
+    slot: Slot,
+}
+
+/// The record of `call` stored running, as a claim returns it.
+fn claimed_record(call: &NewCall) -> CallRecord {
+    CallRecord {
+        id: call.id.clone(),
+        app: call.app.clone(),
+        function: call.function.clone(),
+        args: call.args.clone(),
+        kwargs: call.kwargs.clone(),
+        owner: call.owner.clone(),
+        callback_url: call.callback_url.clone(),
+        state: CallState::Running,
+        attempt: 1,
+        created_ms: call.created_ms,
+        started_ms: Some(call.created_ms),
+        finished_ms: None,
+        expires_ms: None,
+        outcome: None,
+        from_sync: false,
+        forward: call.forward.clone(),
+        principal: call.principal.clone(),
+        parameters: call.parameters.clone(),
+        origin: call.origin.clone(),
+        map_inputs: None,
     }
 }

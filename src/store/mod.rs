@@ -128,8 +128,13 @@ pub struct NewCall {
     /// `Idempotency-Key` and a digest of the request it came with.
     pub idempotency: Option<(String, Vec<u8>)>,
     pub callback_url: Option<String>,
-    /// `Running` for a sync call that outlived the sync wait, else `Pending`.
+    /// `Pending`, or `Running` for a call that starts as it is stored: a
+    /// sync call that outlived the sync wait, or a spawned call that found
+    /// a free slot.
     pub state: CallState,
+    /// A sync call that outlived the sync wait: its client was redirected
+    /// to the call and waits for its result.
+    pub from_sync: bool,
     /// A passthrough call: the request to forward, as stored bytes.
     pub forward: Option<Vec<u8>>,
     /// Who made it, passed to its backend when it runs.

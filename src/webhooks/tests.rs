@@ -335,6 +335,7 @@ async fn deliver_one(statuses: Vec<u16>, max_attempts: u32) -> Vec<Received> {
             idempotency: None,
             callback_url: Some(url),
             state: CallState::Pending,
+            from_sync: false,
             created_ms: now_ms(),
         })
         .await

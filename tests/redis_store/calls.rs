@@ -70,6 +70,7 @@ fn call(id: &str, function: &str) -> NewCall {
         idempotency: None,
         callback_url: None,
         state: CallState::Pending,
+        from_sync: false,
         forward: None,
         principal: None,
         parameters: None,
@@ -161,6 +162,7 @@ async fn an_adopted_sync_call_is_stored_running_in_its_first_attempt() {
     insert(&store, call("fc-spawned", "cube")).await;
     let mut adopted = call("fc-adopted", "square");
     adopted.state = CallState::Running;
+    adopted.from_sync = true;
     insert(&store, adopted.clone()).await;
     let record = get(&store, "fc-adopted").await;
     assert_eq!(record.state, CallState::Running);

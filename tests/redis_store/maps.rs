@@ -35,6 +35,7 @@ fn map_call(id: &str) -> NewCall {
         idempotency: None,
         callback_url: Some("https://hooks.example.com/done".to_owned()),
         state: CallState::Pending,
+        from_sync: false,
         created_ms: now_ms(),
     }
 }

@@ -50,7 +50,7 @@ pub async fn spawn(
     let options = asks.options(function, caller, digest, parameters);
     let accepted = state
         .calls
-        .spawn(function, input, options)
+        .spawn_here(function, input, options)
         .await
         .map_err(|e| spawning::refused(e, "call"))?;
     let response = accepted_response(&accepted, &base);

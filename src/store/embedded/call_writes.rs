@@ -36,7 +36,7 @@ pub(super) fn insert(tx: &Connection, call: &NewCall) -> Result<Inserted, rusqli
         attempt,
         call.created_ms,
         started,
-        call.state == CallState::Running,
+        call.from_sync,
         call.forward,
         call.principal
             .as_ref()

@@ -18,6 +18,7 @@ fn new_call(id: &str) -> NewCall {
         idempotency: None,
         callback_url: None,
         state: CallState::Pending,
+        from_sync: false,
         created_ms: now_ms(),
     }
 }

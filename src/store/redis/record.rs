@@ -32,6 +32,8 @@ pub(crate) fn new_call_fields(call: &NewCall) -> Vec<Field> {
     ];
     if call.state == CallState::Running {
         fields.push(("started_ms", call.created_ms.to_string().into_bytes()));
+    }
+    if call.from_sync {
         fields.push(("from_sync", b"1".to_vec()));
     }
     let mut optional = |name: &'static str, value: Option<Vec<u8>>| {
@@ -230,6 +232,7 @@ mod tests {
             idempotency: None,
             callback_url: Some("https://hooks.example/x".into()),
             state,
+            from_sync: state == CallState::Running,
             forward: Some(vec![0, 159, 255]),
             principal: None,
             parameters: Some("{\"size\":\"large\"}".into()),

@@ -17,6 +17,7 @@ fn map_call(id: &str) -> NewCall {
         idempotency: Some(("key-1".to_owned(), vec![1])),
         callback_url: Some("https://hooks.example.com/done".to_owned()),
         state: CallState::Pending,
+        from_sync: false,
         created_ms: now_ms(),
     }
 }
