@@ -23,7 +23,6 @@ mod deploys;
 mod faults;
 mod maps;
 mod startup;
-mod syncer;
 mod writer;
 
 use faults::{Fault, FileHealth, fault_of};
@@ -162,21 +161,7 @@ impl EmbeddedStore {
             health: StoreHealth::default(),
         });
         let (writes, queue) = mpsc::channel(MAX_BATCH * 4);
-        let (synced, committed) = std::sync::mpsc::channel();
-        let writer = Writer::new(writer, pending.clone(), health.clone(), synced);
-        let syncing = health.clone();
-        let database = path.to_owned();
-        std::thread::Builder::new()
-            .name("fngate-store-syncer".into())
-            .spawn(move || {
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    syncer::sync_loop(database, syncing.clone(), committed)
-                }));
-                if ran.is_err() {
-                    syncing.fail("its syncer thread panicked".to_owned());
-                }
-            })
-            .map_err(|e| named(format!("starting the syncer thread: {e}")))?;
+        let writer = Writer::new(writer, pending.clone(), health.clone());
         let watched = health.clone();
         std::thread::Builder::new()
             .name("fngate-store-writer".into())

@@ -179,9 +179,7 @@ pub(super) fn prepare(path: &Path, check_budget: Duration) -> Result<(Connection
     }
     writer
         .pragma_update(None, "journal_mode", "WAL")
-        // The WAL is synced after each commit by the store's syncer thread
-        // (`syncer`), not inside the commit: as durable as FULL.
-        .and_then(|()| writer.pragma_update(None, "synchronous", "NORMAL"))
+        .and_then(|()| writer.pragma_update(None, "synchronous", "FULL"))
         .map_err(|e| explain(&e))?;
     // A file written by another layout fails here, at start-up, with
     // what to do, instead of failing every spawn later. Layout 1 lacks the

@@ -1,8 +1,7 @@
 //! The embedded store's writer: the writes callers queue, the thread that
 //! applies every waiting one in a single transaction (group commit), and
-//! the WAL's checkpoints. A committed batch goes to the syncer, which
-//! answers its writes once it is on the disk (`syncer`). The SQL of each
-//! write is in `call_writes`, `maps` and `deploys`.
+//! the WAL's checkpoints. The SQL of each write is in `call_writes`,
+//! `maps` and `deploys`.
 //!
 //! A batch that fails for want of space or on an I/O error is rolled
 //! back, the WAL is checkpointed into the database and truncated (on a
@@ -22,7 +21,6 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::call_writes::{cancel, claim, delivery_attempted, finish, insert, recover, sweep};
-use super::syncer::Committed;
 use super::{BUSY_TIMEOUT, Fault, FileHealth, MAX_BATCH, fault_of};
 use crate::store::{
     CallRecord, CallState, Cancelled, Inserted, NewCall, Outcome, PendingCounts, StoreError, now_ms,
@@ -65,8 +63,8 @@ pub(super) enum Write {
 /// Each write's own answer in a batch that committed.
 type Answers = Vec<Result<Answer, rusqlite::Error>>;
 
-/// A write's result, held until its transaction is durable.
-pub(super) enum Answer {
+/// A write's result, held until its transaction commits.
+enum Answer {
     Inserted(Inserted),
     Claimed(Vec<CallRecord>),
     Finished(bool),
@@ -82,7 +80,7 @@ pub(super) enum Answer {
 
 impl Write {
     /// Answers the caller with what `apply` gave this write.
-    pub(super) fn answer(self, answer: Result<Answer, StoreError>) {
+    fn answer(self, answer: Result<Answer, StoreError>) {
         fn send<T>(reply: Reply<T>, value: T) {
             let _ = reply.send(Ok(value));
         }
@@ -103,7 +101,7 @@ impl Write {
         }
     }
 
-    pub(super) fn fail(self, error: StoreError) {
+    fn fail(self, error: StoreError) {
         fn fail<T>(reply: Reply<T>, error: StoreError) {
             let _ = reply.send(Err(error));
         }
@@ -136,9 +134,6 @@ pub(super) struct Writer {
     failing: u64,
     /// The WAL is kept to `TIGHT_WAL_PAGES`.
     tight: bool,
-    /// The syncer, which answers a committed batch's writes once it is
-    /// durable.
-    synced: std::sync::mpsc::Sender<Committed>,
 }
 
 impl Writer {
@@ -146,7 +141,6 @@ impl Writer {
         connection: Connection,
         pending: Arc<AtomicU64>,
         health: Arc<FileHealth>,
-        synced: std::sync::mpsc::Sender<Committed>,
     ) -> Writer {
         Writer {
             connection,
@@ -157,13 +151,11 @@ impl Writer {
             behind: true,
             failing: 0,
             tight: false,
-            synced,
         }
     }
 
-    /// Applies `batch` in one transaction and hands every write with its
-    /// answer to the syncer after the commit; a transient failure is
-    /// retried once after a checkpoint.
+    /// Applies `batch` in one transaction and answers every write after
+    /// the commit; a transient failure is retried once after a checkpoint.
     fn commit(&mut self, batch: Vec<Write>) {
         let started = std::time::Instant::now();
         let mut attempt = self.try_batch(&batch);
@@ -176,19 +168,11 @@ impl Writer {
         }
         match attempt {
             Ok((answers, count)) => {
+                crate::metrics::global().record_store_commit(started.elapsed());
                 self.behind = true;
                 self.pending.store(count, Ordering::Release);
-                let answers = batch
-                    .into_iter()
-                    .zip(answers)
-                    .map(|(write, answer)| (write, answer.map_err(|e| self.health.error(e))))
-                    .collect();
-                let committed = Committed { started, answers };
-                if let Err(unsent) = self.synced.send(committed) {
-                    let fault = self.health.fail("its syncer thread stopped".to_owned());
-                    for (write, _) in unsent.0.answers {
-                        write.fail(StoreError::Broken(fault.clone()));
-                    }
+                for (write, answer) in batch.into_iter().zip(answers) {
+                    write.answer(answer.map_err(|e| self.health.error(e)));
                 }
                 if self.failing > 0 {
                     tracing::info!(file = %self.health.file.display(), failed = self.failing, "call store: writes succeed again");
