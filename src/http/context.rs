@@ -137,7 +137,10 @@ where
             ApiError::Internal.into_problem(&request_id)
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(mut value) = HeaderValue::from_str(&request_id) {
+        // A value no other answer carries: HTTP/2 sends it as a literal
+        // that is never indexed (see `respond::insert_call_id`).
+        value.set_sensitive(true);
         response.headers_mut().insert(names::X_REQUEST_ID, value);
     }
     log_request(&response, method, request_id, started);

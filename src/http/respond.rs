@@ -30,8 +30,15 @@ pub fn result_response(call_id: &str, result: impl Into<Body>) -> Response<Body>
 }
 
 /// `X-Call-Id`, on every answer about one call: a client can find it again.
+///
+/// Marked sensitive, as the request id is: HTTP/2's HPACK then sends the
+/// value as a literal never added to the connection's header table. Each
+/// answer's id is new, so indexing it only evicted the entries that do
+/// repeat (`content-type`, `date`) and made every later header search
+/// longer.
 pub fn insert_call_id(response: &mut Response<Body>, call_id: &str) {
-    if let Ok(value) = HeaderValue::from_str(call_id) {
+    if let Ok(mut value) = HeaderValue::from_str(call_id) {
+        value.set_sensitive(true);
         response.headers_mut().insert(names::X_CALL_ID, value);
     }
 }
