@@ -11,7 +11,7 @@
 # Knobs (env): SCENARIOS (h1,h2,spawn) REQUESTS CONNS H2_STREAMS OUT BE_PORT PROFILE_BIN
 #
 # The same gateway config as bench/run.sh (`workers = 1`, the http function
-# bench/square on the nginx backend), its access log off. Each scenario is
+# bench/square on the nginx backend), no access log. Each scenario is
 # warmed up with collection off, then h2load sends exactly REQUESTS
 # requests (h1: `--h1`, one at a time per connection) and the counters are
 # dumped: totals per request are Ir / REQUESTS, all threads of the process
@@ -57,6 +57,10 @@ urls = ["http://127.0.0.1:$BE_PORT/square"]
 concurrency = 4096
 queue = 4096
 public = true
+
+# As nginx's access_log off and HAProxy without a log: no access log.
+[log]
+access = "off"
 TOML
 
 log="$RUN/fngate/fngate.log"

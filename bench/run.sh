@@ -144,7 +144,7 @@ fi
   fi
   echo "- load: ${DUR} s per run, $REPS reps interleaved (${GATEWAYS[*]}, fngate, ...) after a ${WARMUP} s warm-up;" \
     "$CONNS connections, h2 $H2_STREAMS streams each; idle: $IDLE_CONNS connections"
-  echo "- fngate's per-request access log is off (RUST_LOG=info,fngate::http::context=warn)"
+  echo "- no gateway writes an access log (fngate [log] access = \"off\", nginx access_log off, HAProxy no log)"
   echo "- box busy before the start (1 s sample): ${idle_busy}%"
 } > "$OUT/env.txt"
 cat "$OUT/env.txt"
@@ -182,6 +182,10 @@ urls = ["http://127.0.0.1:$BE_PORT/square"]
 concurrency = 4096
 queue = 4096
 public = true
+
+# As nginx's access_log off and HAProxy without a log: no access log.
+[log]
+access = "off"
 TOML
   "$FNGATE_BIN" check --config "$1" > "$1.check" 2>&1 ||
     { echo "fngate check refused $1:" >&2; cat "$1.check" >&2; exit 1; }
