@@ -121,6 +121,20 @@ pub struct ServerConfig {
     pub max_map_inputs: usize,
     /// How deep function-to-function calls may nest (deeper: 508).
     pub max_call_depth: u32,
+    /// What serves HTTP/1.1 over TLS.
+    pub http1_engine: Http1Engine,
+}
+
+/// What serves HTTP/1.1 connections over TLS (`server.http1_engine`). The
+/// plain-HTTP listener, which tells HTTP/1.1 from h2c by its first bytes,
+/// is always served by hyper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http1Engine {
+    /// hyper's HTTP/1 server.
+    Hyper,
+    /// fngate's own connection loop on `httparse`: no read or write buffer
+    /// is held while a connection idles.
+    Fngate,
 }
 
 /// Where the server certificate comes from.

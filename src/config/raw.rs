@@ -50,6 +50,7 @@ pub struct RawServer {
     pub result_buffer_total: Option<String>,
     pub max_map_inputs: Option<u32>,
     pub max_call_depth: Option<u32>,
+    pub http1_engine: Option<String>,
 }
 
 /// `listen = "127.0.0.1:8443"` or `listen = ["127.0.0.1:8443", "[::1]:8443"]`.

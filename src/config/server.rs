@@ -87,6 +87,16 @@ impl Context {
                 n => Ok(n),
             }
         };
+        let http1_engine = match raw.http1_engine.as_deref().unwrap_or("hyper") {
+            "hyper" => Http1Engine::Hyper,
+            "fngate" => Http1Engine::Fngate,
+            other => {
+                return Err(self.invalid(
+                    "server.http1_engine",
+                    format!("'{other}' is not an HTTP/1.1 engine: use \"hyper\" or \"fngate\""),
+                ));
+            }
+        };
         Ok(ServerConfig {
             listen,
             http_listen,
@@ -159,6 +169,7 @@ impl Context {
                     return Err(self.invalid("server.max_call_depth", "must be between 1 and 64"));
                 }
             },
+            http1_engine,
         })
     }
 

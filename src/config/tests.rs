@@ -434,3 +434,17 @@ fn a_batched_function_defaults_to_a_full_batch_per_instance_at_once() {
     assert_eq!(concurrency(&format!("{urls}{batch}")), (512, 512));
     assert_eq!(concurrency(urls), (16, 16));
 }
+
+#[test]
+fn http1_engine_is_hyper_unless_fngate_is_asked_for() {
+    assert_eq!(
+        load(SQUARE).unwrap().server.http1_engine,
+        Http1Engine::Hyper
+    );
+    let fngate = load(&format!("[server]\nhttp1_engine = \"fngate\"\n{SQUARE}")).unwrap();
+    assert_eq!(fngate.server.http1_engine, Http1Engine::Fngate);
+    assert_eq!(
+        rejected_key(&format!("[server]\nhttp1_engine = \"nginx\"\n{SQUARE}")),
+        "server.http1_engine"
+    );
+}

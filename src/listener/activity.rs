@@ -58,7 +58,9 @@ impl Activity {
         self.origin.elapsed().as_millis() as u64 + 1
     }
 
-    fn read(&self) {
+    /// Bytes of a request arrived (also called for bytes that came with
+    /// the previous request, when the next one starts from them).
+    pub fn read(&self) {
         let now = self.now();
         self.last.store(now, Ordering::Release);
         if self.active.load(Ordering::Acquire) == 0

@@ -22,7 +22,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::http::BodyStalled;
@@ -43,13 +42,25 @@ const DRAIN_LIMIT: u64 = 1 << 20;
 /// How long an early answer waits for the rest of an unread body.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The errors of the request bodies the listener reads (hyper's, or the
+/// fngate HTTP/1.1 engine's).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What a request's body tells the listener once the handler is done.
-#[derive(Default)]
-pub struct BodyReturn {
+pub struct BodyReturn<B> {
     /// The body, when the handler dropped it before its end.
-    unread: Mutex<Option<Incoming>>,
+    unread: Mutex<Option<B>>,
     /// The client stalled the body: the connection is to be closed.
     stalled: AtomicBool,
+}
+
+impl<B> Default for BodyReturn<B> {
+    fn default() -> Self {
+        BodyReturn {
+            unread: Mutex::new(None),
+            stalled: AtomicBool::new(false),
+        }
+    }
 }
 
 /// What became of a request body by the time its answer was ready.
@@ -62,7 +73,10 @@ pub enum Leftover {
     Unusable,
 }
 
-impl BodyReturn {
+impl<B> BodyReturn<B>
+where
+    B: Body + Unpin,
+{
     /// Reads what the handler left of the body, within bounds.
     /// `expects_continue`: the client waits for `100 Continue` before it
     /// sends the body, so reading it would only invite it.
@@ -89,12 +103,14 @@ impl BodyReturn {
 }
 
 /// Reads `body` to its end, up to `limit` bytes; true when it ended.
-async fn discard(mut body: Incoming, limit: u64) -> bool {
+async fn discard<B: Body + Unpin>(mut body: B, limit: u64) -> bool {
     let mut read = 0u64;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
-                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                read += frame
+                    .data_ref()
+                    .map_or(0, |data| bytes::Buf::remaining(data) as u64);
                 if read > limit {
                     return false;
                 }
@@ -106,9 +122,9 @@ async fn discard(mut body: Incoming, limit: u64) -> bool {
 }
 
 /// A request body with its pace watched; see the module's documentation.
-pub struct RequestBody {
+pub struct RequestBody<B: Body> {
     /// `None` once stalled (or handed back).
-    inner: Option<Incoming>,
+    inner: Option<B>,
     pace: BodyPace,
     /// Body bytes received so far.
     received: u64,
@@ -118,11 +134,11 @@ pub struct RequestBody {
     waiting_since: Option<Instant>,
     /// Wakes the handler when the current wait runs out.
     timer: Option<Pin<Box<Sleep>>>,
-    back: Arc<BodyReturn>,
+    back: Arc<BodyReturn<B>>,
 }
 
-impl RequestBody {
-    pub fn new(inner: Incoming, pace: BodyPace, back: Arc<BodyReturn>) -> RequestBody {
+impl<B: Body> RequestBody<B> {
+    pub fn new(inner: B, pace: BodyPace, back: Arc<BodyReturn<B>>) -> RequestBody<B> {
         RequestBody {
             inner: Some(inner),
             pace,
@@ -177,9 +193,13 @@ fn allowance(pace: BodyPace, received: u64, waited: Duration) -> Duration {
     budget.saturating_sub(waited).min(pace.gap)
 }
 
-impl Body for RequestBody {
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -208,17 +228,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
     }
 }
 
-impl Drop for RequestBody {
+impl<B: Body> Drop for RequestBody<B> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             if !inner.is_end_stream() {

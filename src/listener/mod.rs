@@ -7,6 +7,7 @@
 mod activity;
 mod body;
 mod framing;
+mod h1;
 mod held;
 
 use std::io;
@@ -23,7 +24,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::config::{Http1Engine, ServerConfig};
 use crate::http::problem::ApiError;
 use crate::http::{App, ClientCertificate, PeerAddr, PlainListener};
 use crate::tls;
@@ -56,6 +57,8 @@ pub struct ConnectionLimits {
     pub results: Arc<ResultBudget>,
     /// Open connections across all listeners.
     pub slots: Arc<Semaphore>,
+    /// What serves HTTP/1.1 over TLS.
+    pub http1_engine: Http1Engine,
 }
 
 /// The HTTP/1.1 settings, on hyper's builder or on hyper-util's auto
@@ -107,6 +110,7 @@ impl ConnectionLimits {
                 server.result_buffer_total,
             )),
             slots: Arc::new(Semaphore::new(server.max_connections)),
+            http1_engine: server.http1_engine,
         }
     }
 
@@ -118,7 +122,12 @@ impl ConnectionLimits {
         http1_settings!(http1, self);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2_settings!(http2, self);
-        Builders { auto, http1, http2 }
+        Builders {
+            auto,
+            http1,
+            http2,
+            http1_engine: self.http1_engine,
+        }
     }
 }
 
@@ -129,6 +138,7 @@ struct Builders {
     auto: auto::Builder<TokioExecutor>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    http1_engine: Http1Engine,
 }
 
 /// The protocol of a connection, when known before its first byte.
@@ -290,13 +300,18 @@ pub async fn serve(
         let app = app.clone();
         let tls = tls.clone();
         let limits = limits.clone();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
             match tls.map(|live| live.acceptor()) {
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
+                    // Boxed: the handshake's state is freed once it is done,
+                    // instead of staying in the connection's task.
+                    let handshake = Box::pin(tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    ));
+                    match handshake.await {
                         Ok(Ok(stream)) => {
                             crate::metrics::global().record_handshake();
                             let session = stream.get_ref().1;
@@ -313,7 +328,7 @@ pub async fn serve(
                                 plain: false,
                             };
                             serve_connection(
-                                &builders, &limits, watcher, stream, app, who, protocol,
+                                &builders, &limits, watcher, &shutdown, stream, app, who, protocol,
                             )
                             .await
                         }
@@ -337,6 +352,7 @@ pub async fn serve(
                         &builders,
                         &limits,
                         watcher,
+                        &shutdown,
                         stream,
                         app,
                         who,
@@ -359,10 +375,12 @@ pub async fn serve(
 /// Serves one connection until it ends, idles past `idle_timeout`, or (on
 /// HTTP/1) takes longer than `header_read_timeout` to send a request's
 /// headers.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<IO>(
     builders: &Builders,
     limits: &ConnectionLimits,
     watcher: Watcher,
+    shutdown: &CancellationToken,
     stream: IO,
     app: App,
     peer: Peer,
@@ -372,98 +390,165 @@ async fn serve_connection<IO>(
 {
     let http1 = protocol != Protocol::Http2;
     let activity = Arc::new(Activity::new());
-    let requests = activity.clone();
-    let pace = limits.body_pace;
-    let results = limits.results.clone();
-    // Answer bytes this connection holds unsent.
-    let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let handler = Arc::new(Handler {
+        app,
+        peer,
+        pace: limits.body_pace,
+        results: limits.results.clone(),
+        held: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        activity: activity.clone(),
+        http1,
+    });
+    let expired = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1);
+    if protocol == Protocol::Http1 && builders.http1_engine == Http1Engine::Fngate {
+        // fngate's own loop reads each head once and decides its framing
+        // itself: its bytes need no following.
+        let io = Tracked::new(stream, activity.clone(), false);
+        let connection = h1::serve(
+            io,
+            handler,
+            limits.max_header_bytes,
+            activity.clone(),
+            shutdown.clone(),
+        );
+        // Boxed, as each engine's connection below: a connection's task
+        // holds the largest state of every path it could take, and
+        // hyper's HTTP/2 and auto connections are large (the task of an
+        // idle TLS connection took 17,000 bytes with them inline).
+        let ended = Box::pin(until_expired(
+            async {
+                connection.await;
+                Ok::<_, std::convert::Infallible>(())
+            },
+            expired,
+        ))
+        .await;
+        // Held to here: the drain waits for this connection too.
+        drop(watcher);
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        return;
+    }
     let service =
-        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(PeerAddr(peer.addr));
-            if let Some(client) = &peer.client {
-                request
-                    .extensions_mut()
-                    .insert(ClientCertificate(client.clone()));
-            }
-            if peer.plain {
-                request.extensions_mut().insert(PlainListener);
-            }
-            let ambiguous = requests.take_ambiguous();
-            let guard = RequestGuard::new(requests.clone());
-            let app = app.clone();
-            let results = results.clone();
-            let held = held.clone();
-            // Boxed: the request's future holds every state of its way
-            // through the gateway (several KiB). hyper moves the future it
-            // is given (into an HTTP/2 stream task, into its HTTP/1 state),
-            // and tokio moves a task's future in and its output out: each
-            // move copied all of it, 5,400 instructions per h2 request
-            // (bench/profile.sh). A box is moved as a pointer.
-            Box::pin(async move {
-                if ambiguous {
-                    return Ok::<_, std::convert::Infallible>(refuse_ambiguous_framing());
-                }
-                let (response, leftover) = if http_body::Body::is_end_stream(request.body()) {
-                    let response = app.serve(request.map(axum::body::Body::new)).await;
-                    (response, Leftover::Done)
-                } else {
-                    let expects_continue = request.headers().contains_key(http::header::EXPECT);
-                    let back = Arc::new(BodyReturn::default());
-                    let request = request.map(|body| {
-                        axum::body::Body::new(RequestBody::new(body, pace, back.clone()))
-                    });
-                    let response = app.serve(request).await;
-                    (response, back.settle(expects_continue).await)
-                };
-                let mut response = results.hold(&held, response);
-                if leftover == Leftover::Unusable && http1 {
-                    response.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
-                }
-                if response
-                    .extensions()
-                    .get::<crate::backend::StreamedAnswer>()
-                    .is_some()
-                {
-                    // A streamed answer is in flight until its body ends:
-                    // a long wait between two items is not an idle
-                    // connection.
-                    return Ok(response.map(|body| {
-                        axum::body::Body::new(http_body_util::BodyExt::map_frame(
-                            body,
-                            move |frame| {
-                                let _in_flight = &guard;
-                                frame
-                            },
-                        ))
-                    }));
-                }
-                drop(guard);
-                Ok(response)
-            })
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let ambiguous = handler.activity.take_ambiguous();
+            let answer = handler.handle(request, ambiguous);
+            async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
     let io = TokioIo::new(Tracked::new(stream, activity.clone(), http1));
-    let expired = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1);
     // Each protocol's connection is its own type (and size): an HTTP/1.1
     // connection carries no HTTP/2 state.
     let ended = match protocol {
         Protocol::Http1 => {
             let connection = builders.http1.serve_connection(io, service);
-            until_expired(watcher.watch(connection), expired).await
+            Box::pin(until_expired(watcher.watch(connection), expired)).await
         }
         Protocol::Http2 => {
             let connection = builders.http2.serve_connection(io, service);
-            until_expired(watcher.watch(connection), expired).await
+            Box::pin(until_expired(watcher.watch(connection), expired)).await
         }
         Protocol::Sniff => {
             let connection = builders.auto.serve_connection(io, service);
-            until_expired(watcher.watch(connection.into_owned()), expired).await
+            Box::pin(until_expired(
+                watcher.watch(connection.into_owned()),
+                expired,
+            ))
+            .await
         }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The handling of a connection's requests, the same whichever engine
+/// reads them: who is on the other end, the body's pace and what is left
+/// of it, result bytes held, and streamed answers kept in flight.
+struct Handler {
+    app: App,
+    peer: Peer,
+    pace: BodyPace,
+    results: Arc<ResultBudget>,
+    /// Answer bytes this connection holds unsent.
+    held: Arc<std::sync::atomic::AtomicU64>,
+    activity: Arc<Activity>,
+    /// HTTP/1: an unusable leftover body closes the connection.
+    http1: bool,
+}
+
+/// A request's answer, on its way.
+type Answering =
+    std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<axum::body::Body>> + Send>>;
+
+impl Handler {
+    /// Answers `request` (a refusal when `ambiguous`: its head framed its
+    /// body two ways). Call in the order requests are served: the request
+    /// counts as in flight from this call on.
+    fn handle<B>(self: &Arc<Self>, mut request: http::Request<B>, ambiguous: bool) -> Answering
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<body::BoxError>,
+    {
+        let peer = &self.peer;
+        request.extensions_mut().insert(PeerAddr(peer.addr));
+        if let Some(client) = &peer.client {
+            request
+                .extensions_mut()
+                .insert(ClientCertificate(client.clone()));
+        }
+        if peer.plain {
+            request.extensions_mut().insert(PlainListener);
+        }
+        let guard = RequestGuard::new(self.activity.clone());
+        let this = self.clone();
+        // Boxed: the request's future holds every state of its way
+        // through the gateway (several KiB). hyper moves the future it
+        // is given (into an HTTP/2 stream task, into its HTTP/1 state),
+        // and tokio moves a task's future in and its output out: each
+        // move copied all of it, 5,400 instructions per h2 request
+        // (bench/profile.sh). A box is moved as a pointer.
+        Box::pin(async move {
+            if ambiguous {
+                return refuse_ambiguous_framing();
+            }
+            let (response, leftover) = if http_body::Body::is_end_stream(request.body()) {
+                let response = this.app.serve(request.map(axum::body::Body::new)).await;
+                (response, Leftover::Done)
+            } else {
+                let expects_continue = request.headers().contains_key(http::header::EXPECT);
+                let back = Arc::new(BodyReturn::default());
+                let request = request.map(|body| {
+                    axum::body::Body::new(RequestBody::new(body, this.pace, back.clone()))
+                });
+                let response = this.app.serve(request).await;
+                (response, back.settle(expects_continue).await)
+            };
+            let mut response = this.results.hold(&this.held, response);
+            if leftover == Leftover::Unusable && this.http1 {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            if response
+                .extensions()
+                .get::<crate::backend::StreamedAnswer>()
+                .is_some()
+            {
+                // A streamed answer is in flight until its body ends:
+                // a long wait between two items is not an idle
+                // connection.
+                return response.map(|body| {
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                        let _in_flight = &guard;
+                        frame
+                    }))
+                });
+            }
+            drop(guard);
+            response
+        })
     }
 }
 
