@@ -103,8 +103,9 @@ start_backend() {
 }
 
 # build_fngate: `cargo build --release`, once per script run, so that every
-# fngate a script starts runs the same code.
-FNGATE_BIN="$ROOT/target/release/fngate"
+# fngate a script starts runs the same code. FNGATE_BIN runs another build
+# (with FNGATE_BUILT=1, nothing is built).
+FNGATE_BIN=${FNGATE_BIN:-$ROOT/target/release/fngate}
 build_fngate() {
   [[ -n ${FNGATE_BUILT:-} ]] && return 0
   (cd "$ROOT" && cargo build --release --quiet)
