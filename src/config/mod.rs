@@ -125,7 +125,8 @@ pub struct ServerConfig {
     pub http1_engine: Http1Engine,
 }
 
-/// What serves HTTP/1.1 connections over TLS (`server.http1_engine`). The
+/// What serves HTTP/1.1 connections over TLS (`server.http1_engine`,
+/// fngate's own loop unless hyper is asked for). The
 /// plain-HTTP listener, which tells HTTP/1.1 from h2c by its first bytes,
 /// is always served by hyper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,7 +87,7 @@ impl Context {
                 n => Ok(n),
             }
         };
-        let http1_engine = match raw.http1_engine.as_deref().unwrap_or("hyper") {
+        let http1_engine = match raw.http1_engine.as_deref().unwrap_or("fngate") {
             "hyper" => Http1Engine::Hyper,
             "fngate" => Http1Engine::Fngate,
             other => {

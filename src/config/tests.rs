@@ -436,13 +436,13 @@ fn a_batched_function_defaults_to_a_full_batch_per_instance_at_once() {
 }
 
 #[test]
-fn http1_engine_is_hyper_unless_fngate_is_asked_for() {
+fn http1_engine_is_fngate_unless_hyper_is_asked_for() {
     assert_eq!(
         load(SQUARE).unwrap().server.http1_engine,
-        Http1Engine::Hyper
+        Http1Engine::Fngate
     );
-    let fngate = load(&format!("[server]\nhttp1_engine = \"fngate\"\n{SQUARE}")).unwrap();
-    assert_eq!(fngate.server.http1_engine, Http1Engine::Fngate);
+    let hyper = load(&format!("[server]\nhttp1_engine = \"hyper\"\n{SQUARE}")).unwrap();
+    assert_eq!(hyper.server.http1_engine, Http1Engine::Hyper);
     assert_eq!(
         rejected_key(&format!("[server]\nhttp1_engine = \"nginx\"\n{SQUARE}")),
         "server.http1_engine"
