@@ -9,7 +9,7 @@
 #   SCENARIOS=h2 REQUESTS=5000 bench/profile.sh
 #   PROFILE_BIN=/tmp/fngate-old bench/profile.sh  # another build, as is
 # Knobs (env): SCENARIOS (h1,h2,spawn) REQUESTS CONNS H2_STREAMS OUT BE_PORT PROFILE_BIN
-#   HTTP1_ENGINE (server.http1_engine: hyper or fngate)
+#   HTTP1_ENGINE (server.http1_engine: hyper or fngate; unset: the build's default)
 #
 # The same gateway config as bench/run.sh (`workers = 1`, the http function
 # bench/square on the nginx backend), no access log. Each scenario is
@@ -44,7 +44,7 @@ start_backend
 cat > "$RUN/fngate/gateway.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
-http1_engine = "${HTTP1_ENGINE:-hyper}"
+${HTTP1_ENGINE:+http1_engine = "$HTTP1_ENGINE"}
 workers = 1
 max_connections = 20000
 idle_timeout = "120s"

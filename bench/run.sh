@@ -31,7 +31,7 @@
 #   HAPROXY=0 bench/run.sh                    # nginx alone beside fngate
 #   TESTS=h1,h2 DUR=3 REPS=1 bench/run.sh     # a quick look
 # Knobs (env): DUR REPS CONNS PIN TESTS WARMUP H2_STREAMS IDLE_CONNS OUT BE_PORT THREADS HAPROXY
-#   HTTP1_ENGINE (fngate's server.http1_engine: hyper or fngate) FNGATE_BIN (with FNGATE_BUILT=1: another build)
+#   HTTP1_ENGINE (fngate's server.http1_engine: hyper or fngate; unset: the build's default) FNGATE_BIN (with FNGATE_BUILT=1: another build)
 #
 # PIN=1 (the default): the gateway under test alone on CPU 1 with one worker
 # (fngate `workers = 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`);
@@ -168,7 +168,7 @@ fngate_config() {
   cat > "$1" <<TOML
 [server]
 listen = "127.0.0.1:0"
-http1_engine = "${HTTP1_ENGINE:-hyper}"
+${HTTP1_ENGINE:+http1_engine = "$HTTP1_ENGINE"}
 workers = $GW_WORKERS
 session_resumption = $2
 max_connections = 20000
