@@ -139,7 +139,11 @@ where
         wire.request
     };
     let body = IncomingBody::new(wire.clone(), number, head.body);
-    let response = handler.handle(head.request.map(|()| body), false).await;
+    let response = tokio::select! {
+        response = handler.handle(head.request.map(|()| body), false) => response,
+        // As hyper: a client gone before its answer ends the request.
+        () = poll_fn(|cx| lock(wire).poll_gone(cx)) => return Ok(false),
+    };
     let close = answer(wire, response, &asked).await?;
     let read_through = lock(wire).body == Decoder::Done;
     Ok(!close && read_through)
@@ -280,10 +284,15 @@ impl Outbox {
             if let Poll::Ready(frame) = std::pin::Pin::new(&mut *body).poll_frame(cx) {
                 return Poll::Ready(Ok(frame));
             }
+            let mut wire = lock(wire);
             if !self.flushed {
-                ready!(self.poll_write(&mut lock(wire), cx, true))?;
+                ready!(self.poll_write(&mut wire, cx, true))?;
             }
-            Poll::Pending
+            ready!(wire.poll_gone(cx));
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client went away before its answer ended",
+            )))
         })
         .await
     }

@@ -135,6 +135,31 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         }
     }
 
+    /// Whether the peer went away while an answer is being made, watched
+    /// as hyper watches a busy connection: once the request's body has
+    /// been read, one read at a time until bytes of a next request come
+    /// (kept for it; the watch then stops). Ready when the peer closed its
+    /// side or the read failed.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.eof || !self.rest.is_empty() || self.body != decode::Decoder::Done {
+            return Poll::Pending;
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => {
+                    self.eof = true;
+                    Poll::Ready(())
+                }
+                Ok(()) => {
+                    self.rest = buf.filled().to_vec();
+                    Poll::Pending
+                }
+                Err(_) => Poll::Ready(()),
+            }
+        })
+    }
+
     /// Drops the first `used` bytes of `rest`; an empty `rest` keeps no
     /// allocation, and a large one shrinks to what is left.
     fn consume(&mut self, used: usize) {
