@@ -10,13 +10,14 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Body as HttpBody;
+use http_body_util::{BodyExt, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::pool::{Lease, PoolError, Replica};
+use super::pool::{self, PoolError, Replica};
 use super::stream::{self, Decoding, Framing, ItemSource, ItemStream, Step};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 
@@ -168,21 +169,14 @@ impl HttpBackend {
     }
 
     async fn try_replicas(&self, invocation: &Invocation) -> Result<Bytes, BackendError> {
-        let (response, lease) = self.send(invocation).await?;
-        let answer = read_answer(response, self.max_result).await;
-        // The answer was read to its end (or its connection closes):
-        // the connection may serve the next call.
-        drop(lease);
-        answer
+        let response = self.send(invocation).await?;
+        read_answer(response, self.max_result).await
     }
 
     /// Sends `invocation` to the first replica that can be reached: the
-    /// head of its answer, and the connection it came on (to be dropped
-    /// once the answer's body has been read).
-    async fn send(
-        &self,
-        invocation: &Invocation,
-    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), BackendError> {
+    /// head of its answer (its body is read from the connection as it is
+    /// polled; read to its end, the connection may serve the next call).
+    async fn send(&self, invocation: &Invocation) -> Result<Response<AnswerBody>, BackendError> {
         let body = Bytes::from(invocation.to_json());
         let mut last_error = None;
         for index in self.rotation() {
@@ -217,8 +211,8 @@ impl HttpBackend {
         &self,
         invocation: &Invocation,
     ) -> Result<ItemStream, BackendError> {
-        let (response, lease) = self.send(invocation).await?;
-        stream_answer(response, lease, self.max_result).await
+        let response = self.send(invocation).await?;
+        stream_answer(response, (), self.max_result).await
     }
 
     /// Sends an invocation request through the shared hyper-util client
@@ -228,14 +222,14 @@ impl HttpBackend {
         url: &Uri,
         invocation: &Invocation,
         body: Bytes,
-    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError> {
+    ) -> Result<Response<AnswerBody>, SendError> {
         let mut request = Request::post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))
             .map_err(|e| SendError::Failed(format!("building the request: {e}")))?;
         add_call_headers(request.headers_mut(), invocation, self.gateway_url.as_ref());
         match self.client.request(request).await {
-            Ok(response) => Ok((response, None)),
+            Ok(response) => Ok(response.map(AnswerBody::Hyper)),
             // Nothing reached this replica: the next one may take it.
             Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
             Err(e) => Err(SendError::Failed(error_chain(&e))),
@@ -246,10 +240,14 @@ impl HttpBackend {
 /// Reads a function's HTTP answer, at most `max_result` bytes of it, as an
 /// invocation's outcome (`result_of`). Warm HTTP instances are read the same
 /// way, by the gateway and by `fngate worker`.
-pub(crate) async fn read_answer(
-    response: Response<hyper::body::Incoming>,
+pub(crate) async fn read_answer<B>(
+    response: Response<B>,
     max_result: u64,
-) -> Result<Bytes, BackendError> {
+) -> Result<Bytes, BackendError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let status = response.status();
     let limit = usize::try_from(max_result).unwrap_or(usize::MAX);
     let body = Limited::new(response.into_body(), limit)
@@ -265,11 +263,16 @@ pub(crate) async fn read_answer(
 /// answer is read whole as [`read_answer`] reads it (a 2xx JSON body is
 /// one item). `keep` (the connection, an instance's lease) lives as long
 /// as the stream.
-pub(crate) async fn stream_answer<K: Send + 'static>(
-    response: Response<hyper::body::Incoming>,
+pub(crate) async fn stream_answer<B, K>(
+    response: Response<B>,
     keep: K,
     max_result: u64,
-) -> Result<ItemStream, BackendError> {
+) -> Result<ItemStream, BackendError>
+where
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    K: Send + 'static,
+{
     let framing = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -290,13 +293,18 @@ pub(crate) async fn stream_answer<K: Send + 'static>(
 }
 
 /// A streaming answer's body, cut into items as its chunks arrive.
-struct BodyItems<K> {
-    body: hyper::body::Incoming,
+struct BodyItems<B, K> {
+    body: B,
     decoding: Decoding,
     _keep: K,
 }
 
-impl<K: Send + 'static> ItemSource for BodyItems<K> {
+impl<B, K> ItemSource for BodyItems<B, K>
+where
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    K: Send + 'static,
+{
     async fn next(&mut self) -> Option<Result<Bytes, BackendError>> {
         loop {
             match self.decoding.step() {
@@ -314,7 +322,8 @@ impl<K: Send + 'static> ItemSource for BodyItems<K> {
                 }
                 Some(Err(e)) => {
                     self.decoding.stop();
-                    let why = format!("reading the answer: {}", error_chain(&e));
+                    let e: BoxError = e.into();
+                    let why = format!("reading the answer: {}", error_chain(&*e));
                     return Some(Err(BackendError::Crashed(why)));
                 }
             }
@@ -353,17 +362,49 @@ async fn send_pooled(
     invocation: &Invocation,
     body: Bytes,
     gateway_url: Option<&HeaderValue>,
-) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = Method::POST;
-    request
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, APPLICATION_JSON);
-    add_call_headers(request.headers_mut(), invocation, gateway_url);
-    match replica.send(request).await {
-        Ok((response, lease)) => Ok((response, Some(lease))),
+) -> Result<Response<AnswerBody>, SendError> {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    add_call_headers(&mut headers, invocation, gateway_url);
+    match replica.post(&headers, body).await {
+        Ok(response) => Ok(response.map(AnswerBody::Pooled)),
         Err(e @ PoolError::Connect { .. }) => Err(SendError::Connect(e.to_string())),
-        Err(PoolError::Request(e)) => Err(SendError::Failed(error_chain(&e))),
+        Err(PoolError::Request(e)) => Err(SendError::Failed(e)),
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An answer's body: read by fngate's own pooled client (plain
+/// `http://` replicas) or by hyper's.
+pub(crate) enum AnswerBody {
+    Pooled(pool::Answer),
+    Hyper(hyper::body::Incoming),
+}
+
+impl HttpBody for AnswerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AnswerBody::Pooled(answer) => std::pin::Pin::new(answer)
+                .poll_frame(cx)
+                .map_err(Into::into),
+            AnswerBody::Hyper(incoming) => std::pin::Pin::new(incoming)
+                .poll_frame(cx)
+                .map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Pooled(answer) => answer.is_end_stream(),
+            AnswerBody::Hyper(incoming) => incoming.is_end_stream(),
+        }
     }
 }
 

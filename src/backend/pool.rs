@@ -1,27 +1,36 @@
 //! Keep-alive HTTP/1.1 connections to one plain-`http://` backend replica,
-//! for invocation requests. Idle connections are kept per worker thread: a
-//! connection's task runs on the worker that opened it, so a request never
-//! wakes another core, and checking one out or in takes no lock.
+//! for invocation requests, spoken by fngate itself: the request is written
+//! and its answer read in the calling task (no connection task, no channel
+//! between them), with httparse for the answer's head and the listener's
+//! body decoder for its body.
+//!
+//! Idle connections are kept per worker thread, so checking one out or in
+//! takes no lock and a request never wakes another core. A connection goes
+//! back once its answer's body has been read to its end; an answer dropped
+//! before that closes it.
 //!
 //! This is the invocation fast path; `https://` and h2c replicas, and
 //! passthrough forwarding, use hyper-util's pooled client.
 
+mod answer;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{self, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-type Sender = SendRequest<Full<Bytes>>;
+pub use answer::Answer;
+use answer::Mode;
+
+use crate::listener::h1::head::{content_length, has_token, last_is_chunked};
 
 /// Idle connections a worker keeps per replica; more are closed.
 const MAX_IDLE: usize = 1024;
@@ -29,9 +38,21 @@ const MAX_IDLE: usize = 1024;
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest answer head read (status line and headers).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// The most header lines an answer head may have.
+const MAX_HEADERS: usize = 128;
+
+/// Bodies up to this size are written in one go with the head.
+const INLINE_BODY: usize = 16 << 10;
+
+/// Bytes asked of the socket per read.
+const READ_BYTES: usize = 8 << 10;
+
 thread_local! {
     /// Idle connections of this worker thread, by replica.
-    static IDLE: RefCell<HashMap<usize, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<usize, Vec<Conn>>> = RefCell::new(HashMap::new());
 }
 
 /// Gives each replica's idle list its own key.
@@ -45,7 +66,29 @@ pub enum PoolError {
     Connect { authority: String, message: String },
     /// The request was sent, or may have been, and no answer came.
     #[error("{0}")]
-    Request(hyper::Error),
+    Request(String),
+}
+
+/// One connection to a replica, with the bytes read past the last answer
+/// used (none between answers: such a connection is not kept).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether an idle connection can take a request: the replica has not
+    /// closed it (or sent anything unasked) meanwhile.
+    fn usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more bytes into `buf`; false at the end of the stream.
+    async fn read_more(&mut self) -> io::Result<bool> {
+        self.buf.reserve(READ_BYTES);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
 }
 
 /// One plain-HTTP/1.1 replica.
@@ -83,48 +126,60 @@ impl Replica {
         })
     }
 
-    /// Sends `request` (its URI and `Host` are set here) on an idle
-    /// connection, or a new one. A request that an idle connection closed
-    /// under before sending it goes out once more on a new connection.
-    pub async fn send(
+    /// POSTs `body` with `headers` (`Host` and `Content-Length` are set
+    /// here) on an idle connection, or a new one, and reads the answer's
+    /// head; its body is read as the answer is polled.
+    pub async fn post(
         &self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
-        *request.uri_mut() = Uri::from(self.path.clone());
-        request
-            .headers_mut()
-            .insert(header::HOST, self.host.clone());
-        if let Some(mut sender) = self.idle().await {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(sender))),
-                Err(mut failed) => match failed.take_message() {
-                    // Never sent: the connection had closed. Try a new one.
-                    Some(unsent) => request = unsent,
-                    None => return Err(PoolError::Request(failed.into_error())),
-                },
-            }
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Answer>, PoolError> {
+        let head = self.request_head(headers, &body);
+        let mut conn = match self.idle() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        let failed = |e: io::Error| PoolError::Request(e.to_string());
+        if body.len() <= INLINE_BODY {
+            let mut whole = head;
+            whole.extend_from_slice(&body);
+            conn.stream.write_all(&whole).await.map_err(failed)?;
+        } else {
+            conn.stream.write_all(&head).await.map_err(failed)?;
+            conn.stream.write_all(&body).await.map_err(failed)?;
         }
-        let mut sender = self.connect().await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok((response, self.lease(sender))),
-            Err(e) => Err(PoolError::Request(e)),
-        }
+        self.read_head(conn).await
     }
 
-    /// An idle connection of this worker that is ready for a request.
-    async fn idle(&self) -> Option<Sender> {
+    fn request_head(&self, headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
+        let mut head = Vec::with_capacity(256 + 48 * headers.len());
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(self.path.as_str().as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(self.host.as_bytes());
+        head.extend_from_slice(b"\r\ncontent-length: ");
+        let _ = write!(head, "{}\r\n", body.len());
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+
+    /// An idle connection of this worker that can take a request.
+    fn idle(&self) -> Option<Conn> {
         loop {
-            let mut sender = IDLE.with(|idle| idle.borrow_mut().get_mut(&self.id)?.pop())?;
-            if sender.is_closed() {
-                continue;
-            }
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let conn = IDLE.with(|idle| idle.borrow_mut().get_mut(&self.id)?.pop())?;
+            if conn.usable() {
+                return Some(conn);
             }
         }
     }
 
-    async fn connect(&self) -> Result<Sender, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let failed = |message: String| PoolError::Connect {
             authority: self.authority.clone(),
             message,
@@ -134,69 +189,153 @@ impl Replica {
             .map_err(|_| failed("timed out".to_owned()))?
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
     }
 
-    fn lease(&self, sender: Sender) -> Lease {
-        Lease {
-            replica: self.id,
-            sender: Some(sender),
+    /// Reads the answer's head (passing over interim `1xx` answers).
+    async fn read_head(&self, mut conn: Conn) -> Result<Response<Answer>, PoolError> {
+        loop {
+            match parse_head(&conn.buf)? {
+                Some((used, head)) => {
+                    let _ = conn.buf.split_to(used);
+                    if head.status().is_informational() {
+                        continue;
+                    }
+                    return Ok(head.map(|mode| Answer::new(conn, mode, self.id)));
+                }
+                None if conn.buf.len() > MAX_HEAD_BYTES => {
+                    return Err(PoolError::Request("the answer's head is too large".into()));
+                }
+                None => match conn.read_more().await {
+                    Ok(true) => {}
+                    Ok(false) if conn.buf.is_empty() => {
+                        return Err(PoolError::Request(
+                            "the connection closed before an answer came".into(),
+                        ));
+                    }
+                    Ok(false) => {
+                        return Err(PoolError::Request(
+                            "the connection closed within the answer's head".into(),
+                        ));
+                    }
+                    Err(e) => return Err(PoolError::Request(e.to_string())),
+                },
+            }
         }
     }
 }
 
-/// A connection lent to one request. Drop it once the answer's body has
-/// been read: it goes back to the worker's idle connections (unless it
-/// closed meanwhile; an answer not read to its end closes it).
-pub struct Lease {
-    replica: usize,
-    sender: Option<Sender>,
+/// An answer's head from `bytes` (the bytes it took, and the answer with
+/// how its body is framed), `None` until all of it has come.
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Response<Mode>)>, PoolError> {
+    let invalid = |why: &str| PoolError::Request(format!("invalid answer head: {why}"));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let used = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(used)) => used,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&e.to_string())),
+    };
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| invalid("status"))?;
+    let http11 = parsed.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut framing = Fields::default();
+    for line in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| invalid("name"))?;
+        let value = HeaderValue::from_bytes(line.value).map_err(|_| invalid("value"))?;
+        framing.take(&name, &value).map_err(invalid)?;
+        headers.append(name, value);
+    }
+    let mode = framing.mode(status, http11);
+    let mut response = Response::new(mode);
+    *response.status_mut() = status;
+    *response.version_mut() = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    *response.headers_mut() = headers;
+    Ok(Some((used, response)))
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
-        }
-        // `try_with`: a thread being torn down keeps nothing.
-        let _ = IDLE.try_with(|idle| {
-            let mut idle = idle.borrow_mut();
-            let list = idle.entry(self.replica).or_default();
-            if list.len() < MAX_IDLE {
-                list.push(sender);
+/// What an answer's head says of its framing and its connection.
+#[derive(Default)]
+struct Fields {
+    length: Option<u64>,
+    transfer_encoding: bool,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Fields {
+    fn take(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), &'static str> {
+        let bytes = value.as_bytes();
+        match *name {
+            http::header::CONTENT_LENGTH => {
+                let n = content_length(bytes).ok_or("Content-Length")?;
+                if self.length.is_some_and(|prev| prev != n) {
+                    return Err("two Content-Lengths");
+                }
+                self.length = Some(n);
             }
-        });
+            http::header::TRANSFER_ENCODING => {
+                self.transfer_encoding = true;
+                self.chunked = last_is_chunked(bytes);
+            }
+            http::header::CONNECTION => {
+                self.close |= has_token(bytes, b"close");
+                self.keep_alive |= has_token(bytes, b"keep-alive");
+            }
+            _ => {}
+        }
+        Ok(())
     }
+
+    /// The body's framing (RFC 9112 section 6.3), and whether the
+    /// connection may serve another request after it.
+    fn mode(&self, status: StatusCode, http11: bool) -> Mode {
+        let reusable = !self.close && (http11 || self.keep_alive);
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Mode::length(0, reusable);
+        }
+        if self.transfer_encoding {
+            // Both framings may be a smuggling attempt: chunked wins, and
+            // the connection serves nothing more.
+            let reusable = reusable && self.length.is_none();
+            return if self.chunked {
+                Mode::chunked(reusable)
+            } else {
+                Mode::UntilClose
+            };
+        }
+        match self.length {
+            Some(n) => Mode::length(n, reusable),
+            None => Mode::UntilClose,
+        }
+    }
+}
+
+/// Keeps `conn` for the next request to `replica` on this thread.
+fn check_in(replica: usize, mut conn: Conn) {
+    if conn.buf.capacity() > 2 * READ_BYTES {
+        conn.buf = BytesMut::new();
+    }
+    // `try_with`: a thread being torn down keeps nothing.
+    let _ = IDLE.try_with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(replica).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(conn);
+        }
+    });
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plain_http_urls_get_a_replica_with_its_host_and_path() {
-        let replica = |url: &str| Replica::for_url(&url.parse().unwrap());
-        let plain = replica("http://127.0.0.1:9001/invoke?x=1").unwrap();
-        assert_eq!(plain.authority, "127.0.0.1:9001");
-        assert_eq!(plain.host, "127.0.0.1:9001");
-        assert_eq!(plain.path.as_str(), "/invoke?x=1");
-        let named = replica("http://user:secret@backend.internal/").unwrap();
-        assert_eq!(named.authority, "backend.internal:80");
-        assert_eq!(named.host, "backend.internal");
-        let v6 = replica("http://[::1]:8080").unwrap();
-        assert_eq!(v6.authority, "[::1]:8080");
-        assert_eq!(v6.path.as_str(), "/");
-        assert!(replica("https://127.0.0.1:9001/invoke").is_none());
-    }
-}
+mod tests;

@@ -484,7 +484,7 @@ fn hex(b: u8) -> Option<u64> {
 
 /// A `Content-Length` as hyper takes it: decimal digits only (no sign, no
 /// list), at most hyper's largest length.
-fn content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }
@@ -501,7 +501,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 /// codings (tokens, no parameters) whose last is `chunked` and no other is.
 /// hyper only asks that the last be `chunked`; `chunked, chunked` or a
 /// coding with odd bytes could be read otherwise elsewhere.
-fn ends_in_chunked(value: &[u8]) -> bool {
+pub(super) fn ends_in_chunked(value: &[u8]) -> bool {
     let mut codings = value.split(|&b| b == b',').map(trim);
     let last_is_chunked = codings
         .next_back()

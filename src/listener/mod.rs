@@ -7,7 +7,7 @@
 mod activity;
 mod body;
 mod framing;
-mod h1;
+pub(crate) mod h1;
 mod held;
 
 use std::io;

@@ -28,7 +28,7 @@ const GATHER: usize = 16 << 10;
 type Shared<IO> = Arc<Mutex<Wire<IO>>>;
 
 /// Serves HTTP/1.1 on `io` until the connection ends.
-pub async fn serve<IO>(
+pub(in crate::listener) async fn serve<IO>(
     io: IO,
     handler: Arc<Handler>,
     max_header_bytes: usize,

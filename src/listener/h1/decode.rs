@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub(crate) use super::Step;
+use super::Wire;
 use super::head::Framing;
-use super::{Step, Wire};
 
 /// Most bytes of chunk extensions in one body, and of its trailers (as
 /// hyper).

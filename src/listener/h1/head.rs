@@ -5,6 +5,9 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+pub(crate) use crate::listener::framing::content_length;
+use crate::listener::framing::ends_in_chunked;
+
 /// Headers parsed on the stack; a head with more is parsed again with room
 /// for as many as `max_header_bytes` can hold.
 const STACK_HEADERS: usize = 64;
@@ -230,40 +233,12 @@ impl Fields {
 }
 
 /// hyper's test: the last coding is `chunked`.
-fn last_is_chunked(value: &[u8]) -> bool {
+pub(crate) fn last_is_chunked(value: &[u8]) -> bool {
     std::str::from_utf8(value).is_ok_and(|text| {
         text.rsplit(',')
             .next()
             .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
     })
-}
-
-/// A `Transfer-Encoding` every reader takes as chunked: a list of plain
-/// codings (tokens, no parameters) whose last is `chunked` and no other is.
-fn ends_in_chunked(value: &[u8]) -> bool {
-    let mut codings = value.split(|&b| b == b',').map(trim);
-    let last_is_chunked = codings
-        .next_back()
-        .is_some_and(|last| last.eq_ignore_ascii_case(b"chunked"));
-    last_is_chunked
-        && codings.all(|coding| {
-            coding.iter().copied().all(is_token) && !coding.eq_ignore_ascii_case(b"chunked")
-        })
-}
-
-/// A `Content-Length` as hyper takes it: decimal digits only (no sign, no
-/// list), at most its largest length.
-fn content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value
-        .iter()
-        .try_fold(0u64, |n, &b| {
-            let digit = (b as char).to_digit(10)?;
-            n.checked_mul(10)?.checked_add(u64::from(digit))
-        })
-        .filter(|&n| n <= u64::MAX - 2)
 }
 
 /// A comma-separated header value holds `token` (any case), as hyper looks.
@@ -272,23 +247,4 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         text.split(',')
             .any(|item| item.trim().as_bytes().eq_ignore_ascii_case(token))
     })
-}
-
-/// Without the spaces and tabs around a list item.
-fn trim(value: &[u8]) -> &[u8] {
-    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = value
-        .iter()
-        .position(|b| !is_space(b))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_space(b))
-        .map_or(start, |at| at + 1);
-    &value[start..end]
-}
-
-/// A `tchar` (RFC 9110).
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

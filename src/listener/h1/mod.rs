@@ -11,9 +11,9 @@
 //! written.
 
 mod conn;
-mod decode;
+pub(crate) mod decode;
 mod encode;
-mod head;
+pub(crate) mod head;
 
 use std::cell::RefCell;
 use std::io;
@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use conn::serve;
+pub(in crate::listener) use conn::serve;
 
 /// Bytes one read may bring: a few TLS records.
 const SCRATCH_BYTES: usize = 32 << 10;
@@ -34,7 +34,7 @@ thread_local! {
 }
 
 /// What a parse or decode step made of the bytes it was shown.
-enum Step<R> {
+pub(crate) enum Step<R> {
     /// Done: the bytes used, and the outcome.
     Done(usize, R),
     /// The bytes used; more are needed.
