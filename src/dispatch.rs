@@ -26,12 +26,16 @@ pub struct Overloaded;
 
 /// A running slot; freeing it wakes the spawned-call dispatcher.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     changed: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // The slot is free before anyone is woken for it: a dispatcher
+        // woken on another thread while the permit was still held would
+        // find no slot, wait again, and hear of none.
+        drop(self.permit.take());
         self.changed.notify_one();
     }
 }
@@ -59,7 +63,7 @@ impl Limiter {
 
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
         Slot {
-            _permit: permit,
+            permit: Some(permit),
             changed: self.changed.clone(),
         }
     }
@@ -212,5 +216,25 @@ mod tests {
         drop(batch);
         // Freed slots can be taken again, no more than asked for.
         assert_eq!(limiter.acquire_background_many(3).await.len(), 3);
+    }
+
+    /// A slot freed on one thread while a dispatcher waits for it on
+    /// another: the dispatcher gets it (it once was woken before the slot
+    /// was free, found none, and waited on).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slot_freed_on_another_thread_reaches_its_waiter() {
+        let limiter = Arc::new(Limiter::new(1, 1));
+        for round in 0..2000 {
+            let held = limiter.acquire_background().await;
+            let waiter = {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { drop(limiter.acquire_background().await) })
+            };
+            tokio::task::yield_now().await;
+            let freeing = tokio::spawn(async move { drop(held) });
+            freeing.await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+            assert!(got.is_ok(), "round {round}: the waiter never got the slot");
+        }
     }
 }
