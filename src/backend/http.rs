@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::pool::{self, PoolError, Replica};
+use super::pool::{self, HeaderSink, PoolError, Replica};
 use super::stream::{self, Decoding, Framing, ItemSource, ItemStream, Step};
 use super::{Backend, BackendError, BoxFuture, reported_error, result_json};
 
@@ -363,10 +363,10 @@ async fn send_pooled(
     body: Bytes,
     gateway_url: Option<&HeaderValue>,
 ) -> Result<Response<AnswerBody>, SendError> {
-    let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
-    add_call_headers(&mut headers, invocation, gateway_url);
-    match replica.post(&headers, body).await {
+    let mut head = replica.head(body.len());
+    head.set(&header::CONTENT_TYPE, "application/json", false);
+    add_call_headers(&mut head, invocation, gateway_url);
+    match replica.post(head, body).await {
         Ok(response) => Ok(response.map(AnswerBody::Pooled)),
         Err(e @ PoolError::Connect { .. }) => Err(SendError::Connect(e.to_string())),
         Err(PoolError::Request(e)) => Err(SendError::Failed(e)),
@@ -408,8 +408,6 @@ impl HttpBody for AnswerBody {
     }
 }
 
-const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-
 /// Drops every `X-Fngate-*` header: only the gateway sets those.
 pub fn strip_gateway_headers(headers: &mut HeaderMap) {
     let forged: Vec<HeaderName> = headers
@@ -422,32 +420,25 @@ pub fn strip_gateway_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn set_trace_headers(headers: &mut HeaderMap, trace: &Trace) {
-    if let Ok(value) = HeaderValue::from_str(&trace.request_id) {
-        headers.insert(names::X_REQUEST_ID, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&trace.traceparent) {
-        headers.insert(names::TRACEPARENT, value);
-    }
+fn set_trace_headers(headers: &mut impl HeaderSink, trace: &Trace) {
+    headers.set(&names::X_REQUEST_ID, &trace.request_id, false);
+    headers.set(&names::TRACEPARENT, &trace.traceparent, false);
 }
 
 fn add_call_headers(
-    headers: &mut HeaderMap,
+    headers: &mut impl HeaderSink,
     invocation: &Invocation,
     gateway_url: Option<&HeaderValue>,
 ) {
     set_trace_headers(headers, &invocation.trace);
-    if let Ok(value) = HeaderValue::from_str(invocation.call_id.as_str()) {
-        headers.insert(names::X_FNGATE_CALL_ID, value);
-    }
+    headers.set(&names::X_FNGATE_CALL_ID, invocation.call_id.as_str(), false);
     set_principal_headers(headers, invocation.principal.as_ref());
     // A function calls other functions at this URL with this token.
-    if let Some(Ok(mut value)) = invocation.call_token.as_deref().map(HeaderValue::from_str) {
-        value.set_sensitive(true);
-        headers.insert(X_FNGATE_CALL_TOKEN, value);
+    if let Some(token) = invocation.call_token.as_deref() {
+        headers.set(&X_FNGATE_CALL_TOKEN, token, true);
     }
-    if let Some(url) = gateway_url {
-        headers.insert(X_FNGATE_URL, url.clone());
+    if let Some(url) = gateway_url.and_then(|url| url.to_str().ok()) {
+        headers.set(&X_FNGATE_URL, url, false);
     }
 }
 
@@ -455,15 +446,13 @@ const X_FNGATE_CALL_TOKEN: HeaderName = HeaderName::from_static("x-fngate-call-t
 const X_FNGATE_URL: HeaderName = HeaderName::from_static("x-fngate-url");
 
 /// `X-Fngate-Subject` and `X-Fngate-Issuer` for an authenticated call.
-fn set_principal_headers(headers: &mut HeaderMap, principal: Option<&Principal>) {
+fn set_principal_headers(headers: &mut impl HeaderSink, principal: Option<&Principal>) {
     let Some(principal) = principal else {
         return;
     };
-    if let Ok(value) = HeaderValue::from_str(&principal.subject) {
-        headers.insert(names::X_FNGATE_SUBJECT, value);
-    }
-    if let Some(Ok(value)) = principal.issuer.as_deref().map(HeaderValue::from_str) {
-        headers.insert(names::X_FNGATE_ISSUER, value);
+    headers.set(&names::X_FNGATE_SUBJECT, &principal.subject, false);
+    if let Some(issuer) = principal.issuer.as_deref() {
+        headers.set(&names::X_FNGATE_ISSUER, issuer, false);
     }
 }
 

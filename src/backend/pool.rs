@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,6 +91,45 @@ impl Conn {
     }
 }
 
+/// Where a request's headers go: a header map, or a request head being
+/// written.
+pub trait HeaderSink {
+    /// Sets `name` to `value`, unless `value` is no valid header value
+    /// (then nothing is set). `sensitive`: never indexed by HPACK.
+    fn set(&mut self, name: &HeaderName, value: &str, sensitive: bool);
+}
+
+impl HeaderSink for HeaderMap {
+    fn set(&mut self, name: &HeaderName, value: &str, sensitive: bool) {
+        if let Ok(mut value) = HeaderValue::from_str(value) {
+            value.set_sensitive(sensitive);
+            self.insert(name.clone(), value);
+        }
+    }
+}
+
+/// A request head being written, its lines as they go on the wire.
+pub struct RequestHead(Vec<u8>);
+
+impl HeaderSink for RequestHead {
+    fn set(&mut self, name: &HeaderName, value: &str, _sensitive: bool) {
+        // As `HeaderValue::from_str`: visible ASCII, spaces and tabs (a
+        // fold without early exit, which the compiler vectorises).
+        let valid = value.bytes().fold(true, |valid, b| {
+            valid & ((b.wrapping_sub(b' ') < 0x7f - b' ') | (b == b'\t'))
+        });
+        if !valid {
+            return;
+        }
+        let name = name.as_str().as_bytes();
+        self.0.reserve(name.len() + value.len() + 4);
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+    }
+}
+
 /// One plain-HTTP/1.1 replica.
 pub struct Replica {
     id: usize,
@@ -126,47 +165,42 @@ impl Replica {
         })
     }
 
-    /// POSTs `body` with `headers` (`Host` and `Content-Length` are set
-    /// here) on an idle connection, or a new one, and reads the answer's
-    /// head; its body is read as the answer is polled.
+    /// The head of a request to this replica for a `body_len`-byte body:
+    /// its request line, `Host` and `Content-Length`; the caller adds the
+    /// rest (see [`HeaderSink`]).
+    pub fn head(&self, body_len: usize) -> RequestHead {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(self.path.as_str().as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(self.host.as_bytes());
+        head.extend_from_slice(b"\r\ncontent-length: ");
+        let _ = write!(head, "{body_len}\r\n");
+        RequestHead(head)
+    }
+
+    /// Sends `head` and `body` on an idle connection, or a new one, and
+    /// reads the answer's head; its body is read as the answer is polled.
     pub async fn post(
         &self,
-        headers: &HeaderMap,
+        head: RequestHead,
         body: Bytes,
     ) -> Result<Response<Answer>, PoolError> {
-        let head = self.request_head(headers, &body);
+        let mut head = head.0;
+        head.extend_from_slice(b"\r\n");
         let mut conn = match self.idle() {
             Some(conn) => conn,
             None => self.connect().await?,
         };
         let failed = |e: io::Error| PoolError::Request(e.to_string());
         if body.len() <= INLINE_BODY {
-            let mut whole = head;
-            whole.extend_from_slice(&body);
-            conn.stream.write_all(&whole).await.map_err(failed)?;
+            head.extend_from_slice(&body);
+            conn.stream.write_all(&head).await.map_err(failed)?;
         } else {
             conn.stream.write_all(&head).await.map_err(failed)?;
             conn.stream.write_all(&body).await.map_err(failed)?;
         }
         self.read_head(conn).await
-    }
-
-    fn request_head(&self, headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
-        let mut head = Vec::with_capacity(256 + 48 * headers.len());
-        head.extend_from_slice(b"POST ");
-        head.extend_from_slice(self.path.as_str().as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        head.extend_from_slice(self.host.as_bytes());
-        head.extend_from_slice(b"\r\ncontent-length: ");
-        let _ = write!(head, "{}\r\n", body.len());
-        for (name, value) in headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
-        head
     }
 
     /// An idle connection of this worker that can take a request.
@@ -229,7 +263,9 @@ impl Replica {
 }
 
 /// An answer's head from `bytes` (the bytes it took, and the answer with
-/// how its body is framed), `None` until all of it has come.
+/// how its body is framed), `None` until all of it has come. Of its
+/// headers the answer keeps `Content-Type` alone: an invocation's outcome
+/// is its status and body, and a stream's framing its content type.
 fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Response<Mode>)>, PoolError> {
     let invalid = |why: &str| PoolError::Request(format!("invalid answer head: {why}"));
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -244,23 +280,27 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Response<Mode>)>, PoolError
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(|| invalid("status"))?;
     let http11 = parsed.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut framing = Fields::default();
+    let mut fields = Fields::default();
+    let mut content_type = None;
     for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| invalid("name"))?;
-        let value = HeaderValue::from_bytes(line.value).map_err(|_| invalid("value"))?;
-        framing.take(&name, &value).map_err(invalid)?;
-        headers.append(name, value);
+        let name = line.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-type") {
+            let value = HeaderValue::from_bytes(line.value).map_err(|_| invalid("value"))?;
+            content_type = Some(value);
+        } else {
+            fields.take(name, line.value).map_err(invalid)?;
+        }
     }
-    let mode = framing.mode(status, http11);
-    let mut response = Response::new(mode);
+    let mut response = Response::new(fields.mode(status, http11));
     *response.status_mut() = status;
     *response.version_mut() = if http11 {
         Version::HTTP_11
     } else {
         Version::HTTP_10
     };
-    *response.headers_mut() = headers;
+    if let Some(value) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
     Ok(Some((used, response)))
 }
 
@@ -275,25 +315,20 @@ struct Fields {
 }
 
 impl Fields {
-    fn take(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), &'static str> {
-        let bytes = value.as_bytes();
-        match *name {
-            http::header::CONTENT_LENGTH => {
-                let n = content_length(bytes).ok_or("Content-Length")?;
-                if self.length.is_some_and(|prev| prev != n) {
-                    return Err("two Content-Lengths");
-                }
-                self.length = Some(n);
+    /// Takes in one header line (its name in any case).
+    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = content_length(value).ok_or("Content-Length")?;
+            if self.length.is_some_and(|prev| prev != n) {
+                return Err("two Content-Lengths");
             }
-            http::header::TRANSFER_ENCODING => {
-                self.transfer_encoding = true;
-                self.chunked = last_is_chunked(bytes);
-            }
-            http::header::CONNECTION => {
-                self.close |= has_token(bytes, b"close");
-                self.keep_alive |= has_token(bytes, b"keep-alive");
-            }
-            _ => {}
+            self.length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+            self.chunked = last_is_chunked(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.close |= has_token(value, b"close");
+            self.keep_alive |= has_token(value, b"keep-alive");
         }
         Ok(())
     }

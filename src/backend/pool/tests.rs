@@ -82,16 +82,26 @@ async fn serve(mut stream: TcpStream, script: Arc<Script>) {
     }
 }
 
-fn json_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers
+/// A request head for a `len`-byte JSON body (a header whose value could
+/// break the head is left out).
+fn json_head(replica: &Replica, len: usize) -> RequestHead {
+    let mut head = replica.head(len);
+    head.set(&header::CONTENT_TYPE, "application/json", false);
+    head.set(
+        &HeaderName::from_static("x-split"),
+        "a\r\nx-forged: 1",
+        false,
+    );
+    head
 }
 
 /// POSTs `body`: the answer's status and body, or the error.
 async fn post(replica: &Replica, body: &'static str) -> Result<(u16, String), String> {
     let answer = replica
-        .post(&json_headers(), Bytes::from_static(body.as_bytes()))
+        .post(
+            json_head(replica, body.len()),
+            Bytes::from_static(body.as_bytes()),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let status = answer.status().as_u16();
@@ -111,7 +121,10 @@ fn ok(status: u16, body: &str) -> Result<(u16, String), String> {
 #[tokio::test]
 async fn requests_are_framed_and_a_connection_serves_one_answer_after_another() {
     let (replica, script) = replica(&[
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n1764", false),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nx-other: 1\r\ncontent-length: 4\r\n\r\n1764",
+            false,
+        ),
         (
             b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n2\r\n42\r\n1;x=y\r\n!\r\n0\r\nx-t: 1\r\n\r\n",
             false,
@@ -119,7 +132,15 @@ async fn requests_are_framed_and_a_connection_serves_one_answer_after_another() 
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", false),
     ])
     .await;
-    assert_eq!(post(&replica, "42").await, ok(200, "1764"));
+    let answer = replica
+        .post(json_head(&replica, 2), Bytes::from_static(b"42"))
+        .await
+        .unwrap();
+    // Of the answer's headers, the content type is kept.
+    assert_eq!(answer.headers()["content-type"], "application/x-ndjson");
+    assert_eq!(answer.headers().len(), 1);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "1764");
     assert_eq!(post(&replica, "[1]").await, ok(201, "42!"));
     assert_eq!(post(&replica, "{}").await, ok(204, ""));
     assert_eq!(script.connections.load(Ordering::SeqCst), 1);
@@ -202,7 +223,7 @@ async fn an_answer_dropped_before_its_end_closes_its_connection() {
     ])
     .await;
     let mut answer = replica
-        .post(&json_headers(), Bytes::from_static(b"1"))
+        .post(json_head(&replica, 1), Bytes::from_static(b"1"))
         .await
         .unwrap();
     let first = answer.body_mut().frame().await.unwrap().unwrap();
@@ -254,7 +275,7 @@ async fn an_unreachable_replica_is_a_connect_error() {
         .unwrap();
     drop(listener);
     let replica = Replica::for_url(&url).unwrap();
-    match replica.post(&json_headers(), Bytes::new()).await {
+    match replica.post(json_head(&replica, 0), Bytes::new()).await {
         Err(PoolError::Connect { authority, .. }) => assert_eq!(authority, replica.authority),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("an answer from a closed port"),
