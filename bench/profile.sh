@@ -44,7 +44,7 @@ start_backend
 cat > "$RUN/fngate/gateway.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
-${HTTP1_ENGINE:+http1_engine = "$HTTP1_ENGINE"}
+${HTTP1_ENGINE:+http1_engine = '$HTTP1_ENGINE'}
 workers = 1
 max_connections = 20000
 idle_timeout = "120s"

@@ -168,7 +168,7 @@ fngate_config() {
   cat > "$1" <<TOML
 [server]
 listen = "127.0.0.1:0"
-${HTTP1_ENGINE:+http1_engine = "$HTTP1_ENGINE"}
+${HTTP1_ENGINE:+http1_engine = '$HTTP1_ENGINE'}
 workers = $GW_WORKERS
 session_resumption = $2
 max_connections = 20000
