@@ -465,7 +465,7 @@ fn memchr_lf(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Without the spaces and tabs httparse strips around a value.
-fn trim(value: &[u8]) -> &[u8] {
+pub(super) fn trim(value: &[u8]) -> &[u8] {
     let is_space = |b: &u8| *b == b' ' || *b == b'\t';
     let start = value
         .iter()

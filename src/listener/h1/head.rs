@@ -6,7 +6,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 pub(crate) use crate::listener::framing::content_length;
-use crate::listener::framing::ends_in_chunked;
+use crate::listener::framing::{ends_in_chunked, trim};
 
 /// Headers parsed on the stack; a head with more is parsed again with room
 /// for as many as `max_header_bytes` can hold.
@@ -241,10 +241,16 @@ pub(crate) fn last_is_chunked(value: &[u8]) -> bool {
     })
 }
 
-/// A comma-separated header value holds `token` (any case), as hyper looks.
+/// A comma-separated header value holds `token` (any case), as hyper looks:
+/// only in a value that is visible ASCII (`HeaderValue::to_str`), each
+/// item trimmed of spaces and tabs. Bytes, not `str`: this runs on every
+/// head, twice.
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
-    std::str::from_utf8(value).is_ok_and(|text| {
-        text.split(',')
-            .any(|item| item.trim().as_bytes().eq_ignore_ascii_case(token))
-    })
+    let visible = value.iter().fold(true, |visible, &b| {
+        visible & ((b.wrapping_sub(b' ') < 0x7f - b' ') | (b == b'\t'))
+    });
+    visible
+        && value
+            .split(|&b| b == b',')
+            .any(|item| trim(item).eq_ignore_ascii_case(token))
 }
