@@ -404,24 +404,27 @@ async fn serve_connection<IO>(
         // fngate's own loop reads each head once and decides its framing
         // itself: its bytes need no following.
         let io = Tracked::new(stream, activity.clone(), false);
-        let connection = h1::serve(
+        // Boxed alone, as each engine's connection below: a connection's
+        // task holds the largest state of every path it could take, and
+        // hyper's HTTP/2 and auto connections are large (the task of an
+        // idle TLS connection took 17,000 bytes with them inline). Only
+        // the connection's own future goes into the box: boxing the
+        // `until_expired` around it kept the future three times over
+        // (10,800 bytes for a 2,600-byte connection).
+        let connection = Box::pin(h1::serve(
             io,
             handler,
             limits.max_header_bytes,
             activity.clone(),
             shutdown.clone(),
-        );
-        // Boxed, as each engine's connection below: a connection's task
-        // holds the largest state of every path it could take, and
-        // hyper's HTTP/2 and auto connections are large (the task of an
-        // idle TLS connection took 17,000 bytes with them inline).
-        let ended = Box::pin(until_expired(
+        ));
+        let ended = until_expired(
             async {
                 connection.await;
                 Ok::<_, std::convert::Infallible>(())
             },
             expired,
-        ))
+        )
         .await;
         // Held to here: the drain waits for this connection too.
         drop(watcher);
@@ -442,19 +445,15 @@ async fn serve_connection<IO>(
     let ended = match protocol {
         Protocol::Http1 => {
             let connection = builders.http1.serve_connection(io, service);
-            Box::pin(until_expired(watcher.watch(connection), expired)).await
+            until_expired(Box::pin(watcher.watch(connection)), expired).await
         }
         Protocol::Http2 => {
             let connection = builders.http2.serve_connection(io, service);
-            Box::pin(until_expired(watcher.watch(connection), expired)).await
+            until_expired(Box::pin(watcher.watch(connection)), expired).await
         }
         Protocol::Sniff => {
             let connection = builders.auto.serve_connection(io, service);
-            Box::pin(until_expired(
-                watcher.watch(connection.into_owned()),
-                expired,
-            ))
-            .await
+            until_expired(Box::pin(watcher.watch(connection.into_owned())), expired).await
         }
     };
     if let Err(e) = ended {

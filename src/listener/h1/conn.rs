@@ -46,7 +46,9 @@ pub(in crate::listener) async fn serve<IO>(
             () = shutdown.cancelled() => break,
         };
         let served = match parsed {
-            Ok(Some(Ok(head))) => serve_request(&wire, &handler, head).await,
+            // Boxed: a request's handling is most of a connection's state
+            // (some 10 KiB), and an idle connection need not hold it.
+            Ok(Some(Ok(head))) => Box::pin(serve_request(&wire, &handler, head)).await,
             Ok(Some(Err(refusal))) => refuse(&wire, refusal).await,
             Ok(None) => break,
             Err(e) => Err(e),
