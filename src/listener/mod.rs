@@ -303,7 +303,11 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match tls.map(|live| live.acceptor()) {
+            // The task holds little more than the connection's box: what
+            // serves it is built outside any `async` state, so that neither
+            // the TLS stream nor the handshake's result stays in the task
+            // beside the copy that the box holds.
+            let served = match tls.map(|live| live.acceptor()) {
                 Some(acceptor) => {
                     // Boxed: the handshake's state is freed once it is done,
                     // instead of staying in the connection's task.
@@ -327,18 +331,19 @@ pub async fn serve(
                                 client,
                                 plain: false,
                             };
-                            serve_connection(
+                            connection(
                                 &builders, &limits, watcher, &shutdown, stream, app, who, protocol,
                             )
-                            .await
                         }
                         Ok(Err(e)) => {
                             crate::metrics::global().record_handshake_failure(false);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
                         }
                         Err(_) => {
                             crate::metrics::global().record_handshake_failure(true);
-                            tracing::debug!(%peer, "TLS handshake timed out")
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
                         }
                     }
                 }
@@ -348,7 +353,7 @@ pub async fn serve(
                         client: None,
                         plain: true,
                     };
-                    serve_connection(
+                    connection(
                         &builders,
                         &limits,
                         watcher,
@@ -358,8 +363,10 @@ pub async fn serve(
                         who,
                         Protocol::Sniff,
                     )
-                    .await
                 }
+            };
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
@@ -372,11 +379,17 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection until it ends, idles past `idle_timeout`, or (on
-/// HTTP/1) takes longer than `header_read_timeout` to send a request's
-/// headers.
+/// A connection being served, boxed whole.
+type Served = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// What serves one connection until it ends, idles past `idle_timeout`, or
+/// (on HTTP/1) takes longer than `header_read_timeout` to send a request's
+/// headers. Built in one box, the connection's future and its expiry side
+/// by side: every `async` layer around a future keeps a copy of it (an
+/// idle TLS connection held its 2,600-byte HTTP/1.1 loop three times over,
+/// and the TLS stream twice).
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection<IO>(
+fn connection<IO>(
     builders: &Builders,
     limits: &ConnectionLimits,
     watcher: Watcher,
@@ -385,7 +398,8 @@ async fn serve_connection<IO>(
     app: App,
     peer: Peer,
     protocol: Protocol,
-) where
+) -> Served
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http1 = protocol != Protocol::Http2;
@@ -399,39 +413,30 @@ async fn serve_connection<IO>(
         activity: activity.clone(),
         http1,
     });
-    let expired = activity.expired(limits.idle_timeout, limits.header_read_timeout, http1);
+    let expired = expiry(
+        activity.clone(),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+        http1,
+    );
     if protocol == Protocol::Http1 && builders.http1_engine == Http1Engine::Fngate {
         // fngate's own loop reads each head once and decides its framing
         // itself: its bytes need no following.
         let io = Tracked::new(stream, activity.clone(), false);
-        // Boxed alone, as each engine's connection below: a connection's
-        // task holds the largest state of every path it could take, and
-        // hyper's HTTP/2 and auto connections are large (the task of an
-        // idle TLS connection took 17,000 bytes with them inline). Only
-        // the connection's own future goes into the box: boxing the
-        // `until_expired` around it kept the future three times over
-        // (10,800 bytes for a 2,600-byte connection).
-        let connection = Box::pin(h1::serve(
+        let connection = h1::serve(
             io,
             handler,
             limits.max_header_bytes,
-            activity.clone(),
+            activity,
             shutdown.clone(),
-        ));
-        let ended = until_expired(
-            async {
-                connection.await;
-                Ok::<_, std::convert::Infallible>(())
-            },
+        );
+        // The watcher is held to the end: the drain waits for this
+        // connection too.
+        return Box::pin(UntilExpired {
+            connection,
             expired,
-        )
-        .await;
-        // Held to here: the drain waits for this connection too.
-        drop(watcher);
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-        return;
+            _held: Some(watcher),
+        });
     }
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -439,25 +444,92 @@ async fn serve_connection<IO>(
             let answer = handler.handle(request, ambiguous);
             async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
-    let io = TokioIo::new(Tracked::new(stream, activity.clone(), http1));
+    let io = TokioIo::new(Tracked::new(stream, activity, http1));
     // Each protocol's connection is its own type (and size): an HTTP/1.1
     // connection carries no HTTP/2 state.
-    let ended = match protocol {
-        Protocol::Http1 => {
-            let connection = builders.http1.serve_connection(io, service);
-            until_expired(Box::pin(watcher.watch(connection)), expired).await
+    match protocol {
+        Protocol::Http1 => Box::pin(UntilExpired {
+            connection: watcher.watch(builders.http1.serve_connection(io, service)),
+            expired,
+            _held: None,
+        }),
+        Protocol::Http2 => Box::pin(UntilExpired {
+            connection: watcher.watch(builders.http2.serve_connection(io, service)),
+            expired,
+            _held: None,
+        }),
+        Protocol::Sniff => Box::pin(UntilExpired {
+            connection: watcher.watch(builders.auto.serve_connection(io, service).into_owned()),
+            expired,
+            _held: None,
+        }),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a connection until it ends or `expired` says it is to be
+    /// closed; the two futures in place, polled through pins.
+    struct UntilExpired<C, E> {
+        #[pin]
+        connection: C,
+        #[pin]
+        expired: E,
+        // Dropped after the connection.
+        _held: Option<Watcher>,
+    }
+}
+
+/// How a connection's future ends: fngate's loop with nothing, hyper's
+/// connections with a result.
+trait Ended {
+    fn into_result(self) -> Result<(), String>;
+}
+
+impl Ended for () {
+    fn into_result(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl<X: std::fmt::Display> Ended for Result<(), X> {
+    fn into_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// The connection's expiry, owning what it watches.
+async fn expiry(
+    activity: Arc<Activity>,
+    idle: Duration,
+    header_read: Duration,
+    http1: bool,
+) -> activity::Expiry {
+    activity.expired(idle, header_read, http1).await
+}
+
+impl<C, E> std::future::Future for UntilExpired<C, E>
+where
+    C: std::future::Future,
+    C::Output: Ended,
+    E: std::future::Future<Output = activity::Expiry>,
+{
+    type Output = Result<(), String>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        if let std::task::Poll::Ready(ended) = this.connection.poll(cx) {
+            return std::task::Poll::Ready(ended.into_result());
         }
-        Protocol::Http2 => {
-            let connection = builders.http2.serve_connection(io, service);
-            until_expired(Box::pin(watcher.watch(connection)), expired).await
+        match this.expired.poll(cx) {
+            std::task::Poll::Ready(why) => {
+                tracing::debug!(reason = ?why, "closing connection");
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
         }
-        Protocol::Sniff => {
-            let connection = builders.auto.serve_connection(io, service);
-            until_expired(Box::pin(watcher.watch(connection.into_owned())), expired).await
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -548,19 +620,5 @@ impl Handler {
             drop(guard);
             response
         })
-    }
-}
-
-/// Runs a connection until it ends or `expired` says it is to be closed.
-async fn until_expired<E: std::fmt::Display>(
-    connection: impl std::future::Future<Output = Result<(), E>>,
-    expired: impl std::future::Future<Output = activity::Expiry>,
-) -> Result<(), String> {
-    tokio::select! {
-        ended = connection => ended.map_err(|e| e.to_string()),
-        why = expired => {
-            tracing::debug!(reason = ?why, "closing connection");
-            Ok(())
-        }
     }
 }
