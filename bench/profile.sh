@@ -50,7 +50,7 @@ max_connections = 20000
 idle_timeout = "120s"
 
 [store]
-path = "calls.db"
+path = "data/calls.db"
 max_pending = 10000000
 
 [apps.bench.functions.square]
@@ -106,5 +106,5 @@ for s in ${SCENARIOS//,/ }; do
   mv "$dump" "$OUT/$s.callgrind"
 done
 stop_started "$GW"
-rm -f "$OUT"/callgrind."$GW"* "$RUN"/fngate/calls.db*
+rm -rf "$OUT"/callgrind."$GW"* "$RUN"/fngate/data
 python3 "$HERE/profile.py" --requests "$REQUESTS" "$OUT"/*.callgrind | tee "$OUT/profile.md"

@@ -89,7 +89,7 @@ fi
 . "$HERE/lib.sh"
 finish() {
   cleanup
-  rm -f "$RUN"/fngate/calls*.db*   # up to a few hundred MB of spawned calls
+  rm -rf "$RUN"/fngate/data   # up to a few hundred MB of spawned calls
 }
 trap finish EXIT
 
@@ -193,11 +193,11 @@ TOML
     { echo "fngate check refused $1:" >&2; cat "$1.check" >&2; exit 1; }
 }
 mkdir -p "$RUN/fngate"
-fngate_config "$RUN/fngate/gateway.toml" true calls.db
+fngate_config "$RUN/fngate/gateway.toml" true data/calls.db
 FNGATE_CONF="$RUN/fngate/gateway.toml" FNGATE_LOG="$RUN/fngate/fngate.log" start_fngate "${GW_PIN[@]}"
 PIDS[fngate]=$GW; FN="https://$NAME:${GWADDR##*:}"
 if selected close-full; then
-  fngate_config "$RUN/fngate/gateway-full.toml" false calls-full.db
+  fngate_config "$RUN/fngate/gateway-full.toml" false data/calls-full.db
   FNGATE_CONF="$RUN/fngate/gateway-full.toml" FNGATE_LOG="$RUN/fngate/fngate-full.log" start_fngate "${GW_PIN[@]}"
   PIDS[fngate-full]=$GW; FN_FULL="https://$NAME:${GWADDR##*:}"
 fi
@@ -436,7 +436,7 @@ pair close-resume wrk close resume
 # scenario. Reads of a finished call first, then spawns; the gateway CPU of
 # the spawn runs includes running the calls alongside.
 store_count() {  # store_count STATE: calls in that state in the spawn fngate's SQLite file
-  python3 - "$RUN/fngate/calls-spawn.db" "$1" <<'PY' 2>/dev/null || echo NA
+  python3 - "$RUN/fngate/data/calls-spawn.db" "$1" <<'PY' 2>/dev/null || echo NA
 import sqlite3, sys
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 print(db.execute("select count(*) from calls where state = ?", (int(sys.argv[2]),)).fetchone()[0])
@@ -444,7 +444,7 @@ PY
 }
 if selected spawn; then
   echo ">> spawn: wrk, GET /calls/{id} of a finished call, then POST /bench/square/spawn"
-  fngate_config "$RUN/fngate/gateway-spawn.toml" true calls-spawn.db
+  fngate_config "$RUN/fngate/gateway-spawn.toml" true data/calls-spawn.db
   FNGATE_CONF="$RUN/fngate/gateway-spawn.toml" FNGATE_LOG="$RUN/fngate/fngate-spawn.log" start_fngate "${GW_PIN[@]}"
   PIDS[fngate-spawn]=$GW; FN_SPAWN="https://$NAME:${GWADDR##*:}"
   C=(curl -sS --max-time 40 --cacert "$FN_CA")
@@ -473,6 +473,12 @@ if selected spawn; then
   ran=$(printf '%s\n' "${ran_rates[@]}" | sort -n |
     awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
   NOTES+=("spawn: spawned calls run while spawning: $ran/s (median of reps); pending when the scenario ended: $(store_count 0)")
+  # The store's commits over the whole scenario (reads, warm-up and spawns).
+  "${C[@]}" "$FN_SPAWN/_/metrics" > "$OUT/spawn.metrics.txt" || true
+  commits=$(awk '/^fngate_store_commit_duration_seconds_count/ {n = $2}
+    /^fngate_store_commit_duration_seconds_sum/ {s = $2}
+    END {if (n > 0) printf "%d commits, %.2f ms each on average", n, 1000 * s / n}' "$OUT/spawn.metrics.txt")
+  NOTES+=("spawn: the store's writer over the scenario: ${commits:-no commit metrics}")
   stop_started "${PIDS[fngate-spawn]}"
 fi
 
