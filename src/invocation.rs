@@ -21,17 +21,32 @@ pub mod names {
     pub const X_FNGATE_ISSUER: HeaderName = HeaderName::from_static("x-fngate-issuer");
 }
 
-/// A call id: `fc-` followed by 128 random bits in lowercase hex.
+/// A call id: `fc-`, its creation time (milliseconds since the Unix
+/// epoch, 12 lowercase hex digits), then 128 random bits in lowercase hex.
+/// The random bits make it unguessable; the time in front makes ids made
+/// one after the other sort together, so that the store's index of ids
+/// takes each new one on the page the last one went to: with ids random
+/// throughout, every spawn wrote a page of its own to the WAL (measured:
+/// 12,000 -> 16,000 durable spawns/s, bench/RESULTS.md). The time says
+/// nothing a call's `created_at` does not.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CallId(String);
 
 impl CallId {
     pub fn generate() -> CallId {
-        let mut id = String::with_capacity(35);
+        let mut id = String::with_capacity(CallId::LEN);
         id.push_str("fc-");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        push_hex::<12>(&mut id, now as u64);
         push_random_hex::<16>(&mut id);
         CallId(id)
     }
+
+    /// The length of a generated id.
+    pub const LEN: usize = 3 + 12 + 32;
 
     /// A call id read back from the store.
     pub fn from_stored(id: String) -> CallId {
@@ -252,8 +267,20 @@ pub fn random_hex<const N: usize>() -> String {
 }
 
 /// Appends `N` random bytes as lowercase hex to `out`.
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends the lowest `N` hex digits of `value`, most significant first.
+fn push_hex<const N: usize>(out: &mut String, value: u64) {
+    const { assert!(N <= 16, "a u64 has 16 hex digits") };
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex[..N].iter_mut().enumerate() {
+        let shift = 4 * (N - 1 - i);
+        *digit = DIGITS[((value >> shift) & 0xf) as usize];
+    }
+    out.push_str(std::str::from_utf8(&hex[..N]).expect("hex digits are ASCII"));
+}
+
 pub fn push_random_hex<const N: usize>(out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     // Written as bytes, then appended in one go: a `char` push per digit
@@ -316,8 +343,42 @@ mod tests {
         let a = CallId::generate();
         let b = CallId::generate();
         assert!(a.as_str().starts_with("fc-"));
-        assert_eq!(a.as_str().len(), 35);
+        assert_eq!(a.as_str().len(), CallId::LEN);
+        assert!(a.as_str()[3..].bytes().all(|b| DIGITS.contains(&b)));
         assert_ne!(a, b);
+        // 128 random bits after the time: no two ids share them.
+        assert_ne!(a.as_str()[15..], b.as_str()[15..]);
+    }
+
+    #[test]
+    fn call_ids_begin_with_their_creation_time_and_sort_by_it() {
+        let ms = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let before = ms();
+        let ids: Vec<CallId> = (0..1000).map(|_| CallId::generate()).collect();
+        let after = ms();
+        for id in &ids {
+            let made = u64::from_str_radix(&id.as_str()[3..15], 16).unwrap();
+            assert!((before..=after).contains(&made), "{id} made at {made}");
+        }
+        assert!(
+            ids.windows(2)
+                .all(|w| w[0].as_str()[..15] <= w[1].as_str()[..15])
+        );
+    }
+
+    #[test]
+    fn hex_digits_are_written_most_significant_first() {
+        let mut out = String::new();
+        push_hex::<12>(&mut out, 0x0123_4567_89ab);
+        assert_eq!(out, "0123456789ab");
+        out.clear();
+        push_hex::<4>(&mut out, 0xdead_beef);
+        assert_eq!(out, "beef");
     }
 
     #[test]

@@ -40,8 +40,8 @@ fn see_other(resp: &reqwest::Response) -> String {
     let id = header(resp, "x-call-id").expect("X-Call-Id").to_owned();
     let hex = id.strip_prefix("fc-").expect("call id starts with fc-");
     assert!(
-        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "call id {id:?}"
+        hex.len() == 44 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "call id {id:?}: fc-, 12 hex digits of time, 32 of random bits"
     );
     assert_eq!(
         header(resp, "location"),

@@ -56,8 +56,8 @@ fn assert_call_id(id: &str) {
         .strip_prefix("fc-")
         .unwrap_or_else(|| panic!("call id {id:?} starts with fc-"));
     assert!(
-        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "call id {id:?} is fc- and 32 lowercase hex digits"
+        hex.len() == 44 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "call id {id:?} is fc-, its creation time in 12 lowercase hex digits and 32 of random bits"
     );
 }
 
