@@ -310,8 +310,8 @@ impl Calls {
             .await?;
         let claimed = records.len();
         for (record, slot) in records.into_iter().zip(slots) {
-            self.tasks
-                .spawn(self.clone().run_spawned(function.clone(), record, slot));
+            let run = self.clone().run_spawned(function.clone(), record, slot);
+            self.tasks.spawn(Box::pin(run));
         }
         Ok(claimed)
     }

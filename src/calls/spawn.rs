@@ -165,7 +165,11 @@ impl Calls {
         let store = self.store.clone();
         let wake = self.wakes.of(&call.app, &call.function);
         let claimed = start.as_ref().map(|_| claimed_record(&call));
-        tokio::spawn(async move {
+        // Boxed here, and the run below: tokio moves a task's future into
+        // its cell and again while polling; a pointer is cheaper to move
+        // than the call it carries (memcpy under `OwnedTasks::bind` and
+        // `set_stage`, bench/RESULTS.md).
+        tokio::spawn(Box::pin(async move {
             let inserted = store.insert(call).await;
             if let Ok(Inserted::Created) = &inserted {
                 match (start, claimed) {
@@ -175,7 +179,7 @@ impl Calls {
                                 .calls
                                 .clone()
                                 .run_spawned(start.function, record, start.slot);
-                        start.calls.tasks.spawn(run);
+                        start.calls.tasks.spawn(Box::pin(run));
                     }
                     _ => {
                         if let Some(wake) = wake {
@@ -185,7 +189,7 @@ impl Calls {
                 }
             }
             inserted
-        })
+        }))
         .await
         .map_err(|e| StoreError::Io(format!("storing a call: {e}")))?
     }
