@@ -45,8 +45,16 @@ pub async fn spawn(
     let base = base_url::external_base(&request);
     let class = input::class_call(function, request.uri().query())?;
     let parameters = class.map(|class| class.parameters.clone());
-    let (input, digest) =
-        read_input(state, function, suffix, parameters.as_deref(), request).await?;
+    let keyed = asks.idempotency_key.is_some();
+    let (input, digest) = read_input(
+        state,
+        function,
+        suffix,
+        parameters.as_deref(),
+        keyed,
+        request,
+    )
+    .await?;
     let options = asks.options(function, caller, digest, parameters);
     let accepted = state
         .calls
@@ -84,13 +92,15 @@ fn check<'a>(
     }
 }
 
-/// What the call runs with, and its digest for `Idempotency-Key`: the
-/// arguments of a function, the whole request for a passthrough one.
+/// What the call runs with, and its digest for `Idempotency-Key` (when
+/// `keyed`, empty otherwise): the arguments of a function, the whole
+/// request for a passthrough one.
 async fn read_input(
     state: &AppState,
     function: &Function,
     suffix: &str,
     parameters: Option<&str>,
+    keyed: bool,
     request: Request,
 ) -> Result<(SpawnInput, Vec<u8>), ApiError> {
     match &function.target {
@@ -99,6 +109,7 @@ async fn read_input(
             let (args, kwargs) = (arguments.args.as_bytes(), arguments.kwargs.as_bytes());
             // A class method's parameters pick its instances: part of the request.
             let digest = match parameters {
+                _ if !keyed => Vec::new(),
                 None => digest(&[args, kwargs]),
                 Some(parameters) => digest(&[args, kwargs, parameters.as_bytes()]),
             };
@@ -113,12 +124,16 @@ async fn read_input(
             )
             .await?;
             let query = parts.uri.query().unwrap_or("");
-            let digest = digest(&[
-                parts.method.as_str().as_bytes(),
-                suffix.as_bytes(),
-                query.as_bytes(),
-                &body,
-            ]);
+            let digest = if keyed {
+                digest(&[
+                    parts.method.as_str().as_bytes(),
+                    suffix.as_bytes(),
+                    query.as_bytes(),
+                    &body,
+                ])
+            } else {
+                Vec::new()
+            };
             let stored = StoredRequest::new(&parts, suffix, &body);
             Ok((SpawnInput::Forward(stored), digest))
         }
