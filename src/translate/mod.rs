@@ -48,6 +48,10 @@ pub struct InputRules<'a> {
 /// True for `application/json` and any `application/*+json`, with any
 /// parameters (such as `charset`).
 pub fn is_json_media_type(content_type: &str) -> bool {
+    // What nearly every request and answer says, at the cost of one compare.
+    if content_type == "application/json" {
+        return true;
+    }
     let essence = content_type.split(';').next().unwrap_or("").trim();
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
