@@ -16,7 +16,9 @@ mod answer;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{self, Write as _};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -52,8 +54,35 @@ const READ_BYTES: usize = 8 << 10;
 
 thread_local! {
     /// Idle connections of this worker thread, by replica.
-    static IDLE: RefCell<HashMap<usize, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<HashMap<usize, Vec<Conn>, BuildHasherDefault<IdHasher>>> =
+        RefCell::new(HashMap::default());
 }
+
+/// Hashes a replica's id by one multiplication: the ids are the gateway's
+/// own counter, never a client's input, so SipHash's defence (twice per
+/// request) buys nothing here.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(FIBONACCI);
+    }
+}
+
+/// 2^64 divided by the golden ratio: spreads consecutive ids over the
+/// whole hash, its top bits included (which hashbrown's tags use).
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Gives each replica's idle list its own key.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
@@ -175,7 +204,8 @@ impl Replica {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(self.host.as_bytes());
         head.extend_from_slice(b"\r\ncontent-length: ");
-        let _ = write!(head, "{body_len}\r\n");
+        crate::invocation::push_decimal(&mut head, body_len as u64);
+        head.extend_from_slice(b"\r\n");
         RequestHead(head)
     }
 
@@ -267,10 +297,19 @@ impl Replica {
 /// headers the answer keeps `Content-Type` alone: an invocation's outcome
 /// is its status and body, and a stream's framing its content type.
 fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Response<Mode>)>, PoolError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
     let invalid = |why: &str| PoolError::Request(format!("invalid answer head: {why}"));
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let used = match parsed.parse(bytes) {
+    // Uninitialised: httparse writes the slots it fills, and filling 128
+    // of them first cost more than the parse.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let used = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        bytes,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(used)) => used,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(invalid(&e.to_string())),

@@ -146,7 +146,9 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 fn length_line(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "content-length: {n}\r\n");
+    out.extend_from_slice(b"content-length: ");
+    crate::invocation::push_decimal(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The size line of a chunk of `len` bytes.
