@@ -301,7 +301,7 @@ impl Gateway {
                 shutdown.clone(),
             );
             if index == 0 {
-                tasks.spawn(work);
+                tasks.spawn_local(work);
                 continue;
             }
             let ended = spawn_worker(index, work, self.state.calls.clone(), self.grace);
@@ -412,10 +412,10 @@ fn spawn_worker(
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(async {
+                Ok(runtime) => runtime.block_on(tokio::task::LocalSet::new().run_until(async {
                     work.await;
                     calls.settled(grace).await;
-                }),
+                })),
                 Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
             }
             let _ = done.send(());

@@ -254,7 +254,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(tokio::task::LocalSet::new().run_until(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         let served = fngate::serve(config, shutdown).await;
@@ -265,7 +265,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         fngate::processes::kill_all();
         served?;
         Ok(())
-    })
+    }))
 }
 
 /// `fngate worker`: no config file; 0 on a clean stop, 1 when the gateway

@@ -122,7 +122,7 @@ impl ConnectionLimits {
         http2_settings!(auto.http2(), self);
         let mut http1 = http1::Builder::new();
         http1_settings!(http1, self);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(LocalExec);
         http2_settings!(http2, self);
         Builders {
             auto,
@@ -139,8 +139,22 @@ impl ConnectionLimits {
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<LocalExec>,
     http1_engine: Http1Engine,
+}
+
+/// Runs an HTTP/2 connection's stream tasks on the worker's `LocalSet`,
+/// beside the connection's own task: no lock to spawn, no `Send` asked.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
 }
 
 /// The protocol of a connection, when known before its first byte.
@@ -303,7 +317,7 @@ pub async fn serve(
         let tls = tls.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_local(async move {
             let _slot = slot;
             // The task holds little more than the connection's box: what
             // serves it is built outside any `async` state, so that neither
