@@ -142,12 +142,7 @@ pub struct RequestHead(Vec<u8>);
 
 impl HeaderSink for RequestHead {
     fn set(&mut self, name: &HeaderName, value: &str, _sensitive: bool) {
-        // As `HeaderValue::from_str`: visible ASCII, spaces and tabs (a
-        // fold without early exit, which the compiler vectorises).
-        let valid = value.bytes().fold(true, |valid, b| {
-            valid & ((b.wrapping_sub(b' ') < 0x7f - b' ') | (b == b'\t'))
-        });
-        if !valid {
+        if !field_value(value.as_bytes()) {
             return;
         }
         let name = name.as_str().as_bytes();
@@ -157,6 +152,29 @@ impl HeaderSink for RequestHead {
         self.0.extend_from_slice(value.as_bytes());
         self.0.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether `value` is visible ASCII, spaces and tabs (what a request head
+/// may carry as a header value). Eight bytes at a time: a value with no
+/// byte below 0x20 and none above 0x7e is valid at once; only one with
+/// such a byte (a tab, or worse) is looked at byte by byte. The values are
+/// ids, tokens and URLs of some 20 to 60 bytes, six per call.
+fn field_value(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let visible = |b: u8| b.wrapping_sub(b' ') < 0x7f - b' ';
+    let mut chunks = value.chunks_exact(8);
+    let mut outside = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"));
+        // A byte's high bit is set in `below` when it is under 0x20 (and
+        // under 0x80), in `above` when it is over 0x7e.
+        let below = x.wrapping_sub(ONES * 0x20) & !x;
+        let above = x.wrapping_add(ONES * (0x7f - 0x7e)) | x;
+        outside |= (below | above) & HIGH;
+    }
+    outside == 0 && chunks.remainder().iter().all(|&b| visible(b))
+        || value.iter().all(|&b| visible(b) || b == b'\t')
 }
 
 /// One plain-HTTP/1.1 replica.

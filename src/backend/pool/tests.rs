@@ -281,3 +281,24 @@ async fn an_unreachable_replica_is_a_connect_error() {
         Ok(_) => panic!("an answer from a closed port"),
     }
 }
+
+#[test]
+fn header_values_are_visible_ascii_spaces_and_tabs() {
+    // Every byte alone, at every place of a value of every length to 24.
+    for b in 0..=255u8 {
+        let valid = (0x20..0x7f).contains(&b) || b == b'\t';
+        for len in 1..24 {
+            for at in 0..len {
+                let mut value = vec![b'a'; len];
+                value[at] = b;
+                assert_eq!(field_value(&value), valid, "byte {b:#x} at {at} of {len}");
+            }
+        }
+    }
+    assert!(field_value(b""));
+    assert!(field_value(
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ));
+    assert!(field_value(b"Bearer a.b\tc"));
+    assert!(!field_value("caf\u{e9} au lait, with no end".as_bytes()));
+}
