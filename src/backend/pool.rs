@@ -168,9 +168,10 @@ fn field_value(value: &[u8]) -> bool {
     for chunk in &mut chunks {
         let x = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"));
         // A byte's high bit is set in `below` when it is under 0x20 (and
-        // under 0x80), in `above` when it is over 0x7e.
+        // under 0x80), in `above` when it is over 0x7e (adding one makes
+        // 0x7f 0x80; 0x80 and up have it already).
         let below = x.wrapping_sub(ONES * 0x20) & !x;
-        let above = x.wrapping_add(ONES * (0x7f - 0x7e)) | x;
+        let above = x.wrapping_add(ONES) | x;
         outside |= (below | above) & HIGH;
     }
     outside == 0 && chunks.remainder().iter().all(|&b| visible(b))
